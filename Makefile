@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch on local disk (find-links) is preferred when present, so that installing
+# never pulls a multi-GB CUDA build here; elsewhere (--no-index fails fast) pip resolves torch normally.
+TORCH_LOCAL ?= torch==2.13.0
+
+.PHONY: demo test test-slow lint bench venv clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	-$(PY) -m pip install -q --no-index --no-deps "$(TORCH_LOCAL)" 2>/dev/null
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/sae-flux demo --out demo-out --overwrite
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy sae_flux itda cae
+
+clean:
+	rm -rf $(VENV) demo-out

@@ -1,0 +1,1 @@
+"""Steering vectors (placeholder during build)."""

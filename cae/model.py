@@ -1,0 +1,103 @@
+"""Finding the residual stream of any Hugging Face causal LM, wrapped or not in nnsight.
+
+CAA (Rimsky et al. 2024) reads and steers ``resid_L``: the output of decoder block ``L``.
+Every Hugging Face decoder-only architecture keeps its blocks in one ``nn.ModuleList``
+whose length is ``config.num_hidden_layers`` (``model.layers`` for Llama, ``transformer.h``
+for GPT-2, ...), so that list is found by shape rather than by name. With transformers
+>= 5 a block returns a plain tensor ``[batch, tokens, d_model]``; older versions return a
+tuple whose first element is that tensor; both are handled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from nnsight import LanguageModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+
+def hf_module(model: Any) -> PreTrainedModel:
+    """The underlying ``transformers`` model of an nnsight model (or the model itself)."""
+    inner = getattr(model, "_module", model)
+    if not isinstance(inner, torch.nn.Module):
+        raise TypeError(f"expected a transformers model or an nnsight LanguageModel, got {model!r}")
+    return inner
+
+
+def decoder_layers(model: Any) -> tuple[str, torch.nn.ModuleList]:
+    """Dotted path and module list of the decoder blocks (``model.layers`` on Llama)."""
+    module = hf_module(model)
+    n_layers = getattr(module.config, "num_hidden_layers", None)
+    for name, child in module.named_modules():
+        if isinstance(child, torch.nn.ModuleList) and len(child) == n_layers:
+            return name, child
+    raise ValueError(f"cannot find the {n_layers} decoder blocks of {type(module).__name__}")
+
+
+def hidden_size(model: Any) -> int:
+    """Residual-stream width of the model."""
+    config = hf_module(model).config
+    return int(getattr(config, "hidden_size", None) or config.n_embd)
+
+
+def model_id(model: Any) -> str:
+    """The model's Hub id or directory as recorded in its config ('' if built in memory)."""
+    return str(getattr(hf_module(model).config, "name_or_path", "") or "")
+
+
+def check_layers(model: Any, layers: list[int]) -> list[int]:
+    """Validate layer indices against the model (negative indices count from the end)."""
+    _, blocks = decoder_layers(model)
+    if not layers:
+        raise ValueError("no layers given; pass at least one decoder-block index")
+    out = []
+    for layer in layers:
+        if not -len(blocks) <= layer < len(blocks):
+            raise ValueError(
+                f"layer {layer} is outside the model: it has {len(blocks)} decoder blocks "
+                f"(valid indices 0..{len(blocks) - 1})"
+            )
+        out.append(layer % len(blocks))
+    return sorted(set(out))
+
+
+def block_output(output: Any) -> torch.Tensor:
+    """The hidden-state tensor of a decoder block's output (tensor or tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def load_language_model(name: str, dtype: torch.dtype = torch.float32) -> LanguageModel:
+    """Load ``name`` as an nnsight LanguageModel: a Hub id, a local directory, or
+    ``organism:<size>`` for the packaged LM organism.
+
+    Example:
+        >>> lm = load_language_model("organism:tiny")
+        >>> type(lm).__name__
+        'LanguageModel'
+    """
+    if name.startswith("organism:"):
+        from cae.organism import load
+
+        hf, tokenizer = load(name.split(":", 1)[1])
+        return wrap(hf, tokenizer)
+    if not name:
+        raise ValueError("empty model name")
+    if name.startswith((".", "/")) and not Path(name).exists():
+        raise FileNotFoundError(f"model directory not found: {name}")
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    return wrap(hf, tokenizer)
+
+
+def wrap(hf: PreTrainedModel, tokenizer: Any) -> LanguageModel:
+    """Wrap a loaded model and tokenizer in nnsight (quietly: LanguageModel is deprecated)."""
+    import warnings
+
+    hf.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return LanguageModel(hf, tokenizer=tokenizer)

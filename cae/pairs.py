@@ -1,0 +1,155 @@
+"""Contrastive pairs and loaders for the datasets CAA and the CAE paper train from.
+
+CAA (Rimsky et al. 2024, arXiv 2312.06681) and the CAE paper (Hao et al. 2025, arXiv
+2505.03189) build steering vectors from Anthropic's model-written evaluations (Perez et
+al. 2022): items with a ``question``, an ``answer_matching_behavior`` and an
+``answer_not_matching_behavior``. Two file layouts are common:
+
+- **MWE JSONL** (``anthropics/evals``): one JSON object per line; answers are written
+  ``" (A)"`` for A/B questions or ``" Yes"`` / ``" No"`` for persona statements; a few
+  files give a list of not-matching answers (the first is used).
+- **CAA A/B JSON** (``nrimsky/CAA`` datasets): one JSON list of the same objects, answers
+  written ``"(A)"``.
+
+A pair's texts are ``prompt + positive`` and ``prompt + negative``; a completion that does
+not start with whitespace gets one space, as the published A/B files assume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+_KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+
+
+class Pair(NamedTuple):
+    """One contrastive example: a prompt and two completions."""
+
+    prompt: str
+    positive: str
+    """Completion showing the behaviour (added with a positive multiplier)."""
+    negative: str
+    """Completion showing its opposite."""
+
+
+def _completion(text: object, where: str, key: str) -> str:
+    if isinstance(text, list) and text:
+        text = text[0]
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{where}: {key!r} must be a non-empty string, got {text!r}")
+    return text if text[:1].isspace() else " " + text
+
+
+def pair_from_record(record: object, where: str) -> Pair:
+    """Turn one MWE/CAA record into a Pair; ``where`` names it in errors (file:line)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in _KEYS if k not in record]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing}; expected {list(_KEYS)}")
+    question = record["question"]
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{where}: 'question' must be a non-empty string")
+    return Pair(
+        question,
+        _completion(record["answer_matching_behavior"], where, "answer_matching_behavior"),
+        _completion(record["answer_not_matching_behavior"], where, "answer_not_matching_behavior"),
+    )
+
+
+def load_mwe_jsonl(path: str | Path) -> list[Pair]:
+    """Read an Anthropic model-written-evaluation JSONL file (blank lines are skipped).
+
+    Example:
+        >>> pairs = load_mwe_jsonl("/work/shared/data/mwe/corrigible-neutral-HHH.jsonl")
+        >>> pairs[0].positive
+        ' (B)'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    pairs = []
+    with path.open(encoding="utf-8") as lines:
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: malformed JSON ({err.msg})") from err
+            pairs.append(pair_from_record(record, f"{path}:{n}"))
+    if not pairs:
+        raise ValueError(f"{path}: dataset is empty (no JSON lines)")
+    return pairs
+
+
+def load_caa_json(path: str | Path) -> list[Pair]:
+    """Read a CAA-style JSON list of A/B items; errors name the item's line in the file.
+
+    Example:
+        >>> import json, tempfile
+        >>> f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        >>> json.dump([{"question": "Q?", "answer_matching_behavior": "(A)",
+        ...             "answer_not_matching_behavior": "(B)"}], f); f.close()
+        >>> load_caa_json(f.name)[0].negative
+        ' (B)'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from err
+    if not isinstance(records, list):
+        raise ValueError(f"{path}:1: expected a JSON list of items, got {type(records).__name__}")
+    if not records:
+        raise ValueError(f"{path}: dataset is empty (an empty list)")
+    starts = _item_lines(text, len(records))
+    return [pair_from_record(r, f"{path}:{starts[i]} (item {i})") for i, r in enumerate(records)]
+
+
+def _item_lines(text: str, n: int) -> list[int]:
+    """Line number where each top-level item of a JSON list starts (best effort)."""
+    decoder, lines, pos = json.JSONDecoder(), [], text.index("[") + 1
+    for _ in range(n):
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        lines.append(text.count("\n", 0, pos) + 1)
+        _, pos = decoder.raw_decode(text, pos)
+    return lines
+
+
+def load_pairs(path: str | Path) -> list[Pair]:
+    """Load ``.jsonl`` as MWE JSONL and ``.json`` as a CAA list (the two common formats)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".jsonl":
+        return load_mwe_jsonl(path)
+    if suffix == ".json":
+        return load_caa_json(path)
+    raise ValueError(f"unknown dataset format {suffix!r} for {path}; expected .jsonl or .json")
+
+
+def dataset_hash(pairs: Iterable[Pair]) -> str:
+    """SHA-256 (first 16 hex digits) of the pairs, stored in a vector's metadata."""
+    digest = hashlib.sha256()
+    for pair in pairs:
+        digest.update(json.dumps(list(pair)).encode())
+    return digest.hexdigest()[:16]
+
+
+def check_pairs(pairs: Sequence[Pair]) -> list[Pair]:
+    """Validate an in-memory list of pairs (non-empty, three strings each)."""
+    if len(pairs) == 0:
+        raise ValueError("no contrastive pairs given (the dataset is empty)")
+    out = []
+    for i, p in enumerate(pairs):
+        if len(p) != 3 or not all(isinstance(s, str) for s in p):
+            raise ValueError(f"pair {i}: expected (prompt, positive, negative) strings, got {p!r}")
+        out.append(Pair(*p))
+    return out

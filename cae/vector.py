@@ -1,0 +1,269 @@
+"""``SteeringVector``: per-layer CAA vectors with their provenance, saved and shared.
+
+A steering vector in the sense of CAA (Rimsky et al. 2024) and the CAE paper (Hao et al.
+2025, arXiv 2505.03189) is one direction per decoder block, added to the block's output.
+This class stores those directions with the facts needed to reuse them safely: the model
+id and width they were trained on, the read rule, the aggregator, the number of pairs and a
+hash of the dataset.
+
+On disk a vector is a directory: ``cfg.json`` (the metadata) and ``vectors.safetensors``
+(one float32 tensor per layer, named ``layer.<L>``). The same directory is the Hub format:
+``push_to_hub`` uploads it with ``huggingface_hub`` and ``from_pretrained`` downloads it
+(honouring ``HF_HUB_OFFLINE`` and the local cache).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from cae.model import hidden_size, model_id
+
+logger = logging.getLogger(__name__)
+
+CFG_NAME = "cfg.json"
+WEIGHTS_NAME = "vectors.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class VectorMeta:
+    """Provenance of a steering vector (saved as ``cfg.json``)."""
+
+    model_id: str
+    """Hub id or directory of the model the vector was trained on ('' if unknown)."""
+    hidden_size: int
+    """Residual-stream width; vectors only apply to models of this width."""
+    layers: tuple[int, ...]
+    """Decoder blocks the vector has a direction for."""
+    read: str = "answer"
+    """Read rule used in training (``cae.read``)."""
+    aggregator: str = "mean"
+    """Aggregator used in training (``cae.aggregators``)."""
+    n_pairs: int = 0
+    """Number of contrastive pairs."""
+    dataset_hash: str = ""
+    """``cae.pairs.dataset_hash`` of the training pairs."""
+    format_version: int = FORMAT_VERSION
+    """Version of this file format."""
+    extra: dict = field(default_factory=dict)
+    """Free-form user metadata (behaviour name, notes)."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size < 1:
+            raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+        object.__setattr__(self, "layers", tuple(sorted(int(x) for x in self.layers)))
+
+
+@dataclass
+class SteeringVector:
+    """Per-layer directions plus metadata. Legend: D model width.
+
+    Example:
+        >>> from cae.organism import load
+        >>> from cae.model import wrap
+        >>> from cae.organism.corpus import items
+        >>> lm = wrap(*load("tiny"))
+        >>> pairs = [it.pair() for it in items("kind", "ab", 32, split="train")]
+        >>> sv = SteeringVector.train(lm, pairs, layers=[1])
+        >>> with sv.apply(lm, multiplier=4.0):
+        ...     ids = lm._module.generate(**lm.tokenizer("story :", return_tensors="pt"),
+        ...                               max_new_tokens=5, do_sample=False)
+    """
+
+    vectors: dict[int, Float[Tensor, " D"]]
+    """Direction per decoder-block index."""
+    meta: VectorMeta
+    """Provenance."""
+
+    def __post_init__(self) -> None:
+        if not self.vectors:
+            raise ValueError("a steering vector needs at least one layer")
+        for layer, vec in self.vectors.items():
+            if vec.ndim != 1 or vec.shape[0] != self.meta.hidden_size:
+                raise ValueError(
+                    f"layer {layer}: vector shape {tuple(vec.shape)} does not match "
+                    f"hidden_size {self.meta.hidden_size}"
+                )
+            if not torch.isfinite(vec).all():
+                raise ValueError(f"layer {layer}: vector has NaN or infinite entries")
+        self.vectors = {int(k): v.detach().float().cpu() for k, v in sorted(self.vectors.items())}
+        self.meta = replace(self.meta, layers=tuple(self.vectors))
+
+    # -- training and application --------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        model: Any,
+        pairs: Sequence[Any],
+        layers: Sequence[int],
+        read: str = "answer",
+        aggregator: str = "mean",
+        batch_size: int = 16,
+        padding_side: str | None = None,
+    ) -> SteeringVector:
+        """Train on an nnsight ``LanguageModel`` from (prompt, positive, negative) pairs."""
+        from cae.pairs import check_pairs, dataset_hash
+        from cae.train import TrainConfig, train_vectors
+
+        cfg = TrainConfig(list(layers), read, aggregator, batch_size, padding_side)
+        pairs = check_pairs(pairs)
+        vectors = train_vectors(model, pairs, cfg)
+        meta = VectorMeta(model_id(model), hidden_size(model), tuple(vectors), read, aggregator,
+                          len(pairs), dataset_hash(pairs))
+        return cls(vectors, meta)
+
+    @classmethod
+    def random(cls, model: Any, layers: Sequence[int], seed: int = 0, norm: float = 1.0):
+        """A random vector of norm ``norm`` per layer (tests, baselines)."""
+        gen = torch.Generator().manual_seed(seed)
+        width = hidden_size(model)
+        vectors = {}
+        for layer in layers:
+            vec = torch.randn(width, generator=gen)
+            vectors[int(layer)] = vec / vec.norm() * norm
+        return cls(vectors, VectorMeta(model_id(model), width, tuple(vectors), "random", "random"))
+
+    def apply(
+        self, model: Any, multiplier: float = 1.0, positions: str = "from_prompt_end",
+        force: bool = False,
+    ) -> AbstractContextManager[None]:
+        """Context manager adding ``multiplier * v_L`` to every forward of ``model``.
+
+        ``positions``: ``all``, ``from_prompt_end`` (CAA) or ``generated`` (``cae.apply``).
+        """
+        from cae.apply import steering
+
+        return steering(model, [(self, multiplier)], positions, force)
+
+    # -- arithmetic ----------------------------------------------------------------
+
+    def _check_same_space(self, other: SteeringVector) -> None:
+        if not isinstance(other, SteeringVector):
+            raise TypeError(f"can only combine with a SteeringVector, got {type(other).__name__}")
+        if other.meta.hidden_size != self.meta.hidden_size:
+            raise ValueError(
+                f"cannot combine vectors of width {self.meta.hidden_size} and "
+                f"{other.meta.hidden_size}"
+            )
+        if self.meta.model_id != other.meta.model_id:
+            raise ValueError(
+                f"cannot combine vectors of different models: {self.meta.model_id!r} and "
+                f"{other.meta.model_id!r}"
+            )
+
+    def __add__(self, other: SteeringVector) -> SteeringVector:
+        self._check_same_space(other)
+        vectors = dict(self.vectors)
+        for layer, vec in other.vectors.items():
+            vectors[layer] = vectors[layer] + vec if layer in vectors else vec.clone()
+        same = self.meta.read == other.meta.read and self.meta.aggregator == other.meta.aggregator
+        meta = replace(
+            self.meta,
+            read=self.meta.read if same else "mixed",
+            aggregator=self.meta.aggregator if same else "mixed",
+            n_pairs=self.meta.n_pairs + other.meta.n_pairs,
+            dataset_hash=f"{self.meta.dataset_hash}+{other.meta.dataset_hash}",
+        )
+        return SteeringVector(vectors, meta)
+
+    def __mul__(self, scale: float) -> SteeringVector:
+        from cae.apply import check_multiplier
+
+        s = check_multiplier(scale)
+        return SteeringVector({k: v * s for k, v in self.vectors.items()}, self.meta)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, scale: float) -> SteeringVector:
+        if float(scale) == 0.0:
+            raise ValueError("cannot divide a steering vector by zero")
+        return self * (1.0 / float(scale))
+
+    def __neg__(self) -> SteeringVector:
+        return self * -1.0
+
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
+        return self + (-other)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.vectors)
+
+    # -- files and the Hub -----------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``cfg.json`` and ``vectors.safetensors`` into ``directory``."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {f"layer.{k}": v.contiguous() for k, v in self.vectors.items()}
+        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "cae"})
+        (out / CFG_NAME).write_text(json.dumps(asdict(self.meta), indent=2) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SteeringVector:
+        """Read a directory written by ``save``."""
+        path = Path(directory)
+        for name in (CFG_NAME, WEIGHTS_NAME):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path / name} not found (not a saved steering vector)")
+        try:
+            raw = json.loads((path / CFG_NAME).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path / CFG_NAME}:{err.lineno}: malformed JSON ({err.msg})") from err
+        if raw.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path / CFG_NAME}: format_version {raw['format_version']} is newer "
+                             f"than this library's {FORMAT_VERSION}")
+        try:
+            meta = VectorMeta(**raw)
+        except TypeError as err:
+            raise ValueError(f"{path / CFG_NAME}: bad metadata ({err})") from err
+        tensors = load_file(str(path / WEIGHTS_NAME))
+        vectors = {int(k.split(".", 1)[1]): v for k, v in tensors.items()}
+        return cls(vectors, meta)
+
+    def push_to_hub(
+        self, repo_id: str, token: str | None = None, private: bool = False,
+        commit_message: str = "Upload steering vector", endpoint: str | None = None,
+    ) -> str:
+        """Upload to a Hub model repo (created if missing); returns the commit URL."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=endpoint, token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save(tmp)
+            info = api.upload_folder(repo_id=repo_id, folder_path=tmp,
+                                     commit_message=commit_message)
+        return str(info)
+
+    @classmethod
+    def from_pretrained(
+        cls, repo_id_or_dir: str | Path, revision: str | None = None,
+        token: str | None = None, cache_dir: str | Path | None = None,
+    ) -> SteeringVector:
+        """Load a local directory, or a Hub repo through ``huggingface_hub`` (its cache and
+        ``HF_HUB_OFFLINE`` are honoured).
+
+        Example:
+            >>> sv = SteeringVector.from_pretrained("user/llama3-8b-corrigible")  # doctest: +SKIP
+        """
+        if Path(repo_id_or_dir).is_dir():
+            return cls.load(repo_id_or_dir)
+        from huggingface_hub import hf_hub_download
+
+        paths = [hf_hub_download(str(repo_id_or_dir), name, revision=revision, token=token,
+                                 cache_dir=cache_dir) for name in (CFG_NAME, WEIGHTS_NAME)]
+        return cls.load(Path(paths[0]).parent)

@@ -1,0 +1,306 @@
+"""ITDA construction, Algorithm 1 of Leask, Nanda, Al Moubayed (ICML 2025, arXiv 2505.17769).
+
+Seed the dictionary with a sample of the first batch; then for every batch encode each
+activation with the current dictionary and add, normalised, every activation whose relative
+reconstruction loss ``||x - x_hat||^2 / ||x||^2`` exceeds ``loss_threshold``. Optionally drop
+a candidate whose cosine with an atom (or an earlier candidate) exceeds ``dedup_cosine``, and
+stop at ``max_atoms``. Everything happens in the normalised space ``(x - mean) / std`` whose
+statistics come from the first batch. The process is deterministic for a fixed ``seed``.
+
+Shape legend: N tokens in a batch, D model width, F atoms, K candidate atoms of a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, NamedTuple
+
+import torch
+from sae_lens.saes.sae import SAEMetadata
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from itda import pursuit
+from itda.model import GRAM_MAX_BYTES, ITDA, ITDAConfig
+from itda.provenance import Provenance
+
+logger = logging.getLogger(__name__)
+
+
+class ActivationBatch(NamedTuple):
+    """A batch of activations with optional per-row provenance (see ``itda.provenance``)."""
+
+    acts_ND: Tensor
+    prov: dict[str, Tensor] | None = None
+    hook: str = ""
+    source: str = "stream"
+
+
+class BuildError(ValueError):
+    """A bad batch stopped the build; ``partial`` holds the dictionary built so far."""
+
+    def __init__(self, message: str, partial: ITDA | None):
+        super().__init__(message)
+        self.partial = partial
+
+
+@dataclass
+class BuildConfig:
+    """How to build an ITDA; recorded in the saved ``cfg.json`` under ``metadata.itda_build``."""
+
+    target_l0: int = 32
+    """Pursuit steps used to encode while building (and by the finished dictionary)."""
+    loss_threshold: float = 0.3
+    """Add an activation when its relative loss exceeds this; in (0, 1]; lower -> larger."""
+    max_atoms: int = 50_000
+    """Size cap; the build stops reading once it is reached."""
+    seed_atoms: int | None = None
+    """Activations sampled from the first batch as initial atoms (default: target_l0)."""
+    dedup_cosine: float | None = None
+    """Drop candidates whose |cosine| with a kept atom exceeds this (None: no de-duplication)."""
+    normalization: Literal["none", "mean", "mean_std"] = "mean_std"
+    """Per-dimension statistics from the first batch, folded into the saved weights."""
+    encoder: Literal["mp", "gp"] = "mp"
+    """Pursuit used while building and by the finished dictionary."""
+    nonnegative: bool = False
+    """Non-negative pursuit coefficients."""
+    candidates: int | None = None
+    """Screen each token to its top-``candidates`` atoms before pursuing (approximate)."""
+    seed: int = 0
+    """Seed of the first-batch sample."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.loss_threshold <= 1.0:
+            raise ValueError(f"loss_threshold must be in (0, 1], got {self.loss_threshold}")
+        if self.target_l0 < 1:
+            raise ValueError(f"target_l0 must be >= 1, got {self.target_l0}")
+        if self.target_l0 > self.max_atoms:
+            raise ValueError(
+                f"target_l0={self.target_l0} is larger than the dictionary "
+                f"(max_atoms={self.max_atoms})"
+            )
+        if self.seed_atoms is None:
+            self.seed_atoms = self.target_l0
+        if not 1 <= self.seed_atoms <= self.max_atoms:
+            raise ValueError(f"seed_atoms must be in [1, max_atoms], got {self.seed_atoms}")
+        if self.dedup_cosine is not None and not 0.0 < self.dedup_cosine < 1.0:
+            raise ValueError(f"dedup_cosine must be in (0, 1), got {self.dedup_cosine}")
+        if self.encoder not in ("mp", "gp"):
+            raise ValueError(f"encoder must be 'mp' or 'gp', got {self.encoder!r}")
+
+
+class _State:
+    """The growing dictionary: unit atoms, their Gram matrix, provenance, statistics."""
+
+    def __init__(self, mean_D: Tensor, std_D: Tensor, atoms_FD: Tensor, prov: Provenance):
+        self.mean_D, self.std_D = mean_D, std_D
+        self.atoms_FD = atoms_FD
+        self.prov = prov
+        self.tokens_seen = 0
+        self.batches_seen = 0
+        self.gram_FF: Tensor | None = None
+        if 4 * atoms_FD.shape[0] ** 2 <= GRAM_MAX_BYTES:
+            self.gram_FF = pursuit.gram_matrix(atoms_FD)
+
+    @property
+    def size(self) -> int:
+        return int(self.atoms_FD.shape[0])
+
+    def add(self, new_KD: Tensor, prov: Provenance) -> None:
+        if self.gram_FF is not None and 4 * (self.size + len(new_KD)) ** 2 <= GRAM_MAX_BYTES:
+            cross_KF = new_KD @ self.atoms_FD.T
+            top = torch.cat([self.gram_FF, cross_KF.T], dim=1)
+            bottom = torch.cat([cross_KF, new_KD @ new_KD.T], dim=1)
+            self.gram_FF = torch.cat([top, bottom])
+        else:
+            self.gram_FF = None
+        self.atoms_FD = torch.cat([self.atoms_FD, new_KD])
+        self.prov = self.prov.concat(prov)
+
+
+def build(
+    batches: Iterable[Tensor | ActivationBatch | tuple],
+    config: BuildConfig,
+    *,
+    resume: ITDA | None = None,
+    progress: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> ITDA:
+    """Build an ITDA from a stream of activation batches (Algorithm 1).
+
+    ``batches`` yields ``Tensor[n, d]``, ``ActivationBatch`` or ``(acts, prov)`` tuples.
+    ``resume`` continues from a partial dictionary (its statistics and atoms are kept), e.g.
+    the ``partial`` of a ``BuildError`` or a saved dictionary loaded with ``ITDA.load``.
+
+    Example:
+        >>> import torch
+        >>> from itda.build import BuildConfig, build
+        >>> acts = torch.randn(1024, 16)
+        >>> d = build(acts.split(256), BuildConfig(target_l0=4, loss_threshold=0.4,
+        ...           max_atoms=300), progress=False)
+        >>> d.cfg.target_l0, d.cfg.d_in
+        (4, 16)
+    """
+    state = _state_from(resume) if resume is not None else None
+    seen_any = False
+    bar = tqdm(batches, desc="itda build", unit="batch", disable=not progress)
+    for index, raw in enumerate(bar):
+        batch = _as_batch(raw)
+        _validate(batch, index, state, config, metadata)
+        seen_any = True
+        if state is None:
+            state = _seed(batch, config)
+        added = _step(state, batch, config)
+        state.batches_seen += 1
+        state.tokens_seen += batch.acts_ND.shape[0]
+        bar.set_postfix(atoms=state.size, added=added)
+        if state.size >= config.max_atoms:
+            logger.info("dictionary reached max_atoms=%d; stopping", config.max_atoms)
+            break
+    if not seen_any or state is None:
+        raise ValueError("empty activation stream: the batches iterable yielded no activations")
+    return _finish(state, config, metadata)
+
+
+def _as_batch(raw: Tensor | ActivationBatch | tuple) -> ActivationBatch:
+    if isinstance(raw, ActivationBatch):
+        return raw
+    if isinstance(raw, Tensor):
+        return ActivationBatch(raw)
+    return ActivationBatch(*raw)
+
+
+def _validate(
+    batch: ActivationBatch, index: int, state: _State | None, config: BuildConfig,
+    metadata: dict[str, Any] | None,
+) -> None:
+    problem = _problem(batch.acts_ND, index, state)
+    if problem is not None:
+        partial = None if state is None else _finish(state, config, metadata, allow_small=True)
+        raise BuildError(problem, partial)
+
+
+def _problem(acts: Tensor, index: int, state: _State | None) -> str | None:
+    if acts.ndim != 2 or acts.shape[0] == 0:
+        return f"batch {index} must be a non-empty (n, d) tensor, got shape {tuple(acts.shape)}"
+    if state is not None and acts.shape[1] != state.atoms_FD.shape[1]:
+        return (f"batch {index} has activation width {acts.shape[1]} but the dictionary "
+                f"width is {state.atoms_FD.shape[1]}")
+    bad = int((~torch.isfinite(acts)).sum())
+    if bad:
+        return f"batch {index} contains {bad} non-finite (NaN or inf) values"
+    return None
+
+
+def _normalise(state: _State, acts_ND: Tensor) -> Tensor:
+    return (acts_ND.float() - state.mean_D) / state.std_D
+
+
+def _seed(batch: ActivationBatch, config: BuildConfig) -> _State:
+    acts_ND = batch.acts_ND.float()
+    d = acts_ND.shape[1]
+    mean_D = acts_ND.mean(0) if config.normalization != "none" else torch.zeros(d)
+    std_D = torch.ones(d)
+    if config.normalization == "mean_std" and acts_ND.shape[0] > 1:
+        std_D = acts_ND.std(0).clamp(min=1e-6)
+    mean_D, std_D = mean_D.to(acts_ND.device), std_D.to(acts_ND.device)
+    state = _State(mean_D, std_D, torch.zeros(0, d, device=acts_ND.device), Provenance.empty())
+    gen = torch.Generator().manual_seed(config.seed)
+    assert config.seed_atoms is not None
+    order = torch.randperm(acts_ND.shape[0], generator=gen)[: config.seed_atoms].sort().values
+    x_KD = _normalise(state, acts_ND[order.to(acts_ND.device)])
+    order = order[(x_KD.norm(dim=1) > 0).cpu()]
+    unit_KD = torch.nn.functional.normalize(_normalise(state, acts_ND[order]), dim=1)
+    keep = _dedup_mask(unit_KD, None, config)
+    state.add(unit_KD[keep], _batch_prov(batch, state).select(order[keep.cpu()]))
+    return state
+
+
+def _step(state: _State, batch: ActivationBatch, config: BuildConfig) -> int:
+    """Encode one batch and add its badly reconstructed activations; returns how many."""
+    x_ND = _normalise(state, batch.acts_ND)
+    encoder = pursuit.matching_pursuit if config.encoder == "mp" else pursuit.gradient_pursuit
+    l0 = min(config.target_l0, state.size)
+    candidates = None if config.candidates is None else max(config.candidates, l0)
+    use_gram = config.encoder == "mp" or candidates is not None
+    result = encoder(x_ND, state.atoms_FD, l0, nonnegative=config.nonnegative,
+                     gram_FF=state.gram_FF if use_gram else None, candidates=candidates)
+    norm2_N = (x_ND * x_ND).sum(1)
+    loss_N = (result.residual_ND ** 2).sum(1) / norm2_N.clamp(min=1e-30)
+    chosen = ((loss_N > config.loss_threshold) & (norm2_N > 0)).nonzero().squeeze(1)
+    if len(chosen) == 0:
+        return 0
+    new_KD = torch.nn.functional.normalize(x_ND[chosen], dim=1)
+    keep = _dedup_mask(new_KD, state.atoms_FD, config)
+    chosen, new_KD = chosen[keep], new_KD[keep]
+    room = config.max_atoms - state.size
+    chosen, new_KD = chosen[:room], new_KD[:room]
+    state.add(new_KD, _batch_prov(batch, state).select(chosen.cpu()))
+    return int(len(chosen))
+
+
+def _dedup_mask(new_KD: Tensor, atoms_FD: Tensor | None, config: BuildConfig) -> Tensor:
+    """Greedy in stream order: keep a candidate unless too close to an atom or a kept one."""
+    keep = torch.ones(len(new_KD), dtype=torch.bool, device=new_KD.device)
+    thr = config.dedup_cosine
+    if thr is None:
+        return keep
+    if atoms_FD is not None and len(atoms_FD):
+        keep &= (new_KD @ atoms_FD.T).abs().amax(dim=1) <= thr
+    close_KK = (new_KD @ new_KD.T).abs() > thr
+    for k in range(len(new_KD)):
+        if keep[k] and close_KK[k, k + 1 :].any():
+            keep[k + 1 :] &= ~close_KK[k, k + 1 :]
+    return keep
+
+
+def _batch_prov(batch: ActivationBatch, state: _State) -> Provenance:
+    return Provenance.for_batch(batch.acts_ND.shape[0], batch.source, batch.hook,
+                                batch.prov, state.tokens_seen)
+
+
+def _state_from(itda: ITDA) -> _State:
+    prov = itda.provenance if itda.provenance is not None else _unknown_prov(itda.cfg.d_sae)
+    state = _State(itda.b_dec.detach().float().clone(), itda.act_std.detach().float().clone(),
+                   itda.atoms.float().clone(), prov)
+    build_meta = itda.cfg.metadata.get("itda_build", {}) or {}
+    state.tokens_seen = int(build_meta.get("tokens_seen", 0))
+    state.batches_seen = int(build_meta.get("batches_seen", 0))
+    return state
+
+
+def _unknown_prov(n: int) -> Provenance:
+    return Provenance.for_batch(n, "unknown", "", {}, 0)
+
+
+def _finish(
+    state: _State, config: BuildConfig, metadata: dict[str, Any] | None,
+    allow_small: bool = False,
+) -> ITDA:
+    if state.size < config.target_l0 and not allow_small:
+        raise ValueError(
+            f"target_l0={config.target_l0} is larger than the dictionary that was built "
+            f"({state.size} atoms); lower loss_threshold or feed more activations"
+        )
+    meta = dict(metadata or {})
+    hooks = [h for h in state.prov.hooks if h]
+    if hooks and "hook_name" not in meta:
+        meta["hook_name"] = hooks[0]
+    meta["itda_build"] = asdict(config) | {"tokens_seen": state.tokens_seen,
+                                           "batches_seen": state.batches_seen}
+    cfg = ITDAConfig(
+        d_in=state.atoms_FD.shape[1], d_sae=state.size, encoder=config.encoder,
+        nonnegative=config.nonnegative, target_l0=min(config.target_l0, state.size),
+        candidates=None if config.candidates is None else min(config.candidates, state.size),
+        normalization=config.normalization, apply_b_dec_to_input=True,
+        device=str(state.atoms_FD.device), metadata=SAEMetadata(**meta),
+    )
+    itda = ITDA(cfg)
+    with torch.no_grad():
+        itda.W_dec.copy_(state.atoms_FD * state.std_D)
+        itda.b_dec.copy_(state.mean_D)
+        itda.act_std.copy_(state.std_D)
+    itda.provenance = state.prov
+    return itda

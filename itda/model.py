@@ -1,0 +1,295 @@
+"""ITDA as a SAELens SAE (Leask, Nanda, Al Moubayed, ICML 2025, arXiv 2505.17769).
+
+Inference-Time Decomposition of Activations: the dictionary is a set of real activations,
+each normalised to unit length after a per-dimension normalisation ``(x - mean) / std``; a
+token is encoded by matching pursuit or gradient pursuit for ``target_l0`` steps.
+
+Weights (shape legend: F atoms, D model width):
+
+- ``W_dec`` (F, D): atoms in *raw* activation units, ``atom_n * act_std``, so that
+  ``decode(z) = z @ W_dec + b_dec`` as for every SAELens SAE and ``W_dec[i]`` is the direction
+  a steering tool should add;
+- ``b_dec`` (D,): the per-dimension mean (zeros when not normalised);
+- ``act_std`` (D,): the per-dimension std (ones when not normalised).
+
+``encode(x)`` computes ``(x - b_dec) / act_std`` and pursues with the unit atoms
+``W_dec / act_std``, so raw activations go straight in: the normalisation is folded into the
+weights, not into a preprocessing step the user has to repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from sae_lens import SAE, SAEConfig
+from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+from torch import Tensor, nn
+from typing_extensions import override
+
+from itda import pursuit
+from itda.provenance import PROVENANCE_FILENAME, AtomSource, Provenance
+
+logger = logging.getLogger(__name__)
+
+ENCODERS = {"mp": pursuit.matching_pursuit, "gp": pursuit.gradient_pursuit}
+"""Registry of pursuit encoders by config name."""
+
+GRAM_MAX_BYTES = 2**31
+"""Largest Gram matrix (F*F*4 bytes) an ITDA caches to speed up matching pursuit."""
+
+
+@dataclass
+class ITDAConfig(SAEConfig):
+    """Config of an ITDA dictionary; saved as ``cfg.json`` with ``architecture: "itda"``."""
+
+    encoder: Literal["mp", "gp"] = "mp"
+    """Pursuit used by ``encode``: matching pursuit or gradient pursuit."""
+    nonnegative: bool = False
+    """Only positive coefficients (the Flux work used non-negative gradient pursuit)."""
+    target_l0: int = 32
+    """Number of pursuit steps, i.e. the maximum number of active atoms per token."""
+    candidates: int | None = None
+    """Pursue only among each token's top-``candidates`` atoms (approximate, faster)."""
+    normalization: Literal["none", "mean", "mean_std"] = "mean_std"
+    """Normalisation used at construction; its statistics live in ``b_dec`` / ``act_std``."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "itda"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {self.encoder!r}")
+        if self.normalization not in ("none", "mean", "mean_std"):
+            raise ValueError(f"unknown normalization {self.normalization!r}")
+        if not 1 <= self.target_l0 <= self.d_sae:
+            raise ValueError(
+                f"target_l0={self.target_l0} is larger than the dictionary (d_sae={self.d_sae})"
+                if self.target_l0 > self.d_sae
+                else f"target_l0 must be >= 1, got {self.target_l0}"
+            )
+        if self.candidates is not None and self.candidates < self.target_l0:
+            raise ValueError(
+                f"candidates={self.candidates} must be at least target_l0={self.target_l0}"
+            )
+
+
+class ITDA(SAE[ITDAConfig]):
+    """An ITDA dictionary that loads, saves and hooks like any SAELens SAE.
+
+    Example:
+        >>> import torch, itda
+        >>> acts = torch.randn(512, 16)
+        >>> d = itda.ITDA.build([acts[:256], acts[256:]], target_l0=4, loss_threshold=0.5,
+        ...                     max_atoms=200, progress=False)
+        >>> d.decode(d.encode(acts[:3])).shape
+        torch.Size([3, 16])
+        >>> d.describe(0).source
+        'stream'
+    """
+
+    act_std: nn.Parameter
+    provenance: Provenance | None
+
+    def __init__(self, cfg: ITDAConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        self.provenance = None
+        self._cache: dict[str, tuple[Any, Tensor]] = {}
+
+    @override
+    def initialize_weights(self) -> None:
+        d_in, d_sae = self.cfg.d_in, self.cfg.d_sae
+        kw = {"dtype": self.dtype, "device": self.device}
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **kw))  # type: ignore[arg-type]
+        self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))  # type: ignore[arg-type]
+        self.act_std = nn.Parameter(torch.ones(d_in, **kw))  # type: ignore[arg-type]
+
+    @property
+    def W_enc(self) -> Tensor:  # type: ignore[override]
+        """Raw-space correlation weights: ``(x - b_dec) @ W_enc`` = correlations with atoms."""
+        return (self.atoms / self.act_std).T
+
+    @override
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "W_enc":  # the base class assigns W_enc; ITDA derives it
+            return
+        super().__setattr__(name, value)
+
+    @property
+    def atoms(self) -> Float[Tensor, "F D"]:
+        """Unit-norm atoms in normalised space (cached until the weights change)."""
+        return self._cached("atoms", lambda: (self.W_dec / self.act_std).detach())
+
+    def gram(self) -> Tensor | None:
+        """fp32 Gram matrix of the atoms, or None when it would exceed ``GRAM_MAX_BYTES``."""
+        if 4 * self.cfg.d_sae**2 > GRAM_MAX_BYTES:
+            return None
+        return self._cached("gram", lambda: pursuit.gram_matrix(self.atoms))
+
+    def _cached(self, name: str, make: Any) -> Tensor:
+        stamp = (self.W_dec._version, self.act_std._version, self.W_dec.data_ptr(),
+                 self.act_std.data_ptr(), self.W_dec.shape)
+        hit = self._cache.get(name)
+        if hit is None or hit[0] != stamp:
+            hit = (stamp, make())
+            self._cache[name] = hit
+        return hit[1]
+
+    def encode_sparse(self, x: Float[Tensor, "... D"]) -> pursuit.Pursuit:
+        """Pursuit result (atom index and coefficient per step) for raw activations.
+
+        Preferred over ``encode`` for large batches: it never builds the dense (N, F) codes.
+        """
+        if x.shape[-1] != self.cfg.d_in:
+            raise ValueError(
+                f"activation width {x.shape[-1]} differs from the dictionary width "
+                f"{self.cfg.d_in}"
+            )
+        sae_in = self.process_sae_in(x)
+        x_ND = (sae_in / self.act_std).reshape(-1, self.cfg.d_in)
+        use_gram = self.cfg.encoder == "mp" or self.cfg.candidates is not None
+        with torch.no_grad():
+            return ENCODERS[self.cfg.encoder](
+                x_ND.detach(),
+                self.atoms,
+                self.cfg.target_l0,
+                nonnegative=self.cfg.nonnegative,
+                gram_FF=self.gram() if use_gram else None,
+                candidates=self.cfg.candidates,
+            )
+
+    @override
+    def encode(self, x: Float[Tensor, "... D"]) -> Float[Tensor, "... F"]:
+        result = self.encode_sparse(x)
+        codes_NF = pursuit.to_dense(result, self.cfg.d_sae).to(self.dtype)
+        codes = codes_NF.reshape(*x.shape[:-1], self.cfg.d_sae)
+        return self.hook_sae_acts_post(codes)
+
+    @override
+    def decode(self, feature_acts: Float[Tensor, "... F"]) -> Float[Tensor, "... D"]:
+        out = feature_acts.to(self.dtype) @ self.W_dec + self.b_dec
+        out = self.hook_sae_recons(out)
+        out = self.run_time_activation_norm_fn_out(out)
+        return self.reshape_fn_out(out, self.d_head)
+
+    @override
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        want = {"W_dec": (self.cfg.d_sae, self.cfg.d_in), "b_dec": (self.cfg.d_in,),
+                "act_std": (self.cfg.d_in,)}
+        for name, shape in want.items():
+            if name not in state_dict:
+                raise ValueError(f"ITDA weights are missing {name!r}")
+            got = tuple(state_dict[name].shape)
+            if got != shape:
+                raise ValueError(
+                    f"weight {name} has shape {got} but cfg.json (d_sae={self.cfg.d_sae}, "
+                    f"d_in={self.cfg.d_in}) implies {shape}"
+                )
+
+    @override
+    def fold_W_dec_norm(self) -> None:
+        raise NotImplementedError("ITDA atoms are unit-norm in normalised space; nothing to fold")
+
+    @override
+    def fold_activation_whitening(self, mean: Tensor, whitening_matrix: Tensor,
+                                  unwhitening_matrix: Tensor) -> None:
+        raise NotImplementedError("whitening cannot be folded into a pursuit encoder")
+
+    @override
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        self.W_dec.data /= scaling_factor
+        self.b_dec.data /= scaling_factor
+        self.act_std.data /= scaling_factor
+        self.cfg.normalize_activations = "none"
+
+    # --- provenance, save, load ---------------------------------------------------------
+
+    def describe(self, atom: int) -> AtomSource:
+        """Where atom ``atom`` came from (source, prompt, token or step/h/w, hook)."""
+        if self.provenance is None:
+            raise ValueError(
+                "this ITDA has no provenance loaded; load it with itda.ITDA.load(path) "
+                "or attach it with .load_provenance(path)"
+            )
+        return self.provenance.describe(atom)
+
+    def load_provenance(self, path: str | Path) -> None:
+        """Attach the provenance saved in directory ``path``."""
+        self.provenance = Provenance.load(path, self.cfg.d_sae)
+
+    @override
+    def save_model(self, path: str | Path) -> tuple[Path, Path]:
+        weights, cfg = super().save_model(path)
+        if self.provenance is not None:
+            self.provenance.save(path)
+        else:
+            logger.warning("saving an ITDA without provenance to %s", path)
+        return weights, cfg
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", dtype: str | None = None) -> ITDA:
+        """Load a saved ITDA directory with its provenance (``SAE.load_from_disk`` + checks)."""
+        path = Path(path)
+        cfg_path = path / SAE_CFG_FILENAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} not found: not a saved SAE directory")
+        arch = json.loads(cfg_path.read_text()).get("architecture")
+        if arch != "itda":
+            raise ValueError(f"{cfg_path} names architecture {arch!r}, not 'itda'")
+        if not (path / SAE_WEIGHTS_FILENAME).is_file():
+            raise FileNotFoundError(f"{path / SAE_WEIGHTS_FILENAME} not found")
+        sae = SAE.load_from_disk(path, device=device, dtype=dtype)
+        assert isinstance(sae, ITDA)
+        sae.load_provenance(path)
+        return sae
+
+    @classmethod
+    def from_pretrained_with_provenance(
+        cls, repo_id: str, folder: str, device: str = "cpu", dtype: str = "float32"
+    ) -> ITDA:
+        """``SAE.from_pretrained(repo_id, folder)`` plus the provenance file from the Hub."""
+        from huggingface_hub import hf_hub_download
+
+        sae = SAE.from_pretrained(repo_id, folder, device=device, dtype=dtype)
+        if not isinstance(sae, ITDA):
+            raise ValueError(f"{repo_id}/{folder} holds a {type(sae).__name__}, not an ITDA")
+        local = hf_hub_download(repo_id=repo_id, filename=f"{folder}/{PROVENANCE_FILENAME}")
+        sae.load_provenance(Path(local).parent)
+        return sae
+
+    # --- construction and interop (implemented in build.py / interop.py) ---------------
+
+    @classmethod
+    def build(
+        cls,
+        batches: Iterable[Any],
+        target_l0: int = 32,
+        loss_threshold: float = 0.3,
+        max_atoms: int = 50_000,
+        **kwargs: Any,
+    ) -> ITDA:
+        """Build a dictionary from a stream of activations (Algorithm 1); see ``itda.build``."""
+        from itda.build import BuildConfig, build
+
+        resume = kwargs.pop("resume", None)
+        progress = kwargs.pop("progress", True)
+        metadata = kwargs.pop("metadata", None)
+        config = BuildConfig(target_l0=target_l0, loss_threshold=loss_threshold,
+                             max_atoms=max_atoms, **kwargs)
+        return build(batches, config, resume=resume, progress=progress, metadata=metadata)
+
+    def to_matching_pursuit(self, **kwargs: Any) -> SAE:
+        """Export as sae_lens's built-in ``"matching_pursuit"`` SAE; see ``itda.interop``."""
+        from itda.interop import to_matching_pursuit
+
+        return to_matching_pursuit(self, **kwargs)

@@ -1,0 +1,349 @@
+"""Batched matching pursuit and gradient pursuit for a fixed number of steps.
+
+Matching pursuit: Mallat & Zhang, "Matching pursuits with time-frequency dictionaries" (1993).
+Gradient pursuit: Blumensath & Davies, "Gradient Pursuits" (IEEE TSP 2008). Both are the
+encoders of ITDA (Leask, Nanda, Al Moubayed, ICML 2025, arXiv 2505.17769).
+
+Shape legend: N tokens, D model width, F atoms, L pursuit steps (the L0), M screened
+candidates per token, T tokens in one chunk.
+
+Every kernel works on unit-norm atoms ``dict_FD`` stored in fp32 or bf16; all arithmetic
+(correlations, coefficients, residuals) is done in fp32, upcasting the dictionary one chunk of
+atoms at a time, so the working memory is bounded by ``max_bytes`` plus the optional Gram
+matrix. The step that dominates the cost is finding the atom most correlated with every
+residual. Three strategies:
+
+- ``gram_FF`` given (matching pursuit only): correlations are computed once and then updated
+  in place with ``corr -= coef * G[k]`` (one gathered row per token per step);
+- no Gram: the correlations are recomputed from the residual each step, chunked over atoms;
+- ``candidates=M``: each token keeps only its ``M`` atoms most correlated with the input and
+  pursues inside that set with a local Gram block. This is an approximation (exact when
+  ``M >= F``) that makes a step cost ``O(M)`` instead of ``O(F)``.
+
+Example:
+    >>> import torch
+    >>> from itda.pursuit import matching_pursuit
+    >>> atoms_FD = torch.nn.functional.normalize(torch.randn(64, 16), dim=-1)
+    >>> out = matching_pursuit(torch.randn(8, 16), atoms_FD, l0=4)
+    >>> out.atoms_NL.shape, out.coefs_NL.shape
+    (torch.Size([8, 4]), torch.Size([8, 4]))
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+DEFAULT_MAX_BYTES = 2**28
+"""Working-memory budget of one kernel call (correlations and upcast chunks), in bytes."""
+
+
+class Pursuit(NamedTuple):
+    """Result of a pursuit: per step the chosen atom (-1 when none) and its coefficient."""
+
+    atoms_NL: Int[Tensor, "N L"]
+    coefs_NL: Float[Tensor, "N L"]
+    residual_ND: Float[Tensor, "N D"]
+
+
+def to_dense(result: Pursuit, n_atoms: int) -> Float[Tensor, "N F"]:
+    """Scatter a pursuit's (atom, coefficient) pairs into dense codes (repeats are summed)."""
+    n = result.atoms_NL.shape[0]
+    codes_NF = torch.zeros(n, n_atoms, dtype=torch.float32, device=result.coefs_NL.device)
+    valid_NL = result.atoms_NL >= 0
+    index_NL = result.atoms_NL.clamp(min=0)
+    codes_NF.scatter_add_(1, index_NL, result.coefs_NL * valid_NL)
+    return codes_NF
+
+
+def gram_matrix(dict_FD: Float[Tensor, "F D"], max_bytes: int = DEFAULT_MAX_BYTES) -> Tensor:
+    """fp32 Gram matrix ``D @ D.T`` of a dictionary, computed in chunks of atoms."""
+    n_atoms = dict_FD.shape[0]
+    gram_FF = torch.empty(n_atoms, n_atoms, dtype=torch.float32, device=dict_FD.device)
+    step = _atom_chunk(dict_FD, max_bytes)
+    for i in range(0, n_atoms, step):
+        rows_CD = dict_FD[i : i + step].float()
+        for j in range(0, n_atoms, step):
+            gram_FF[i : i + step, j : j + step] = rows_CD @ dict_FD[j : j + step].float().T
+    return gram_FF
+
+
+def matching_pursuit(
+    x_ND: Float[Tensor, "N D"],
+    dict_FD: Float[Tensor, "F D"],
+    l0: int,
+    *,
+    nonnegative: bool = False,
+    gram_FF: Tensor | None = None,
+    candidates: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Pursuit:
+    """Matching pursuit for exactly ``l0`` steps (an atom may be chosen more than once).
+
+    Each step picks the atom with the largest correlation (largest absolute correlation when
+    ``nonnegative`` is False) with the residual, adds that correlation to its coefficient and
+    removes its projection from the residual. With ``nonnegative`` a token whose best
+    correlation is not positive stops (atom -1, coefficient 0).
+    """
+    _check_inputs(x_ND, dict_FD, l0, candidates)
+    if candidates is not None and candidates < dict_FD.shape[0]:
+        return _screened(x_ND, dict_FD, l0, nonnegative, gram_FF, candidates, max_bytes, "mp")
+    parts = [
+        _mp_chunk(x_TD, dict_FD, l0, nonnegative, gram_FF, max_bytes)
+        for x_TD in _token_chunks(x_ND, dict_FD.shape[0], max_bytes)
+    ]
+    return _cat(parts)
+
+
+def gradient_pursuit(
+    x_ND: Float[Tensor, "N D"],
+    dict_FD: Float[Tensor, "F D"],
+    l0: int,
+    *,
+    nonnegative: bool = False,
+    gram_FF: Tensor | None = None,
+    candidates: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Pursuit:
+    """Gradient pursuit for ``l0`` steps (Blumensath & Davies 2008, Algorithm 1).
+
+    Each step adds the most correlated atom to the support (unless already there), then moves
+    all support coefficients along the gradient restricted to the support:
+    ``g = D_S^T r, c = D_S g, a = <r, c> / ||c||^2, x_S += a g, r -= a c``.
+    With ``nonnegative`` the coefficients are clamped at 0 after each step and a token whose
+    best correlation is not positive selects nothing new. ``gram_FF`` is only used together
+    with ``candidates`` (exact gradient pursuit recomputes correlations each step).
+    """
+    _check_inputs(x_ND, dict_FD, l0, candidates)
+    if candidates is not None and candidates < dict_FD.shape[0]:
+        return _screened(x_ND, dict_FD, l0, nonnegative, gram_FF, candidates, max_bytes, "gp")
+    per_token = max(dict_FD.shape[0], l0 * dict_FD.shape[1])
+    parts = [
+        _gp_chunk(x_TD, dict_FD, l0, nonnegative, max_bytes)
+        for x_TD in _token_chunks(x_ND, per_token, max_bytes)
+    ]
+    return _cat(parts)
+
+
+# --- exact kernels ---------------------------------------------------------------------
+
+
+def _mp_chunk(
+    x_TD: Tensor, dict_FD: Tensor, l0: int, nonneg: bool, gram_FF: Tensor | None, max_bytes: int
+) -> Pursuit:
+    r_TD = x_TD.float().clone()
+    n = r_TD.shape[0]
+    atoms_TL = torch.full((n, l0), -1, dtype=torch.long, device=r_TD.device)
+    coefs_TL = torch.zeros(n, l0, dtype=torch.float32, device=r_TD.device)
+    corr_TF = _correlate(r_TD, dict_FD, max_bytes) if gram_FF is not None else None
+    rows_TF = torch.empty_like(corr_TF) if corr_TF is not None else None
+    for step in range(l0):
+        if corr_TF is None:
+            k_T, coef_T = _best_streamed(r_TD, dict_FD, nonneg, max_bytes)
+        else:
+            k_T, coef_T = _best(corr_TF, nonneg)
+        active_T = coef_T != 0
+        atoms_TL[:, step] = torch.where(active_T, k_T, -1)
+        coefs_TL[:, step] = coef_T
+        r_TD.addcmul_(dict_FD.index_select(0, k_T).float(), coef_T[:, None], value=-1.0)
+        if corr_TF is not None and rows_TF is not None and gram_FF is not None:
+            torch.index_select(gram_FF, 0, k_T, out=rows_TF)
+            corr_TF.addcmul_(rows_TF, coef_T[:, None], value=-1.0)
+    return Pursuit(atoms_TL, coefs_TL, r_TD)
+
+
+def _gp_chunk(x_TD: Tensor, dict_FD: Tensor, l0: int, nonneg: bool, max_bytes: int) -> Pursuit:
+    x32_TD = x_TD.float()
+    r_TD = x32_TD.clone()
+    n, d = r_TD.shape
+    atoms_TL = torch.full((n, l0), -1, dtype=torch.long, device=r_TD.device)
+    coefs_TL = torch.zeros(n, l0, dtype=torch.float32, device=r_TD.device)
+    support_TLD = torch.zeros(n, l0, d, dtype=torch.float32, device=r_TD.device)
+    for step in range(l0):
+        k_T, best_T = _best_streamed(r_TD, dict_FD, nonneg, max_bytes)
+        new_T = (best_T != 0) & ~(atoms_TL == k_T[:, None]).any(dim=1)
+        atoms_TL[:, step] = torch.where(new_T, k_T, -1)
+        support_TLD[:, step] = dict_FD.index_select(0, k_T).float() * new_T[:, None]
+        g_TL = torch.einsum("tld,td->tl", support_TLD, r_TD)
+        c_TD = torch.einsum("tl,tld->td", g_TL, support_TLD)
+        a_T = _step_size((g_TL * g_TL).sum(1), (c_TD * c_TD).sum(1))
+        coefs_TL.add_(a_T[:, None] * g_TL)
+        if nonneg:
+            coefs_TL.clamp_(min=0.0)
+            r_TD = x32_TD - torch.einsum("tl,tld->td", coefs_TL, support_TLD)
+        else:
+            r_TD.addcmul_(c_TD, a_T[:, None], value=-1.0)
+    return Pursuit(atoms_TL, coefs_TL, r_TD)
+
+
+def _step_size(num_T: Tensor, den_T: Tensor) -> Tensor:
+    return torch.where(den_T > 0, num_T / den_T.clamp(min=1e-30), torch.zeros_like(num_T))
+
+
+def _best(corr_TF: Tensor, nonneg: bool) -> tuple[Tensor, Tensor]:
+    """Index and signed value of the best correlation per row (0 when nothing qualifies)."""
+    vmax_T, kmax_T = corr_TF.max(dim=1)
+    if nonneg:
+        return kmax_T, vmax_T.clamp(min=0.0)
+    vmin_T, kmin_T = corr_TF.min(dim=1)
+    use_min_T = -vmin_T > vmax_T
+    return torch.where(use_min_T, kmin_T, kmax_T), torch.where(use_min_T, vmin_T, vmax_T)
+
+
+def _best_streamed(
+    r_TD: Tensor, dict_FD: Tensor, nonneg: bool, max_bytes: int
+) -> tuple[Tensor, Tensor]:
+    """``_best(r @ D.T)`` without holding more than one chunk of atoms' correlations."""
+    step = _atom_chunk(dict_FD, max_bytes, rows=r_TD.shape[0])
+    best_k_T: Tensor | None = None
+    best_v_T = torch.zeros(r_TD.shape[0], dtype=torch.float32, device=r_TD.device)
+    for i in range(0, dict_FD.shape[0], step):
+        k_T, v_T = _best(r_TD @ dict_FD[i : i + step].float().T, nonneg)
+        if best_k_T is None:
+            best_k_T, best_v_T = k_T + i, v_T
+            continue
+        better_T = v_T.abs() > best_v_T.abs()
+        best_k_T = torch.where(better_T, k_T + i, best_k_T)
+        best_v_T = torch.where(better_T, v_T, best_v_T)
+    assert best_k_T is not None
+    return best_k_T, best_v_T
+
+
+def _correlate(r_TD: Tensor, dict_FD: Tensor, max_bytes: int) -> Tensor:
+    """fp32 ``r @ D.T``, upcasting the dictionary one chunk of atoms at a time if needed."""
+    if dict_FD.dtype == torch.float32:
+        return r_TD @ dict_FD.T
+    out_TF = torch.empty(r_TD.shape[0], dict_FD.shape[0], dtype=torch.float32, device=r_TD.device)
+    step = _atom_chunk(dict_FD, max_bytes)
+    for i in range(0, dict_FD.shape[0], step):
+        out_TF[:, i : i + step] = r_TD @ dict_FD[i : i + step].float().T
+    return out_TF
+
+
+# --- screened kernels (top-M candidates per token) -------------------------------------
+
+
+def _screened(
+    x_ND: Tensor,
+    dict_FD: Tensor,
+    l0: int,
+    nonneg: bool,
+    gram_FF: Tensor | None,
+    m: int,
+    max_bytes: int,
+    kind: str,
+) -> Pursuit:
+    per_token = dict_FD.shape[0] + m * m + (0 if gram_FF is not None else m * dict_FD.shape[1])
+    parts = []
+    for x_TD in _token_chunks(x_ND, per_token, max_bytes):
+        x32_TD = x_TD.float()
+        corr_TF = _correlate(x32_TD, dict_FD, max_bytes)
+        score_TF = corr_TF if nonneg else corr_TF.abs()
+        cand_TM = score_TF.topk(m, dim=1, sorted=False).indices
+        corr_TM = corr_TF.gather(1, cand_TM)
+        del corr_TF, score_TF
+        local_TMM = _local_gram(cand_TM, dict_FD, gram_FF)
+        run = _local_mp if kind == "mp" else _local_gp
+        slots_TL, coefs_TL = run(corr_TM, local_TMM, l0, nonneg)
+        atoms_TL = torch.where(slots_TL >= 0, cand_TM.gather(1, slots_TL.clamp(min=0)), -1)
+        recon_TD = _decode_sparse(atoms_TL, coefs_TL, dict_FD)
+        parts.append(Pursuit(atoms_TL, coefs_TL, x32_TD - recon_TD))
+    return _cat(parts)
+
+
+def _local_gram(cand_TM: Tensor, dict_FD: Tensor, gram_FF: Tensor | None) -> Tensor:
+    if gram_FF is not None:
+        n_atoms = gram_FF.shape[0]
+        flat_TMM = cand_TM[:, :, None] * n_atoms + cand_TM[:, None, :]
+        return gram_FF.reshape(-1)[flat_TMM]
+    atoms_TMD = dict_FD[cand_TM].float()
+    return atoms_TMD @ atoms_TMD.transpose(1, 2)
+
+
+def _local_mp(
+    corr_TM: Tensor, gram_TMM: Tensor, l0: int, nonneg: bool
+) -> tuple[Tensor, Tensor]:
+    n = corr_TM.shape[0]
+    rows_T = torch.arange(n, device=corr_TM.device)
+    slots_TL = torch.full((n, l0), -1, dtype=torch.long, device=corr_TM.device)
+    coefs_TL = torch.zeros(n, l0, dtype=torch.float32, device=corr_TM.device)
+    for step in range(l0):
+        j_T, coef_T = _best(corr_TM, nonneg)
+        slots_TL[:, step] = torch.where(coef_T != 0, j_T, -1)
+        coefs_TL[:, step] = coef_T
+        corr_TM.addcmul_(gram_TMM[rows_T, j_T], coef_T[:, None], value=-1.0)
+    return slots_TL, coefs_TL
+
+
+def _local_gp(
+    corr_TM: Tensor, gram_TMM: Tensor, l0: int, nonneg: bool
+) -> tuple[Tensor, Tensor]:
+    n, m = corr_TM.shape
+    corr0_TM = corr_TM.clone()
+    slots_TL = torch.full((n, l0), -1, dtype=torch.long, device=corr_TM.device)
+    coefs_TL = torch.zeros(n, l0, dtype=torch.float32, device=corr_TM.device)
+    for step in range(l0):
+        j_T, best_T = _best(corr_TM, nonneg)
+        new_T = (best_T != 0) & ~(slots_TL == j_T[:, None]).any(dim=1)
+        slots_TL[:, step] = torch.where(new_T, j_T, -1)
+        mask_TL = slots_TL >= 0
+        g_TL = corr_TM.gather(1, slots_TL.clamp(min=0)) * mask_TL
+        # rows of the local Gram for the support: (T, L, M)
+        rows_TLM = gram_TMM.gather(1, slots_TL.clamp(min=0)[:, :, None].expand(n, l0, m))
+        gG_TM = torch.einsum("tl,tlm->tm", g_TL, rows_TLM)
+        cc_T = (gG_TM.gather(1, slots_TL.clamp(min=0)) * g_TL).sum(1)
+        a_T = _step_size((g_TL * g_TL).sum(1), cc_T)
+        coefs_TL.add_(a_T[:, None] * g_TL)
+        if nonneg:
+            coefs_TL.clamp_(min=0.0)
+            corr_TM = corr0_TM - torch.einsum("tl,tlm->tm", coefs_TL * mask_TL, rows_TLM)
+        else:
+            corr_TM = corr_TM - a_T[:, None] * gG_TM
+    return slots_TL, coefs_TL
+
+
+def _decode_sparse(atoms_TL: Tensor, coefs_TL: Tensor, dict_FD: Tensor) -> Tensor:
+    valid_TL = atoms_TL >= 0
+    atoms_TLD = dict_FD[atoms_TL.clamp(min=0)].float()
+    return torch.einsum("tl,tld->td", coefs_TL * valid_TL, atoms_TLD)
+
+
+# --- plumbing --------------------------------------------------------------------------
+
+
+def _check_inputs(x_ND: Tensor, dict_FD: Tensor, l0: int, candidates: int | None) -> None:
+    if x_ND.ndim != 2 or dict_FD.ndim != 2:
+        raise ValueError(
+            f"pursuit expects 2-d activations and dictionary, got shapes "
+            f"{tuple(x_ND.shape)} and {tuple(dict_FD.shape)}"
+        )
+    if x_ND.shape[1] != dict_FD.shape[1]:
+        raise ValueError(
+            f"activation width {x_ND.shape[1]} differs from dictionary width {dict_FD.shape[1]}"
+        )
+    if not 1 <= l0 <= dict_FD.shape[0]:
+        raise ValueError(
+            f"target_l0={l0} must be between 1 and the dictionary size {dict_FD.shape[0]}"
+        )
+    if candidates is not None and candidates < l0:
+        raise ValueError(f"candidates={candidates} must be at least target_l0={l0}")
+
+
+def _token_chunks(x_ND: Tensor, floats_per_token: int, max_bytes: int) -> list[Tensor]:
+    size = max(1, max_bytes // (4 * max(1, floats_per_token)))
+    return list(x_ND.split(size)) if x_ND.shape[0] else [x_ND]
+
+
+def _atom_chunk(dict_FD: Tensor, max_bytes: int, rows: int | None = None) -> int:
+    per_atom = 4 * max(dict_FD.shape[1], rows or 0)
+    return max(1, min(dict_FD.shape[0], max_bytes // per_atom))
+
+
+def _cat(parts: list[Pursuit]) -> Pursuit:
+    if len(parts) == 1:
+        return parts[0]
+    return Pursuit(*(torch.cat(cols) for cols in zip(*parts)))
+

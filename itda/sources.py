@@ -1,0 +1,153 @@
+"""Activation streams for ITDA construction (Leask et al., ICML 2025, arXiv 2505.17769).
+
+Two sources feed ``itda.build``, each keeping the provenance the paper's Jaccard comparison
+needs:
+
+- a Flux activation cache written by ``sae-flux cache`` (``sae_flux.cache.CacheReader``): rows in
+  cache order, provenance (prompt, step, timestep, h, w) or (prompt, token) per row;
+- a Hugging Face causal LM wrapped in ``nnsight.LanguageModel``: the residual stream output of
+  decoder layer ``layer``, read inside an nnsight trace, padding tokens dropped, provenance
+  (prompt index, token position).
+
+Shape legend: B texts in a batch, S sequence positions, N tokens, D model width.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from itda.build import ActivationBatch, BuildConfig, build
+from itda.model import ITDA
+
+logger = logging.getLogger(__name__)
+
+
+def cache_batches(
+    path: str | Path, hook: str | None = None, batch_size: int = 4096
+) -> tuple[Iterator[ActivationBatch], dict[str, Any]]:
+    """In-order batches of a Flux activation cache and the SAELens metadata it implies."""
+    from sae_flux.cache import CacheReader
+
+    reader = CacheReader(path, hook=hook)
+    settings = reader.manifest.settings
+    source = str(settings.get("prompt_hash") or Path(path).name)
+    meta = {"model_name": reader.manifest.model_id, "hook_name": reader.hook}
+
+    def gen() -> Iterator[ActivationBatch]:
+        for acts_ND, prov in reader.iter_shards():
+            for start in range(0, acts_ND.shape[0], batch_size):
+                rows = slice(start, start + batch_size)
+                yield ActivationBatch(acts_ND[rows], {k: v[rows] for k, v in prov.items()},
+                                      reader.hook, source)
+
+    return gen(), meta
+
+
+def build_from_cache(
+    path: str | Path,
+    config: BuildConfig | None = None,
+    *,
+    hook: str | None = None,
+    batch_size: int = 4096,
+    resume: ITDA | None = None,
+    progress: bool = True,
+) -> ITDA:
+    """Build an ITDA from a Flux activation cache (``sae-flux cache``), in cache order.
+
+    Example:
+        >>> d = build_from_cache("cache", BuildConfig(target_l0=32, loss_threshold=0.3))
+        >>> d.describe(0)   # AtomSource(source='sha256:...', prompt=0, step=0, h=3, w=5, ...)
+    """
+    batches, meta = cache_batches(path, hook, batch_size)
+    return build(batches, config or BuildConfig(), resume=resume, progress=progress,
+                 metadata=meta)
+
+
+def lm_layers(model: Any) -> Any:
+    """The decoder-layer list of an nnsight-wrapped HF causal LM (Llama-like or GPT-2-like)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        node = model
+        for name in path.split("."):
+            node = getattr(node, name, None)
+            if node is None:
+                break
+        if node is not None:
+            return node
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def lm_batches(
+    model: Any,
+    texts: Sequence[str],
+    layer: int,
+    batch_size: int = 8,
+    max_length: int = 256,
+    source: str = "texts",
+) -> Iterator[ActivationBatch]:
+    """Residual-stream activations after decoder layer ``layer``, one batch per text batch."""
+    n_layers = len(lm_layers(model))
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} out of range: the model has {n_layers} decoder layers")
+    hook = f"layers.{layer}.output"
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        enc = model.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
+                              max_length=max_length)
+        acts_BSD = _residual(model, enc, layer)
+        keep_BS = enc["attention_mask"].bool()
+        prompt_BS = torch.arange(start, start + len(chunk))[:, None].expand_as(keep_BS)
+        token_BS = _positions(keep_BS)
+        yield ActivationBatch(acts_BSD[keep_BS].float(),
+                              {"prompt": prompt_BS[keep_BS], "token": token_BS[keep_BS]},
+                              hook, source)
+
+
+def _positions(keep_BS: Tensor) -> Tensor:
+    """Token index within each text, counting only real (non-padding) tokens."""
+    return (keep_BS.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def _residual(model: Any, enc: Any, layer: int) -> Tensor:
+    import nnsight
+
+    layers = lm_layers(model)
+    with torch.no_grad(), model.trace(dict(enc)):
+        out = layers[layer].output
+        out = out[0] if isinstance(out, tuple) else out
+        saved = nnsight.save(out)
+    return saved.detach().cpu()
+
+
+def build_from_lm(
+    model: Any,
+    texts: Sequence[str],
+    layer: int,
+    config: BuildConfig | None = None,
+    *,
+    batch_size: int = 8,
+    max_length: int = 256,
+    source: str = "texts",
+    resume: ITDA | None = None,
+    progress: bool = True,
+) -> ITDA:
+    """Build an ITDA on a Hugging Face LM's residual stream through nnsight.
+
+    Example:
+        >>> import nnsight
+        >>> lm = nnsight.LanguageModel("gpt2", dispatch=True)
+        >>> d = build_from_lm(lm, texts, layer=6, config=BuildConfig(target_l0=32))
+        >>> d.describe(0)   # AtomSource(source='texts', prompt=..., token=..., hook='layers.6.output')
+    """
+    if not texts:
+        raise ValueError("empty activation stream: no texts were given")
+    batches = lm_batches(model, texts, layer, batch_size, max_length, source)
+    model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    meta = {"model_name": model_name, "hook_name": f"layers.{layer}.output"}
+    return build(batches, config or BuildConfig(), resume=resume, progress=progress,
+                 metadata=meta)

@@ -1,0 +1,12 @@
+"""sae-flux: Flux 1 traced with nnsight, activation caches, and dictionaries that SAELens loads.
+
+Example:
+    >>> import sae_flux
+    >>> flux = sae_flux.Flux.tiny(seed=0)
+    >>> acts = flux.capture(["a red circle"], hooks=["double.1.img"], num_inference_steps=1)
+"""
+
+from sae_flux.flux import Activations, Flux
+
+__all__ = ["Activations", "Flux"]
+__version__ = "0.1.0"

@@ -1,0 +1,425 @@
+"""Activation caches on disk: sharded safetensors plus a JSON manifest, written crash-safely.
+
+The data flow of ``../shared/design.md``: prompts -> :class:`sae_flux.Flux` -> hook points ->
+this cache -> trainers (sae_lens ``SAETrainer`` or ``itda`` construction) through
+:class:`CacheReader`.
+
+Layout of a cache directory::
+
+    manifest.json                      # CacheConfig record, hook widths, completed shards
+    <hook>/shard-00000.safetensors     # "acts" (tokens, width) + provenance columns
+
+Shard ``k`` holds prompts ``[k * shard_prompts, (k + 1) * shard_prompts)`` for every hook. A
+shard is written to a temporary name and renamed; the manifest is rewritten (also by rename)
+only after all hooks' files of a shard are in place. So a run killed at any point leaves a
+manifest that lists only complete shards, and ``resume=True`` regenerates exactly the missing
+ones (prompt ``j`` always uses seed ``seed + j``, so the result is byte-identical).
+
+Example:
+    >>> cfg = CacheConfig(model="tiny", prompts="prompts.txt", hooks=["double.1.img"], out="cache")
+    >>> write_cache(cfg)
+    >>> reader = CacheReader("cache")
+    >>> for batch_BD in reader.batches(batch_size=256):
+    ...     ...
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+@dataclass
+class CacheConfig:
+    """One activation-caching job (the CLI ``sae-flux cache``, the API and the saved record)."""
+
+    model: str
+    """``tiny``, ``organism``, a diffusers repo id or a local pipeline directory."""
+    prompts: str
+    """UTF-8 text file with one prompt per line (blank lines are skipped)."""
+    hooks: list[str]
+    """Hook points to cache, e.g. ``["double.18.img"]``."""
+    out: str
+    """Output directory."""
+    num_inference_steps: int | None = None
+    """Denoising steps per image (default: the model's)."""
+    steps: list[int] | None = None
+    """Which denoising steps to keep (default: all)."""
+    seed: int = 0
+    """Prompt ``j`` is generated from seed ``seed + j``."""
+    resolution: int | None = None
+    """Image height = width in pixels (default: the model's)."""
+    dtype: str = "float32"
+    """Storage dtype of the activations: float32, bfloat16 or float16."""
+    batch_size: int = 8
+    """Prompts per pipeline call."""
+    shard_prompts: int = 64
+    """Prompts per shard; bounds memory and the work lost to a crash."""
+
+    def __post_init__(self) -> None:
+        if not self.hooks:
+            raise ValueError("CacheConfig.hooks is empty: name at least one hook point")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.batch_size < 1 or self.shard_prompts < 1:
+            raise ValueError("batch_size and shard_prompts must be >= 1")
+        if self.shard_prompts % self.batch_size:
+            raise ValueError(
+                f"shard_prompts ({self.shard_prompts}) must be a multiple of batch_size "
+                f"({self.batch_size}) so that every shard is made of whole batches"
+            )
+
+
+@dataclass
+class ShardRecord:
+    """One completed shard: its prompt range and token count per hook."""
+
+    index: int
+    prompt_start: int
+    prompt_stop: int
+    tokens: dict[str, int]
+
+
+@dataclass
+class Manifest:
+    """``manifest.json``: how the cache was made and which shards are complete."""
+
+    settings: dict[str, Any]
+    """Everything that determines the data (compared on resume)."""
+    widths: dict[str, int]
+    """Feature width per hook."""
+    dtype: str
+    num_prompts: int
+    shards: list[ShardRecord] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.widths)
+
+    @property
+    def hook(self) -> str:
+        """The cached hook when there is exactly one."""
+        if len(self.widths) != 1:
+            raise ValueError(f"this cache holds several hooks {self.hooks}; name one")
+        return self.hooks[0]
+
+    @property
+    def d_model(self) -> int:
+        return self.widths[self.hook]
+
+    @property
+    def model_id(self) -> str:
+        return str(self.settings["model_id"])
+
+    @property
+    def complete(self) -> bool:
+        return sum(s.prompt_stop - s.prompt_start for s in self.shards) == self.num_prompts
+
+    def tokens(self, hook: str) -> int:
+        return sum(s.tokens[hook] for s in self.shards)
+
+    def save(self, directory: Path) -> None:
+        """Atomically replace ``directory/manifest.json``."""
+        tmp = directory / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=1, sort_keys=True))
+        os.replace(tmp, directory / MANIFEST)
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest:
+        path = Path(directory) / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} holds no activation cache ({MANIFEST} is missing)")
+        try:
+            raw = json.loads(path.read_text())
+            raw["shards"] = [ShardRecord(**s) for s in raw["shards"]]
+            return cls(**raw)
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not a valid cache manifest: {err}") from err
+
+
+# -- prompts ------------------------------------------------------------------------------------
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts of a UTF-8 text file, one per non-blank line; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise ValueError(f"prompt file {path} looks binary (it contains NUL bytes)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(f"prompt file {path} is not UTF-8 (bad byte on line {line})") from err
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompt file {path} has no prompts (it is empty or blank)")
+    return prompts
+
+
+def prompt_hash(prompts: Sequence[str]) -> str:
+    digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+    return f"sha256:{digest[:16]}"
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def load_flux(model: str) -> Any:
+    """``tiny``/``tiny:SEED``, ``organism``, or a repo id / directory -> :class:`sae_flux.Flux`."""
+    from sae_flux.flux import Flux
+
+    if model == "organism":
+        return Flux.organism()
+    if model == "tiny" or model.startswith("tiny:"):
+        return Flux.tiny(seed=int(model.partition(":")[2] or 0))
+    return Flux.from_pretrained(model)
+
+
+def settings_of(cfg: CacheConfig, flux: Any, prompts: Sequence[str]) -> dict[str, Any]:
+    """Everything that determines a cache's bytes; two caches with equal settings are equal."""
+    kwargs = flux.generation_kwargs(
+        num_inference_steps=cfg.num_inference_steps, height=cfg.resolution, width=cfg.resolution
+    )
+    return {
+        "model_id": flux.model_id,
+        "revision": getattr(flux.model, "revision", None),
+        "hooks": list(cfg.hooks),
+        "prompt_hash": prompt_hash(prompts),
+        "generation": kwargs,
+        "steps": cfg.steps,
+        "seed": cfg.seed,
+        "dtype": cfg.dtype,
+        "batch_size": cfg.batch_size,
+        "shard_prompts": cfg.shard_prompts,
+    }
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: cache has {old.get(k)!r}, requested {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _prepare(out: Path, manifest: Manifest, resume: bool) -> Manifest:
+    """The manifest to continue from, or a clear error if ``out`` holds something else."""
+    exists = (out / MANIFEST).is_file()
+    if resume and not exists:
+        raise FileNotFoundError(f"--resume given but {out} holds no cache ({MANIFEST} is missing)")
+    if not exists:
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"output directory {out} is not empty and holds no cache")
+        out.mkdir(parents=True, exist_ok=True)
+        manifest.save(out)
+        return manifest
+    old = Manifest.load(out)
+    differences = _diff(old.settings, manifest.settings)
+    if differences:
+        raise ValueError(
+            f"{out} holds a cache made with other settings; refusing to mix them:\n  "
+            + "\n  ".join(differences)
+        )
+    if not resume and not old.complete:
+        raise FileExistsError(f"{out} holds an unfinished cache with these settings: pass --resume")
+    return old
+
+
+def _write_shard(path: Path, tensors: dict[str, Tensor]) -> None:
+    """Write a shard under a temporary name and rename it; never leave a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:
+            raise OSError(
+                err.errno,
+                f"disk full while writing {path}; no partial shard was kept and the manifest "
+                f"still lists every finished shard: free space and rerun with --resume",
+            ) from err
+        raise
+
+
+def _shard_tensors(acts: Any, hook: str, dtype: torch.dtype) -> dict[str, Tensor]:
+    tensors = {"acts": acts.tokens(hook).to(dtype).contiguous()}
+    for key, value in acts.provenance(hook).items():
+        tensors[key] = value.to(torch.float32 if key == "timestep" else torch.int32)
+    return tensors
+
+
+def write_cache(cfg: CacheConfig, resume: bool = False, flux: Any = None) -> Manifest:
+    """Cache ``cfg.hooks`` for every prompt of ``cfg.prompts`` into ``cfg.out``.
+
+    Memory stays bounded by one shard. With ``resume`` an interrupted run continues where its
+    manifest ends. Returns the final manifest.
+    """
+    prompts = read_prompts(cfg.prompts)
+    flux = flux if flux is not None else load_flux(cfg.model)
+    widths = {h: flux.width(h) for h in cfg.hooks}
+    out = Path(cfg.out)
+    manifest = Manifest(settings_of(cfg, flux, prompts), widths, cfg.dtype, len(prompts))
+    manifest = _prepare(out, manifest, resume)
+    for hook in cfg.hooks:
+        (out / hook).mkdir(exist_ok=True)
+    done = {s.index for s in manifest.shards}
+    n_shards = -(-len(prompts) // cfg.shard_prompts)
+    todo = [k for k in range(n_shards) if k not in done]
+    for k in tqdm(todo, desc="cache shards", unit="shard"):
+        start, stop = k * cfg.shard_prompts, min((k + 1) * cfg.shard_prompts, len(prompts))
+        acts = flux.capture(
+            prompts[start:stop],
+            cfg.hooks,
+            num_inference_steps=cfg.num_inference_steps,
+            seed=cfg.seed,
+            height=cfg.resolution,
+            width=cfg.resolution,
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            prompt_ids=range(start, stop),
+        )
+        counts = {}
+        for hook in cfg.hooks:
+            tensors = _shard_tensors(acts, hook, DTYPES[cfg.dtype])
+            _write_shard(shard_path(out, hook, k), tensors)
+            counts[hook] = int(tensors["acts"].shape[0])
+        manifest.shards.append(ShardRecord(k, start, stop, counts))
+        manifest.shards.sort(key=lambda s: s.index)
+        manifest.save(out)
+    logger.info("cache %s complete: %d shards", out, len(manifest.shards))
+    return manifest
+
+
+def shard_path(out: Path, hook: str, index: int) -> Path:
+    return Path(out) / hook / f"shard-{index:05d}.safetensors"
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+class CacheReader:
+    """Streams a cache's activations: in order with provenance, or as shuffled batches.
+
+    Example:
+        >>> reader = CacheReader("cache")            # a one-hook cache; else CacheReader(p, hook=...)
+        >>> reader.manifest.d_model, reader.num_tokens
+        >>> for acts_ND, prov in reader.iter_shards(): ...
+        >>> batches = reader.batches(batch_size=4096, seed=0, epochs=None)   # for SAETrainer
+    """
+
+    def __init__(self, path: str | Path, hook: str | None = None) -> None:
+        self.path = Path(path)
+        self.manifest = Manifest.load(self.path)
+        if hook is None:
+            hook = self.manifest.hook
+        if hook not in self.manifest.widths:
+            raise ValueError(f"hook {hook!r} is not in this cache; it holds {self.manifest.hooks}")
+        self.hook = hook
+
+    @property
+    def d_model(self) -> int:
+        return self.manifest.widths[self.hook]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.manifest.tokens(self.hook)
+
+    def load_shard(self, record: ShardRecord) -> dict[str, Tensor]:
+        """One shard's tensors, checked against the manifest (names the file if it is bad)."""
+        path = shard_path(self.path, self.hook, record.index)
+        if not path.is_file():
+            raise FileNotFoundError(f"cache shard {path} listed in the manifest is missing")
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"cache shard {path} is corrupted or truncated: {err}") from err
+        acts = tensors.get("acts")
+        expected = (record.tokens[self.hook], self.d_model)
+        if acts is None or tuple(acts.shape) != expected:
+            got = None if acts is None else tuple(acts.shape)
+            raise ValueError(f"cache shard {path} holds acts of shape {got}, manifest says {expected}")
+        return tensors
+
+    def iter_shards(self) -> Iterator[tuple[Float[Tensor, "n d"], dict[str, Tensor]]]:
+        """``(acts, provenance)`` per shard in prompt order; provenance as in Activations."""
+        for record in self.manifest.shards:
+            tensors = self.load_shard(record)
+            acts = tensors.pop("acts")
+            yield acts, tensors
+
+    def batches(
+        self,
+        batch_size: int,
+        seed: int = 0,
+        buffer_tokens: int = 262_144,
+        epochs: int | None = 1,
+        dtype: torch.dtype = torch.float32,
+    ) -> Iterator[Float[Tensor, "batch d"]]:
+        """Shuffled batches through a mixing buffer of ``buffer_tokens`` (``epochs=None``: forever).
+
+        Shards are visited in a seeded random order; tokens are mixed across the shards that
+        share the buffer. The final partial batch of each epoch is dropped.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not self.manifest.shards:
+            raise ValueError(f"cache {self.path} has no finished shards")
+        gen = torch.Generator().manual_seed(seed)
+        epoch = 0
+        while epochs is None or epoch < epochs:
+            yield from self._epoch(batch_size, gen, buffer_tokens, dtype)
+            epoch += 1
+
+    def _epoch(
+        self, batch_size: int, gen: torch.Generator, buffer_tokens: int, dtype: torch.dtype
+    ) -> Iterator[Tensor]:
+        order = torch.randperm(len(self.manifest.shards), generator=gen).tolist()
+        buffer: list[Tensor] = []
+        held = 0
+        for i in order:
+            acts = self.load_shard(self.manifest.shards[i])["acts"]
+            buffer.append(acts)
+            held += acts.shape[0]
+            if held >= buffer_tokens:
+                rest = yield from _drain(torch.cat(buffer), batch_size, gen, dtype, keep=buffer_tokens // 2)
+                buffer, held = [rest], rest.shape[0]
+        if buffer:
+            yield from _drain(torch.cat(buffer), batch_size, gen, dtype, keep=0)
+
+
+def _drain(
+    pool: Tensor, batch_size: int, gen: torch.Generator, dtype: torch.dtype, keep: int
+) -> Iterator[Tensor]:
+    """Shuffle ``pool``, yield full batches until at most ``keep`` rows remain; return the rest."""
+    pool = pool[torch.randperm(pool.shape[0], generator=gen)]
+    n_out = max(0, (pool.shape[0] - keep) // batch_size) * batch_size
+    if keep == 0:
+        n_out = pool.shape[0] // batch_size * batch_size
+    for start in range(0, n_out, batch_size):
+        yield pool[start : start + batch_size].to(dtype)
+    return pool[n_out:] if keep else pool[:0]

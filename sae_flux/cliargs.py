@@ -1,0 +1,89 @@
+"""A job's config dataclass as argparse options: one definition for CLI, API and saved record.
+
+Field docstrings (the string literal under each field) become the ``--help`` text, so the help
+never drifts from the code. ``list[...]`` fields take several values, ``bool`` fields are flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: docstring}`` read from the class source (empty when the source is unavailable)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(element type, is_list) of an annotation, dropping ``| None``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    if origin in (list, tuple, typing.Sequence):
+        return typing.get_args(tp)[0], True
+    return tp, False
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser, cls: type, positional: tuple[str, ...] = ()
+) -> None:
+    """Add one option per field of dataclass ``cls`` (``positional`` names become positionals)."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    for field in dataclasses.fields(cls):
+        tp, is_list = _base_type(hints[field.name])
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        default = None if required else (
+            field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        )
+        help_text = docs.get(field.name, "")
+        if not required and default is not None:
+            help_text += f" (default: {default})"
+        kwargs: dict[str, Any] = {"help": help_text}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif dataclasses.is_dataclass(tp):
+            continue  # nested configs are set from Python or a saved record
+        else:
+            kwargs["type"] = tp if tp in (int, float, str) else str
+            if is_list:
+                kwargs["nargs"] = "+"
+        if field.name in positional:
+            parser.add_argument(field.name, **kwargs)
+        else:
+            kwargs["dest"] = field.name
+            kwargs["required"] = required
+            kwargs["default"] = default if not required else None
+            parser.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Build ``cls`` from the parsed options (its ``__post_init__`` validates them)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**values)

@@ -1,0 +1,387 @@
+"""``Flux``: a diffusers FluxPipeline traced by nnsight, with named hook points and capture.
+
+The tracing follows the residual-stream setup of Shabalin et al. 2025 (arXiv 2505.24360): the
+image stream of a block's output, one or a few denoising steps from pure noise. Every read goes
+through nnsight's own ``DiffusionModel`` (``flux.model``), so user scripts can mix
+:meth:`Flux.capture` with their own ``with flux.model.generate(...)`` blocks.
+
+Example:
+    >>> flux = Flux.tiny(seed=0)
+    >>> acts = flux.capture(["a red circle"], hooks=["double.1.img"], num_inference_steps=2)
+    >>> acts["double.1.img"].shape   # (prompt, step, token, d_model)
+    torch.Size([1, 2, 64, 32])
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from nnsight.modeling.diffusion import DiffusionModel
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sae_flux import hooks as hookpoints
+from sae_flux.tiny import GenerationDefaults, TinyFluxConfig, build_pipeline, save_pipeline
+
+logger = logging.getLogger(__name__)
+
+SCHNELL = "black-forest-labs/FLUX.1-schnell"
+#: Defaults for the real models (the paper: 256 px, one step for schnell; T5 length 256 / 512).
+REAL_DEFAULTS = {
+    "schnell": GenerationDefaults(resolution=256, max_sequence_length=256, num_inference_steps=1),
+    "dev": GenerationDefaults(
+        resolution=256, max_sequence_length=512, num_inference_steps=28, guidance_scale=3.5
+    ),
+}
+
+
+class Activations(dict[str, Tensor]):
+    """``hook -> Tensor[prompt, step, token, width]`` plus where every token came from.
+
+    Attributes:
+        prompts: the prompts, in row order.
+        prompt_ids: global index of each prompt row (its position in the full prompt list).
+        steps: the denoising-step indices kept, in order.
+        timesteps: the scheduler timestep (0..1000 scale) of each kept step.
+        grid: (rows, cols) of the image-token grid.
+    """
+
+    def __init__(
+        self,
+        data: dict[str, Tensor],
+        prompts: list[str],
+        prompt_ids: list[int],
+        steps: list[int],
+        timesteps: Tensor,
+        grid: tuple[int, int],
+    ) -> None:
+        super().__init__(data)
+        self.prompts = prompts
+        self.prompt_ids = prompt_ids
+        self.steps = steps
+        self.timesteps = timesteps
+        self.grid = grid
+
+    def tokens(self, hook: str) -> Float[Tensor, "n width"]:
+        """The hook's activations flattened to ``(prompt*step*token, width)``."""
+        return self[hook].flatten(0, 2)
+
+    def provenance(self, hook: str) -> dict[str, Tensor]:
+        """Per-token provenance aligned with :meth:`tokens`.
+
+        Keys: ``prompt`` (global prompt index), ``step``, ``timestep``, and ``h``/``w`` (token row
+        and column on the latent grid) for image streams or ``token`` (position in the T5
+        sequence) for text streams.
+        """
+        n_prompt, n_step, n_token, _ = self[hook].shape
+        shape = (n_prompt, n_step, n_token)
+        prompt = torch.tensor(self.prompt_ids, dtype=torch.int64)[:, None, None].expand(shape)
+        step = torch.tensor(self.steps, dtype=torch.int64)[None, :, None].expand(shape)
+        timestep = self.timesteps.to(torch.float32)[None, :, None].expand(shape)
+        token = torch.arange(n_token)[None, None, :].expand(shape)
+        prov = {"prompt": prompt, "step": step, "timestep": timestep}
+        if hookpoints.parse(hook).is_image:
+            prov["h"], prov["w"] = token // self.grid[1], token % self.grid[1]
+        else:
+            prov["token"] = token
+        return {key: value.reshape(-1).contiguous() for key, value in prov.items()}
+
+
+@dataclass(frozen=True)
+class _BlockGroup:
+    """The hooks of one block, read in one visit: inputs, then MLP, then block output."""
+
+    block_path: str
+    points: tuple[hookpoints.HookPoint, ...]
+
+    def read(self, model: DiffusionModel) -> dict[str, Tensor]:
+        block = hookpoints._envoy(model, self.block_path)
+        inputs = block.inputs[1] if any(p.delta for p in self.points) else None
+        values: dict[str, Tensor] = {}
+        for point in self.points:
+            if point.stream == "mlp":
+                values[point.name] = block.ff.net[0].output
+        output = block.output if any(p.stream != "mlp" for p in self.points) else None
+        for point in self.points:
+            if point.stream == "mlp":
+                continue
+            stream = output[point.output_index]
+            if point.delta:
+                key = "encoder_hidden_states" if point.stream == "txt" else "hidden_states"
+                stream = stream - inputs[key]
+            values[point.name] = stream
+        return values
+
+
+def _group(points: Sequence[hookpoints.HookPoint]) -> list[_BlockGroup]:
+    groups: dict[str, list[hookpoints.HookPoint]] = {}
+    for point in sorted(points):
+        groups.setdefault(point.block_path, []).append(point)
+    return [_BlockGroup(path, tuple(pts)) for path, pts in groups.items()]
+
+
+class Flux:
+    """A FluxPipeline wrapped in nnsight's ``DiffusionModel`` with named hook points.
+
+    Build it with :meth:`from_pretrained` (real models, by repo id or directory), :meth:`tiny`
+    (random weights, offline) or :meth:`organism` (the shipped trained organism).
+    """
+
+    def __init__(self, model: DiffusionModel, model_id: str, defaults: GenerationDefaults):
+        self.model = model
+        self.model_id = model_id
+        self.defaults = defaults
+        self.pipeline.set_progress_bar_config(disable=True)
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_or_dir: str | Path = SCHNELL,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+        **pipeline_kwargs: Any,
+    ) -> Flux:
+        """Load a Flux pipeline (FLUX.1-schnell by default, FLUX.1-dev accepted) by id or path.
+
+        Example:
+            >>> flux = Flux.from_pretrained("black-forest-labs/FLUX.1-schnell",
+            ...                             dtype=torch.bfloat16, device="cuda")
+        """
+        path = Path(repo_or_dir)
+        local = path.is_dir()
+        if local and not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
+        model = DiffusionModel(
+            str(repo_or_dir),
+            dispatch=True,
+            dtype=dtype,
+            revision=revision,
+            **pipeline_kwargs,
+        )
+        model.pipeline.to(device)
+        defaults = GenerationDefaults.load(path) if local else None
+        if defaults is None:
+            defaults = REAL_DEFAULTS["dev" if "dev" in str(repo_or_dir).lower() else "schnell"]
+        model_id = str(path.resolve()) if local else str(repo_or_dir)
+        return cls(model, model_id, defaults)
+
+    @classmethod
+    def tiny(cls, seed: int = 0, config: TinyFluxConfig | None = None) -> Flux:
+        """A random-weight tiny FluxPipeline built offline: the fixture for fast tests."""
+        config = config or TinyFluxConfig()
+        pipe = build_pipeline(config, seed=seed)
+        workdir = Path(tempfile.mkdtemp(prefix="sae-flux-tiny-"))
+        try:
+            save_pipeline(pipe, workdir, config.defaults)
+            flux = cls.from_pretrained(workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        flux.model_id = f"tiny(seed={seed}, {_config_tag(config)})"
+        return flux
+
+    @classmethod
+    def organism(cls) -> Flux:
+        """The shipped Flux organism: a tiny FluxPipeline trained on procedural scenes."""
+        from sae_flux.organism import weights_dir
+
+        flux = cls.from_pretrained(weights_dir())
+        flux.model_id = "sae-flux/organism"
+        return flux
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def pipeline(self) -> Any:
+        """The underlying diffusers ``FluxPipeline``."""
+        return self.model.pipeline
+
+    @property
+    def resolution(self) -> int:
+        """Default image height = width in pixels."""
+        return self.defaults.resolution
+
+    @property
+    def d_model(self) -> int:
+        return int(self.pipeline.transformer.inner_dim)
+
+    @property
+    def block_counts(self) -> tuple[int, int]:
+        return hookpoints.block_counts(self.pipeline.transformer)
+
+    def hook_points(self, delta: bool = False) -> list[str]:
+        """Every valid hook-point name of this model, in execution order."""
+        return hookpoints.all_hook_points(*self.block_counts, delta=delta)
+
+    def resolve(self, hook: str) -> hookpoints.HookPoint:
+        """Parse ``hook`` and check it exists in this model (clear error otherwise)."""
+        return hookpoints.resolve(hook, *self.block_counts)
+
+    def width(self, hook: str) -> int:
+        """Feature width of ``hook`` (d_model, or 4 x d_model for MLP neurons)."""
+        return self.resolve(hook).width(self.d_model)
+
+    def grid(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """(rows, cols) of the image-token grid at the given size."""
+        stride = 2 * self.pipeline.vae_scale_factor
+        return (height or self.resolution) // stride, (width or self.resolution) // stride
+
+    def generation_kwargs(self, **overrides: Any) -> dict[str, Any]:
+        """Pipeline keyword arguments with this model's defaults (size, steps, text length)."""
+        kwargs = {
+            "height": self.resolution,
+            "width": self.resolution,
+            "num_inference_steps": self.defaults.num_inference_steps,
+            "guidance_scale": self.defaults.guidance_scale,
+            "max_sequence_length": self.defaults.max_sequence_length,
+        }
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return kwargs
+
+    # -- running ---------------------------------------------------------------------------
+
+    def generators(self, seed: int, prompt_ids: Sequence[int]) -> list[torch.Generator]:
+        """One generator per prompt, seeded ``seed + global prompt index`` (batch-independent)."""
+        device = self.pipeline.device
+        return [torch.Generator(device).manual_seed(seed + i) for i in prompt_ids]
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seed: int = 0,
+        prompt_ids: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> Float[Tensor, "prompt 3 height width"]:
+        """Images in [0, 1] for ``prompts`` (a bare pipeline call, no tracing)."""
+        prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
+        out = self.pipeline(
+            list(prompts),
+            generator=self.generators(seed, prompt_ids),
+            output_type="pt",
+            **self.generation_kwargs(**kwargs),
+        )
+        return out.images
+
+    def capture(
+        self,
+        prompts: Sequence[str],
+        hooks: Sequence[str],
+        num_inference_steps: int | None = None,
+        seed: int = 0,
+        height: int | None = None,
+        width: int | None = None,
+        steps: Sequence[int] | None = None,
+        batch_size: int = 16,
+        include_uncond: bool = False,
+        prompt_ids: Sequence[int] | None = None,
+        progress: bool = False,
+        **pipeline_kwargs: Any,
+    ) -> Activations:
+        """Run the pipeline on ``prompts`` and return the named streams.
+
+        Args:
+            prompts: text prompts; prompt ``j`` is generated from seed ``seed + prompt_ids[j]``.
+            hooks: hook-point names (see :mod:`sae_flux.hooks`).
+            num_inference_steps: denoising steps (default: the model's).
+            steps: which denoising steps to keep (default: all).
+            batch_size: prompts per pipeline call.
+            include_uncond: with true classifier-free guidance (``true_cfg_scale > 1`` and a
+                negative prompt) the transformer runs twice per step; by default only the
+                conditional pass is kept, ``True`` keeps both (the step axis then interleaves
+                conditional, unconditional).
+            prompt_ids: global indices of the prompts (default ``0..len-1``), for provenance.
+
+        Returns:
+            :class:`Activations`: ``hook -> Tensor[prompt, step, token, width]`` (float32 on CPU).
+        """
+        if not prompts:
+            raise ValueError("capture needs at least one prompt")
+        points = [self.resolve(h) for h in dict.fromkeys(hooks)]
+        kwargs = self.generation_kwargs(
+            num_inference_steps=num_inference_steps, height=height, width=width, **pipeline_kwargs
+        )
+        n_steps = kwargs["num_inference_steps"]
+        kept = _check_steps(steps, n_steps)
+        cfg = kwargs.get("true_cfg_scale", 1.0) > 1 and kwargs.get("negative_prompt") is not None
+        occurrences = _occurrences(kept, cfg, include_uncond)
+        prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
+        chunks: dict[str, list[Tensor]] = {p.name: [] for p in points}
+        groups = _group(points)
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="capture", disable=not progress, unit="batch"):
+            batch = list(prompts[start : start + batch_size])
+            ids = prompt_ids[start : start + batch_size]
+            saved = self._trace_batch(batch, ids, seed, groups, occurrences, kwargs)
+            for name, per_step in saved.items():
+                chunks[name].append(torch.stack(per_step, dim=1).float().cpu())
+        timesteps = self.pipeline.scheduler.timesteps[kept].float().cpu()
+        data = {name: torch.cat(parts, dim=0) for name, parts in chunks.items()}
+        grid = self.grid(kwargs["height"], kwargs["width"])
+        step_axis = [s for s in kept for _ in range(2 if cfg and include_uncond else 1)]
+        if cfg and include_uncond:
+            timesteps = timesteps.repeat_interleave(2)
+        return Activations(data, list(prompts), prompt_ids, step_axis, timesteps, grid)
+
+    def _trace_batch(
+        self,
+        prompts: list[str],
+        prompt_ids: list[int],
+        seed: int,
+        groups: list[_BlockGroup],
+        occurrences: list[int],
+        kwargs: dict[str, Any],
+    ) -> dict[str, list[Tensor]]:
+        saved: dict[str, list[Tensor]] = {p.name: [] for g in groups for p in g.points}
+        model = self.model
+        with model.generate(
+            prompts,
+            generator=self.generators(seed, prompt_ids),
+            output_type="latent",
+            **kwargs,
+        ) as tracer:
+            for _ in tracer.iter[occurrences]:
+                for group in groups:
+                    for name, value in group.read(model).items():
+                        saved[name].append(value.save())
+        return saved
+
+    def record(self) -> dict[str, Any]:
+        """What identifies this model in a saved record (cache manifest, dictionary cfg)."""
+        return {"model_id": self.model_id, "defaults": asdict(self.defaults)}
+
+
+def _check_steps(steps: Sequence[int] | None, n_steps: int) -> list[int]:
+    if steps is None:
+        return list(range(n_steps))
+    kept = sorted(dict.fromkeys(int(s) for s in steps))
+    bad = [s for s in kept if not 0 <= s < n_steps]
+    if bad or not kept:
+        raise ValueError(
+            f"steps {list(steps)} must be non-empty and within 0..{n_steps - 1} "
+            f"(num_inference_steps={n_steps})"
+        )
+    return kept
+
+
+def _occurrences(kept: list[int], cfg: bool, include_uncond: bool) -> list[int]:
+    if not cfg:
+        return kept
+    calls = (0, 1) if include_uncond else (0,)
+    return [2 * s + c for s in kept for c in calls]
+
+
+def _config_tag(config: TinyFluxConfig) -> str:
+    return (
+        f"double={config.num_layers}, single={config.num_single_layers}, "
+        f"d={config.num_attention_heads * config.attention_head_dim}"
+    )

@@ -1,0 +1,379 @@
+"""Train the Flux organism: a tiny real FluxPipeline taught to draw the scene world on CPU.
+
+Rectified flow as in Flux (Esser et al. 2024, "Scaling Rectified Flow Transformers", arXiv
+2403.03206): with data latents x0, noise x1 and t in [0, 1], x_t = (1 - t) x0 + t x1 and the
+transformer regresses the velocity x1 - x0. Timesteps are half uniform, half logit-normal (the
+paper's preferred sampler). The recipe follows ``../shared/research.md`` section 5:
+
+1. the VAE (``AutoencoderKL``) is trained alone on world images (MSE + a small KL term);
+2. its posterior MEAN latents are standardised (``shift_factor`` = mean, ``scaling_factor`` =
+   1 / std, registered in the VAE config so save/load keeps them);
+3. the transformer is trained on those latents with frozen random text encoders whose prompt
+   embeddings are precomputed once with the pipeline's own ``encode_prompt``.
+
+Legend: B = batch, N = scenes, L = text tokens, T = image tokens, D = packed latent channels,
+E = text width.
+
+Example (a smoke run; the shipped weights come from the defaults):
+    python -m sae_flux.organism.train --out /tmp/organism --vae.steps 50 --flow.steps 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from diffusers import FluxPipeline
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sae_flux.organism.weights import WEIGHTS_DIR, write_manifest
+from sae_flux.organism.world import World
+from sae_flux.tiny import GenerationDefaults, TinyFluxConfig, build_pipeline, save_pipeline
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSize:
+    """Sizes of the organism's components (see ``sae_flux.tiny.TinyFluxConfig``)."""
+
+    num_layers: int = 2
+    """Double-stream blocks."""
+    num_single_layers: int = 2
+    """Single-stream blocks."""
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
+    """RoPE dims per axis (text/index, row, column); sum = attention_head_dim."""
+    text_dim: int = 64
+    """Width of both (frozen, random) text encoders."""
+    text_layers: int = 2
+    vae_channels: tuple[int, int] = (16, 32)
+    """AutoencoderKL block widths: one downsampling stage, 32 px -> 16x16 latents."""
+    latent_channels: int = 4
+
+
+@dataclass
+class VAEStage:
+    """Stage 1: the autoencoder."""
+
+    steps: int = 1200
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 50
+    kl_weight: float = 1e-5
+    """Weight of the KL term (summed over latent dims, averaged over the batch)."""
+
+
+@dataclass
+class FlowStage:
+    """Stage 2: the transformer, rectified flow on standardised VAE posterior means."""
+
+    steps: int = 3600
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio."""
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    checkpoint_every: int = 600
+    """Save the pipeline every this many steps (so an interrupted run keeps its progress)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a trained organism (saved as ``train_config.json``)."""
+
+    out: Path = WEIGHTS_DIR
+    """Output diffusers directory (the package's shipped weights by default)."""
+    seed: int = 0
+    num_scenes: int = 6000
+    """Training scenes rendered once (captions come from every training template)."""
+    resolution: int = 32
+    two_object_rate: float = 0.2
+    num_inference_steps: int = 8
+    """Default denoising steps saved in ``sae_flux.json``."""
+    max_sequence_length: int = 24
+    threads: int = 2
+    """torch CPU threads."""
+    fp16: bool = True
+    """Save weights in half precision."""
+    model: ModelSize = field(default_factory=ModelSize)
+    vae: VAEStage = field(default_factory=VAEStage)
+    flow: FlowStage = field(default_factory=FlowStage)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.num_scenes < 1 or self.vae.steps < 0 or self.flow.steps < 0:
+            raise ValueError("num_scenes must be >= 1 and stage steps >= 0")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    def world(self) -> World:
+        return World(resolution=self.resolution, two_object_rate=self.two_object_rate)
+
+    def tiny(self) -> TinyFluxConfig:
+        m = self.model
+        return TinyFluxConfig(
+            num_layers=m.num_layers, num_single_layers=m.num_single_layers,
+            num_attention_heads=m.num_attention_heads, attention_head_dim=m.attention_head_dim,
+            axes_dims_rope=tuple(m.axes_dims_rope), text_dim=m.text_dim,
+            text_layers=m.text_layers, vae_channels=tuple(m.vae_channels),
+            latent_channels=m.latent_channels, words=self.world().vocabulary(),
+            defaults=self.defaults(),
+        )
+
+    def defaults(self) -> GenerationDefaults:
+        return GenerationDefaults(
+            resolution=self.resolution, max_sequence_length=self.max_sequence_length,
+            num_inference_steps=self.num_inference_steps, guidance_scale=0.0,
+        )
+
+
+class Dataset(NamedTuple):
+    """World images and prompt embeddings, indexed by scene and training template."""
+
+    images_N3HW: Float[Tensor, "N 3 H W"]
+    caption_index_NK: Tensor
+    """Row of each (scene, template) caption in the embedding tables."""
+    prompt_embeds_ULE: Float[Tensor, "U L E"]
+    pooled_UE: Float[Tensor, "U E"]
+
+
+class TrainResult(NamedTuple):
+    vae_losses: list[float]
+    flow_losses: list[float]
+    seconds: float
+    out: Path
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float = 0.1):
+    """Linear warmup then cosine decay to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@torch.no_grad()
+def build_dataset(pipe: FluxPipeline, cfg: TrainConfig) -> Dataset:
+    """Render the scenes and encode every distinct (scene, template) caption once."""
+    world = cfg.world()
+    samples = list(tqdm(world.examples(cfg.num_scenes, seed=cfg.seed), total=cfg.num_scenes,
+                        desc="render", leave=False))
+    images = np.stack([s.image_HW3 for s in samples]).astype(np.float32) / 127.5 - 1.0
+    images_N3HW = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    n_templates = len(world.templates["train"])
+    rows: dict[str, int] = {}
+    index_NK = torch.empty(cfg.num_scenes, n_templates, dtype=torch.long)
+    for i, s in enumerate(samples):
+        for k in range(n_templates):
+            index_NK[i, k] = rows.setdefault(world.caption(s.scene, k), len(rows))
+    texts = list(rows)
+    embeds, pooled = [], []
+    for start in range(0, len(texts), 512):
+        pe, pp, _ = pipe.encode_prompt(texts[start:start + 512], prompt_2=None,
+                                       max_sequence_length=cfg.max_sequence_length)
+        embeds.append(pe)
+        pooled.append(pp)
+    logger.info("dataset: %d scenes, %d distinct captions", cfg.num_scenes, len(texts))
+    return Dataset(images_N3HW, index_NK, torch.cat(embeds), torch.cat(pooled))
+
+
+def train_vae(pipe: FluxPipeline, data: Dataset, cfg: TrainConfig, gen: torch.Generator) -> list[float]:
+    """Stage 1: fit the AutoencoderKL to world images."""
+    vae, stage = pipe.vae, cfg.vae
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=stage.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(stage.warmup, stage.steps))
+    losses = []
+    bar = tqdm(range(stage.steps), desc="vae")
+    for step in bar:
+        idx = torch.randint(len(data.images_N3HW), (stage.batch_size,), generator=gen)
+        x_B3HW = data.images_N3HW[idx]
+        posterior = vae.encode(x_B3HW).latent_dist
+        recon_B3HW = vae.decode(posterior.sample(generator=gen)).sample
+        mse = torch.nn.functional.mse_loss(recon_B3HW, x_B3HW)
+        loss = mse + stage.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(mse.item())
+        if step % 50 == 0 or step == stage.steps - 1:
+            bar.set_postfix(mse=f"{mse.item():.4f}")
+            logger.info("vae step %d mse %.5f", step, mse.item())
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def standardised_latents(pipe: FluxPipeline, data: Dataset) -> Float[Tensor, "N T D"]:
+    """Posterior means of every image, standardised and packed; registers the VAE's factors."""
+    means = [pipe.vae.encode(data.images_N3HW[i:i + 256]).latent_dist.mean
+             for i in range(0, len(data.images_N3HW), 256)]
+    lat_NCHW = torch.cat(means)
+    shift, scale = lat_NCHW.mean().item(), 1.0 / lat_NCHW.std().item()
+    pipe.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    logger.info("latent shift_factor %.4f scaling_factor %.4f", shift, scale)
+    z_NCHW = (lat_NCHW - shift) * scale
+    n, c, h, w = z_NCHW.shape
+    return FluxPipeline._pack_latents(z_NCHW, n, c, h, w)
+
+
+def sample_timesteps(batch: int, gen: torch.Generator) -> Float[Tensor, " B"]:
+    """Half uniform on [0, 1], half logit-normal (sigmoid of a standard normal)."""
+    half = batch // 2
+    uniform = torch.rand(half, generator=gen)
+    logit_normal = torch.sigmoid(torch.randn(batch - half, generator=gen))
+    return torch.cat([uniform, logit_normal])
+
+
+def flow_loss(pipe: FluxPipeline, x0_BTD: Tensor, embeds_BLE: Tensor, pooled_BE: Tensor,
+              img_ids_T3: Tensor, gen: torch.Generator) -> Tensor:
+    """Rectified-flow velocity regression loss on one batch."""
+    b = x0_BTD.shape[0]
+    noise_BTD = torch.randn(x0_BTD.shape, generator=gen)
+    t_B = sample_timesteps(b, gen)
+    xt_BTD = (1 - t_B[:, None, None]) * x0_BTD + t_B[:, None, None] * noise_BTD
+    txt_ids_L3 = torch.zeros(embeds_BLE.shape[1], 3)
+    pred_BTD = pipe.transformer(
+        hidden_states=xt_BTD, encoder_hidden_states=embeds_BLE, pooled_projections=pooled_BE,
+        timestep=t_B, img_ids=img_ids_T3, txt_ids=txt_ids_L3, return_dict=False,
+    )[0]
+    return torch.nn.functional.mse_loss(pred_BTD, noise_BTD - x0_BTD)
+
+
+def train_flow(pipe: FluxPipeline, data: Dataset, x0_NTD: Tensor, cfg: TrainConfig,
+               gen: torch.Generator) -> list[float]:
+    """Stage 2: train the transformer; checkpoints the pipeline every ``checkpoint_every``."""
+    stage, model = cfg.flow, pipe.transformer
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(stage.warmup, stage.steps, stage.min_lr_ratio))
+    side = cfg.resolution // (2 ** len(cfg.model.vae_channels))
+    img_ids_T3 = FluxPipeline._prepare_latent_image_ids(1, side, side, "cpu", torch.float32)
+    n, k = data.caption_index_NK.shape
+    losses = []
+    bar = tqdm(range(stage.steps), desc="flow")
+    for step in bar:
+        idx = torch.randint(n, (stage.batch_size,), generator=gen)
+        rows = data.caption_index_NK[idx, torch.randint(k, (stage.batch_size,), generator=gen)]
+        loss = flow_loss(pipe, x0_NTD[idx], data.prompt_embeds_ULE[rows], data.pooled_UE[rows],
+                         img_ids_T3, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), stage.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == stage.steps - 1:
+            recent = float(np.mean(losses[-50:]))
+            bar.set_postfix(loss=f"{recent:.4f}")
+            logger.info("flow step %d loss %.5f", step, recent)
+        if stage.checkpoint_every and (step + 1) % stage.checkpoint_every == 0:
+            save(pipe, cfg)
+    model.eval()
+    return losses
+
+
+def save(pipe: FluxPipeline, cfg: TrainConfig) -> Path:
+    """Write the pipeline (fp16 copy, training weights untouched), config and manifest."""
+    snapshot = copy.deepcopy(pipe)
+    save_pipeline(snapshot, cfg.out, cfg.defaults(), fp16=cfg.fp16)
+    (cfg.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    write_manifest(cfg.out)
+    logger.info("saved organism to %s", cfg.out)
+    return cfg.out
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train the organism from scratch and save it to ``cfg.out``.
+
+    Example:
+        >>> from sae_flux.organism.train import TrainConfig, VAEStage, FlowStage, train
+        >>> cfg = TrainConfig(out="/tmp/org", num_scenes=64, vae=VAEStage(steps=2),
+        ...                   flow=FlowStage(steps=2))  # doctest: +SKIP
+        >>> train(cfg).flow_losses  # doctest: +SKIP
+    """
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start = time.perf_counter()
+    pipe = build_pipeline(cfg.tiny(), seed=cfg.seed)
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+        encoder.requires_grad_(False).eval()
+    data = build_dataset(pipe, cfg)
+    vae_losses = train_vae(pipe, data, cfg, gen)
+    pipe.vae.requires_grad_(False)
+    x0_NTD = standardised_latents(pipe, data)
+    flow_losses = train_flow(pipe, data, x0_NTD, cfg, gen)
+    save(pipe, cfg)
+    seconds = time.perf_counter() - start
+    logger.info("trained in %.1f min", seconds / 60)
+    return TrainResult(vae_losses, flow_losses, seconds, cfg.out)
+
+
+# ---- command line: one flag per (nested) config field ----------------------------------
+def _add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            _add_flags(parser, type(default), prefix=f"{prefix}{f.name}.")
+            continue
+        flag = f"--{prefix}{f.name}"
+        if isinstance(default, bool):
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"),
+                                default=default)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, type=int, nargs=len(default), default=default)
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+
+
+def _build(cls: type, values: dict, prefix: str = ""):
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            kwargs[f.name] = _build(type(default), values, prefix=f"{prefix}{f.name}.")
+        else:
+            value = values[f"{prefix}{f.name}"]
+            kwargs[f.name] = tuple(value) if isinstance(default, tuple) else value
+    return cls(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    _add_flags(parser, TrainConfig)
+    cfg = _build(TrainConfig, vars(parser.parse_args(argv)))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    result = train(cfg)
+    logger.info("final vae mse %.5f, flow loss %.5f (mean of last 100 steps)",
+                float(np.mean(result.vae_losses[-100:] or [float("nan")])),
+                float(np.mean(result.flow_losses[-100:] or [float("nan")])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

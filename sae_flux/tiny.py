@@ -1,0 +1,249 @@
+"""Tiny FluxPipelines built offline from configs: the real diffusers classes at toy sizes.
+
+The recipe follows ``../shared/research.md`` section 4 and 5: a ``FluxTransformer2DModel`` with a
+few double and single blocks, CLIP and T5 text encoders from small configs, an ``AutoencoderKL``
+with one downsampling stage, the ``FlowMatchEulerDiscreteScheduler`` and word-level tokenizers
+written locally (no Hub access). ``Flux.tiny`` uses the defaults with random weights; the Flux
+organism (``sae_flux.organism``) uses the same builder with its own vocabulary and trains it.
+
+A saved tiny pipeline directory also holds ``sae_flux.json`` (:class:`GenerationDefaults`), the
+resolution and text length the pipeline was built for, which :class:`sae_flux.Flux` reads.
+
+Example:
+    >>> from sae_flux.tiny import TinyFluxConfig, build_pipeline
+    >>> pipe = build_pipeline(TinyFluxConfig(), seed=0)
+    >>> pipe.transformer.config.num_layers
+    2
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5EncoderModel,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS_FILE = "sae_flux.json"
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "</s>")
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
+
+#: Words of the default tiny vocabulary; anything else maps to ``<unk>``.
+DEFAULT_WORDS: tuple[str, ...] = tuple(
+    "a an the of on in at with and photo picture image drawing painting cat dog house tree car "
+    "red green blue yellow white black purple orange small large big circle square triangle "
+    "left right top bottom center sky sea mountain city street person flower bird".split()
+)
+
+
+@dataclass
+class GenerationDefaults:
+    """Settings a pipeline was built for; saved as ``sae_flux.json`` next to ``model_index.json``."""
+
+    resolution: int = 32
+    """Default image height and width in pixels."""
+    max_sequence_length: int = 16
+    """T5 token count the prompts are padded to."""
+    num_inference_steps: int = 4
+    """Default number of denoising steps for generation."""
+    guidance_scale: float = 0.0
+    """Default guidance (0 = none; the tiny models have no guidance embedding)."""
+
+    def save(self, directory: Path) -> None:
+        (Path(directory) / DEFAULTS_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> GenerationDefaults | None:
+        path = Path(directory) / DEFAULTS_FILE
+        if not path.is_file():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass
+class TinyFluxConfig:
+    """Sizes of every component of a tiny FluxPipeline."""
+
+    num_layers: int = 2
+    """Double-stream (MM-DiT) blocks."""
+    num_single_layers: int = 2
+    """Single-stream blocks."""
+    num_attention_heads: int = 2
+    attention_head_dim: int = 16
+    axes_dims_rope: tuple[int, int, int] = (4, 4, 8)
+    """RoPE dims per axis; must sum to ``attention_head_dim``."""
+    text_dim: int = 32
+    """Width of both text encoders (= joint and pooled projection dims)."""
+    text_layers: int = 2
+    vae_channels: tuple[int, ...] = (16, 32)
+    """AutoencoderKL block widths; ``len - 1`` downsampling stages."""
+    latent_channels: int = 4
+    words: Sequence[str] = field(default_factory=lambda: DEFAULT_WORDS)
+    """Whole-word vocabulary of both tokenizers."""
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+
+    def __post_init__(self) -> None:
+        if sum(self.axes_dims_rope) != self.attention_head_dim:
+            raise ValueError(
+                f"axes_dims_rope {tuple(self.axes_dims_rope)} must sum to attention_head_dim "
+                f"{self.attention_head_dim}"
+            )
+        stride = 2 ** len(self.vae_channels)
+        if self.defaults.resolution % stride:
+            raise ValueError(
+                f"resolution {self.defaults.resolution} must be divisible by {stride} "
+                f"(VAE downsampling x 2x2 token packing)"
+            )
+
+
+def build_tokenizer(words: Sequence[str], model_max_length: int) -> PreTrainedTokenizerFast:
+    """A lower-casing whole-word tokenizer that ends every text with ``</s>``.
+
+    Unknown words become ``<unk>``; :func:`unknown_words` lists them for a warning.
+    """
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for word in dict.fromkeys(w.lower() for w in words):
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", EOS_ID)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="</s>",
+        model_max_length=model_max_length,
+    )
+
+
+def unknown_words(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> list[str]:
+    """Words of ``texts`` that ``tokenizer`` maps to ``<unk>``, in order of first appearance."""
+    vocab = tokenizer.get_vocab()
+    pre = tokenizer.backend_tokenizer.pre_tokenizer
+    found: dict[str, None] = {}
+    for text in texts:
+        for word, _ in pre.pre_tokenize_str(text.lower()):
+            if word not in vocab:
+                found.setdefault(word, None)
+    return list(found)
+
+
+def _text_encoders(cfg: TinyFluxConfig, vocab_size: int) -> tuple[CLIPTextModel, T5EncoderModel]:
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=cfg.text_dim,
+            intermediate_size=2 * cfg.text_dim,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=cfg.text_dim,
+            pad_token_id=PAD_ID,
+            bos_token_id=BOS_ID,
+            eos_token_id=EOS_ID,
+        )
+    )
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=vocab_size,
+            d_model=cfg.text_dim,
+            d_kv=cfg.text_dim // 2,
+            d_ff=2 * cfg.text_dim,
+            num_layers=cfg.text_layers,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+            pad_token_id=PAD_ID,
+            eos_token_id=EOS_ID,
+            decoder_start_token_id=PAD_ID,
+        )
+    )
+    return clip, t5
+
+
+def _vae(cfg: TinyFluxConfig) -> AutoencoderKL:
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.vae_channels),
+        layers_per_block=1,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=8,
+        scaling_factor=1.0,
+        shift_factor=0.0,
+    )
+
+
+def _transformer(cfg: TinyFluxConfig) -> FluxTransformer2DModel:
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * cfg.latent_channels,
+        num_layers=cfg.num_layers,
+        num_single_layers=cfg.num_single_layers,
+        attention_head_dim=cfg.attention_head_dim,
+        num_attention_heads=cfg.num_attention_heads,
+        joint_attention_dim=cfg.text_dim,
+        pooled_projection_dim=cfg.text_dim,
+        guidance_embeds=False,
+        axes_dims_rope=tuple(cfg.axes_dims_rope),
+    )
+
+
+def build_pipeline(cfg: TinyFluxConfig | None = None, seed: int = 0) -> FluxPipeline:
+    """A random-weight FluxPipeline of the sizes in ``cfg``, built without any download."""
+    cfg = cfg or TinyFluxConfig()
+    tokenizer = build_tokenizer(cfg.words, model_max_length=77)
+    tokenizer_2 = build_tokenizer(cfg.words, model_max_length=cfg.defaults.max_sequence_length)
+    torch.manual_seed(seed)
+    clip, t5 = _text_encoders(cfg, vocab_size=len(tokenizer))
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_vae(cfg),
+        text_encoder=clip,
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=tokenizer_2,
+        transformer=_transformer(cfg),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_pipeline(
+    pipe: FluxPipeline, directory: Path, defaults: GenerationDefaults, fp16: bool = False
+) -> Path:
+    """Save ``pipe`` in diffusers format plus ``sae_flux.json``; fp16 halves the size on disk."""
+    directory = Path(directory)
+    if fp16:
+        for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            module.to(torch.float16)
+    pipe.save_pretrained(directory, safe_serialization=True)
+    if fp16:
+        for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            module.to(torch.float32)
+    defaults.save(directory)
+    return directory
