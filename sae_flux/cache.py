@@ -30,7 +30,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -414,7 +414,7 @@ class CacheReader:
 
 def _drain(
     pool: Tensor, batch_size: int, gen: torch.Generator, dtype: torch.dtype, keep: int
-) -> Iterator[Tensor]:
+) -> Generator[Tensor, None, Tensor]:
     """Shuffle ``pool``, yield full batches until at most ``keep`` rows remain; return the rest."""
     pool = pool[torch.randperm(pool.shape[0], generator=gen)]
     n_out = max(0, (pool.shape[0] - keep) // batch_size) * batch_size

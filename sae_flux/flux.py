@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import nnsight
 import torch
 from jaxtyping import Float
 from nnsight.modeling.diffusion import DiffusionModel
@@ -104,15 +105,14 @@ class _BlockGroup:
 
     def read(self, model: DiffusionModel) -> dict[str, Tensor]:
         block = hookpoints._envoy(model, self.block_path)
-        inputs = block.inputs[1] if any(p.delta for p in self.points) else None
+        inputs: dict[str, Tensor] = block.inputs[1] if any(p.delta for p in self.points) else {}
         values: dict[str, Tensor] = {}
         for point in self.points:
             if point.stream == "mlp":
                 values[point.name] = block.ff.net[0].output
-        output = block.output if any(p.stream != "mlp" for p in self.points) else None
-        for point in self.points:
-            if point.stream == "mlp":
-                continue
+        streams = [p for p in self.points if p.stream != "mlp"]
+        output: Any = block.output if streams else ()
+        for point in streams:
             stream = output[point.output_index]
             if point.delta:
                 key = "encoder_hidden_states" if point.stream == "txt" else "hidden_states"
@@ -352,7 +352,7 @@ class Flux:
             for _ in tracer.iter[occurrences]:
                 for group in groups:
                     for name, value in group.read(model).items():
-                        saved[name].append(value.save())
+                        saved[name].append(nnsight.save(value))
         return saved
 
     def record(self) -> dict[str, Any]:

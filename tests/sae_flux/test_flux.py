@@ -21,7 +21,7 @@ def _record(module, pick):
 def _by_prompt(store, n_steps, batch_sizes):
     """Forward-hook records (one per call) -> (prompt, step, token, d)."""
     out, i = [], 0
-    for size in batch_sizes:
+    for _ in batch_sizes:
         out.append(torch.stack(store[i : i + n_steps], dim=1))
         i += n_steps
     return torch.cat(out)
