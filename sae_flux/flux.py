@@ -321,7 +321,7 @@ class Flux:
         for start in tqdm(starts, desc="capture", disable=not progress, unit="batch"):
             batch = list(prompts[start : start + batch_size])
             ids = prompt_ids[start : start + batch_size]
-            saved = self._trace_batch(batch, ids, seed, groups, occurrences, kwargs)
+            saved = self._trace_batch(batch, ids, seed, groups, occurrences, kept, kwargs)
             for name, per_step in saved.items():
                 chunks[name].append(torch.stack(per_step, dim=1).float().cpu())
         timesteps = self.pipeline.scheduler.timesteps[kept].float().cpu()
@@ -339,10 +339,13 @@ class Flux:
         seed: int,
         groups: list[_BlockGroup],
         occurrences: list[int],
+        kept: list[int],
         kwargs: dict[str, Any],
     ) -> dict[str, list[Tensor]]:
         saved: dict[str, list[Tensor]] = {p.name: [] for g in groups for p in g.points}
         model = self.model
+        kwargs = dict(kwargs)
+        kwargs.setdefault("callback_on_step_end", _stop_after(kwargs["num_inference_steps"], max(kept)))
         with model.generate(
             prompts,
             generator=self.generators(seed, prompt_ids),
@@ -358,6 +361,21 @@ class Flux:
     def record(self) -> dict[str, Any]:
         """What identifies this model in a saved record (cache manifest, dictionary cfg)."""
         return {"model_id": self.model_id, "defaults": asdict(self.defaults)}
+
+
+def _stop_after(n_steps: int, last: int) -> Any:
+    """A step-end callback that skips the denoising steps after ``last`` (nothing reads them).
+
+    FluxPipeline skips the body of its loop once ``pipeline._interrupt`` is set; the latents
+    are not needed because capture asks for ``output_type="latent"`` and discards them.
+    """
+
+    def callback(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if step >= last and step < n_steps - 1:
+            pipeline._interrupt = True
+        return tensors
+
+    return callback
 
 
 def _check_steps(steps: Sequence[int] | None, n_steps: int) -> list[int]:

@@ -74,6 +74,15 @@ def test_kept_steps_equal_the_same_steps_of_a_full_run(tiny_flux):
     assert torch.equal(part["double.1.img"][:, 0], full["double.1.img"][:, 2])
 
 
+def test_capture_skips_the_steps_after_the_last_kept_one(tiny_flux):
+    store, handle = _record(tiny_flux.pipeline.transformer.transformer_blocks[0], lambda kw, out: out[1])
+    try:
+        tiny_flux.capture(PROMPTS[:1], ["double.0.img"], num_inference_steps=6, steps=[0, 2])
+    finally:
+        handle.remove()
+    assert len(store) == 3
+
+
 def test_prompt_seed_does_not_depend_on_batching(tiny_flux):
     a = tiny_flux.capture(PROMPTS, ["double.1.img"], num_inference_steps=1, batch_size=1)
     b = tiny_flux.capture(PROMPTS[2:], ["double.1.img"], num_inference_steps=1, prompt_ids=[2])

@@ -1,0 +1,271 @@
+"""The main job: the whole Flux-side pipeline on the embedded organism, written as a report.
+
+Stages (each writes into ``out/`` and adds a section to ``out/index.html``):
+
+1. prompts drawn from the organism's scene world (:mod:`sae_flux.organism.world`);
+2. an activation cache of the image stream of a middle double block (:mod:`sae_flux.cache`);
+3. an ITDA dictionary built from the cache (:mod:`itda`, Leask et al. 2025);
+4. a TopK SAE trained on the cache with sae_lens's ``SAETrainer`` (:mod:`sae_flux.train`);
+5. reconstruction metrics of both (:mod:`sae_flux.metrics`);
+6. the top images of a handful of features with their activation heatmaps
+   (:mod:`sae_flux.interp.render`, the rendering step of Shabalin et al. 2025).
+
+Example:
+    $ sae-flux demo --out demo-out            # about 3 minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sae_flux.cache import CacheConfig, CacheReader, load_flux, write_cache
+from sae_flux.interp.render import overlay, strip
+from sae_flux.report import Figure, Report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoConfig:
+    """The main job (``sae-flux demo``); saved as ``demo_config.json`` in the output."""
+
+    out: str = "demo-out"
+    """Output directory (refused if it exists, unless --overwrite)."""
+    overwrite: bool = False
+    """Replace an existing output directory."""
+    model: str = "organism"
+    """organism, tiny, a repo id or a pipeline directory."""
+    hook: str | None = None
+    """Hook point (default: the image stream of the middle double block)."""
+    n_prompts: int = 512
+    """Prompts drawn from the scene world (training templates)."""
+    step: int = 0
+    """Denoising step whose activations are cached (0 = from pure noise, as in the paper)."""
+    sae_k: int = 8
+    """Active latents per token of the TopK SAE."""
+    sae_expansion: int = 8
+    """SAE latents per model dimension."""
+    sae_tokens: int = 400_000
+    """SAE training tokens."""
+    itda_l0: int = 8
+    """ITDA target L0."""
+    itda_threshold: float = 0.3
+    """ITDA loss threshold (lower -> larger dictionary)."""
+    gallery_images: int = 64
+    """Generated images searched for the rendered features' top images."""
+    gallery_features: int = 6
+    """Features rendered per dictionary."""
+    seed: int = 0
+    """Seed of prompts, generation and training."""
+
+    def __post_init__(self) -> None:
+        if self.n_prompts < 8 or self.gallery_images < 5:
+            raise ValueError("n_prompts must be >= 8 and gallery_images >= 5")
+        if self.gallery_images > self.n_prompts:
+            raise ValueError(f"gallery_images ({self.gallery_images}) must be <= n_prompts ({self.n_prompts})")
+
+
+@dataclass
+class DemoState:
+    """What the stages hand each other."""
+
+    cfg: DemoConfig
+    out: Path
+    report: Report
+    flux: Any = None
+    hook: str = ""
+    prompts: list[str] | None = None
+    cache: Path | None = None
+    dictionaries: dict[str, Path] | None = None
+
+
+def _prepare_out(cfg: DemoConfig) -> Path:
+    out = Path(cfg.out)
+    if out.exists():
+        if not cfg.overwrite:
+            raise FileExistsError(f"demo output directory {out} exists; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
+
+
+def stage_prompts(state: DemoState) -> None:
+    from sae_flux.organism.world import prompts
+
+    cfg = state.cfg
+    state.prompts = prompts(cfg.n_prompts, seed=cfg.seed)
+    heldout = prompts(max(64, cfg.n_prompts // 8), seed=cfg.seed + 1, split="heldout")
+    (state.out / "prompts.txt").write_text("\n".join(state.prompts) + "\n", encoding="utf-8")
+    (state.out / "prompts-heldout.txt").write_text("\n".join(heldout) + "\n", encoding="utf-8")
+    state.report.section(
+        "Prompts",
+        text=f"{len(state.prompts)} training captions and {len(heldout)} held-out captions (unseen "
+        f"templates) from the scene world, e.g. {state.prompts[0]!r}, {heldout[0]!r}.",
+    )
+
+
+def _cache(state: DemoState, prompts: str, out: str) -> Any:
+    cfg = CacheConfig(
+        model=state.cfg.model, prompts=str(state.out / prompts), hooks=[state.hook], out=str(state.out / out),
+        steps=[state.cfg.step], seed=state.cfg.seed, batch_size=32, shard_prompts=128,
+    )
+    return write_cache(cfg, flux=state.flux)
+
+
+def stage_cache(state: DemoState) -> None:
+    n_double, _ = state.flux.block_counts
+    state.hook = state.cfg.hook or f"double.{n_double // 2}.img"
+    state.cache = state.out / "cache"
+    manifest = _cache(state, "prompts.txt", "cache")
+    heldout = _cache(state, "prompts-heldout.txt", "cache-heldout")
+    tokens = manifest.tokens(state.hook)
+    state.report.numbers["cache"] = {"hook": state.hook, "tokens": tokens, "heldout_tokens": heldout.tokens(state.hook),
+                                     "d_model": manifest.widths[state.hook]}
+    state.report.section(
+        "Activation cache",
+        text=f"{tokens} image tokens of {state.hook} (step {state.cfg.step} of "
+        f"{state.flux.defaults.num_inference_steps}), width {manifest.widths[state.hook]}, in "
+        f"{len(manifest.shards)} shards; {heldout.tokens(state.hook)} held-out tokens for evaluation.",
+    )
+
+
+def stage_itda(state: DemoState) -> None:
+    import itda
+
+    config = itda.BuildConfig(target_l0=state.cfg.itda_l0, loss_threshold=state.cfg.itda_threshold,
+                              seed=state.cfg.seed, max_atoms=8192)
+    dictionary = itda.build_from_cache(state.cache, config, batch_size=256)
+    path = state.out / "dictionaries" / "itda"
+    dictionary.save_model(path)
+    state.dictionaries = {**(state.dictionaries or {}), "itda": path}
+
+
+def stage_sae(state: DemoState) -> None:
+    from sae_flux.train import DataConfig, DictionaryConfig, OptimConfig, TrainConfig, train_sae
+
+    cfg = TrainConfig(
+        out=str(state.out / "dictionaries" / "sae-topk"),
+        data=DataConfig(cache=str(state.cache), buffer_tokens=65_536),
+        sae=DictionaryConfig(architecture="topk", k=state.cfg.sae_k, expansion_factor=state.cfg.sae_expansion,
+                             normalize="whiten", normalize_tokens=16_384),
+        optim=OptimConfig(total_tokens=state.cfg.sae_tokens, batch_size=1024, lr=1e-3, seed=state.cfg.seed),
+        eval_tokens=16_384,
+        log_every=50,
+    )
+    result = train_sae(cfg)
+    state.dictionaries = {**(state.dictionaries or {}), "sae-topk": result.path}
+
+
+def load_dictionary(path: Path) -> Any:
+    """Any dictionary sae_lens loads (ITDA registered by importing ``itda``)."""
+    from sae_lens import SAE
+
+    import itda  # noqa: F401  (registers the "itda" architecture)
+
+    return SAE.load_from_disk(str(path))
+
+
+def stage_metrics(state: DemoState) -> None:
+    from sae_flux.metrics import evaluate
+
+    rows = []
+    reader = CacheReader(state.out / "cache-heldout")
+    for name, path in (state.dictionaries or {}).items():
+        dictionary = load_dictionary(path)
+        metrics = evaluate(dictionary, reader.batches(4096, seed=1), max_tokens=reader.num_tokens)
+        row = {"dictionary": name, "architecture": dictionary.cfg.architecture(), "latents": dictionary.cfg.d_sae,
+               **{k: v for k, v in metrics.record().items() if k in ("fvu", "explained_variance", "l0", "dead_fraction", "tokens")}}
+        rows.append(row)
+    state.report.numbers["reconstruction"] = rows
+    state.report.section(
+        "Reconstruction",
+        text="Measured on held-out raw activations (prompts with unseen caption templates); dead = never "
+        "active in that window.",
+        table=rows,
+    )
+
+
+def _prompt_maps(dictionary: Any, reader: CacheReader, n_images: int, grid: tuple[int, int]) -> Tensor:
+    """Latent activations of the first ``n_images`` prompts as (image, h, w, latent)."""
+    maps = []
+    for acts_ND, prov in reader.iter_shards():
+        keep = prov["prompt"] < n_images
+        if keep.any():
+            with torch.no_grad():
+                latents = dictionary.encode(acts_ND[keep].float())
+            maps.append(latents.reshape(-1, grid[0], grid[1], latents.shape[-1]))
+        if int(prov["prompt"].max()) >= n_images - 1:
+            break
+    return torch.cat(maps)[:n_images]
+
+
+def _pick_features(maps_IHWF: Tensor, count: int) -> list[int]:
+    """Features that fire on some images but not all, with the highest peaks."""
+    peak_IF = maps_IHWF.flatten(1, 2).amax(1)
+    active_share = (peak_IF > 0).float().mean(0)
+    eligible = (active_share > 0.02) & (active_share < 0.6)
+    score = torch.where(eligible, peak_IF.amax(0), torch.full_like(active_share, -1.0))
+    return [int(f) for f in score.argsort(descending=True)[:count] if score[f] > 0]
+
+
+def stage_gallery(state: DemoState) -> None:
+    cfg = state.cfg
+    images = state.flux.generate(state.prompts[: cfg.gallery_images], seed=cfg.seed)
+    reader = CacheReader(state.cache)
+    grid = state.flux.grid()
+    figures = []
+    gallery = state.out / "gallery"
+    gallery.mkdir()
+    for name, path in tqdm((state.dictionaries or {}).items(), desc="gallery"):
+        maps_IHWF = _prompt_maps(load_dictionary(path), reader, cfg.gallery_images, grid)
+        for feature in _pick_features(maps_IHWF, cfg.gallery_features):
+            peaks = maps_IHWF[..., feature].flatten(1).amax(1)
+            top = peaks.argsort(descending=True)[:5].tolist()
+            vmax = float(peaks.max())
+            pictures = [overlay(images[i], maps_IHWF[i, :, :, feature], vmax=vmax, scale=4) for i in top]
+            file = gallery / f"{name}-{feature}.png"
+            strip(pictures).save(file)
+            captions = " | ".join(state.prompts[i] for i in top[:2])
+            figures.append(Figure(str(file.relative_to(state.out)), f"{name} feature {feature}: {captions} ..."))
+    state.report.section(
+        "Top images of a few features",
+        text="Each strip: the five generated images where the feature peaks highest, heatmap alpha = sqrt "
+        "of the activation normalised by the feature's peak.",
+        figures=figures,
+    )
+
+
+STAGES = (
+    ("prompts", stage_prompts),
+    ("cache", stage_cache),
+    ("itda", stage_itda),
+    ("sae", stage_sae),
+    ("metrics", stage_metrics),
+    ("gallery", stage_gallery),
+)
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run every stage and return the path of ``index.html``."""
+    out = _prepare_out(cfg)
+    report = Report(out, title="sae-flux demo: dictionaries on the Flux organism")
+    state = DemoState(cfg, out, report, flux=load_flux(cfg.model))
+    (out / "demo_config.json").write_text(__import__("json").dumps(asdict(cfg), indent=2))
+    timings = {}
+    for name, stage in tqdm(STAGES, desc="demo", unit="stage"):
+        start = time.perf_counter()
+        stage(state)
+        timings[name] = round(time.perf_counter() - start, 2)
+        report.write()  # a partial report survives a later failure
+    report.numbers["stage_seconds"] = timings
+    report.section("Timings", table=[{"stage": k, "seconds": v} for k, v in timings.items()])
+    return report.write()
