@@ -13,7 +13,7 @@ Shape legend: N tokens in a batch, D model width, F atoms, K candidate atoms of 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -127,12 +127,14 @@ def build(
     resume: ITDA | None = None,
     progress: bool = True,
     metadata: dict[str, Any] | None = None,
+    on_batch: Callable[[ITDA], None] | None = None,
 ) -> ITDA:
     """Build an ITDA from a stream of activation batches (Algorithm 1).
 
     ``batches`` yields ``Tensor[n, d]``, ``ActivationBatch`` or ``(acts, prov)`` tuples.
     ``resume`` continues from a partial dictionary (its statistics and atoms are kept), e.g.
     the ``partial`` of a ``BuildError`` or a saved dictionary loaded with ``ITDA.load``.
+    ``on_batch`` receives a snapshot of the dictionary after every batch (for learning curves).
 
     Example:
         >>> import torch
@@ -156,6 +158,8 @@ def build(
         state.batches_seen += 1
         state.tokens_seen += batch.acts_ND.shape[0]
         bar.set_postfix(atoms=state.size, added=added)
+        if on_batch is not None:
+            on_batch(_finish(state, config, metadata, allow_small=True))
         if state.size >= config.max_atoms:
             logger.info("dictionary reached max_atoms=%d; stopping", config.max_atoms)
             break
@@ -173,7 +177,10 @@ def _as_batch(raw: Tensor | ActivationBatch | tuple) -> ActivationBatch:
 
 
 def _validate(
-    batch: ActivationBatch, index: int, state: _State | None, config: BuildConfig,
+    batch: ActivationBatch,
+    index: int,
+    state: _State | None,
+    config: BuildConfig,
     metadata: dict[str, Any] | None,
 ) -> None:
     problem = _problem(batch.acts_ND, index, state)
@@ -186,8 +193,10 @@ def _problem(acts: Tensor, index: int, state: _State | None) -> str | None:
     if acts.ndim != 2 or acts.shape[0] == 0:
         return f"batch {index} must be a non-empty (n, d) tensor, got shape {tuple(acts.shape)}"
     if state is not None and acts.shape[1] != state.atoms_FD.shape[1]:
-        return (f"batch {index} has activation width {acts.shape[1]} but the dictionary "
-                f"width is {state.atoms_FD.shape[1]}")
+        return (
+            f"batch {index} has activation width {acts.shape[1]} but the dictionary "
+            f"width is {state.atoms_FD.shape[1]}"
+        )
     bad = int((~torch.isfinite(acts)).sum())
     if bad:
         return f"batch {index} contains {bad} non-finite (NaN or inf) values"
@@ -225,10 +234,16 @@ def _step(state: _State, batch: ActivationBatch, config: BuildConfig) -> int:
     l0 = min(config.target_l0, state.size)
     candidates = None if config.candidates is None else max(config.candidates, l0)
     use_gram = config.encoder == "mp" or candidates is not None
-    result = encoder(x_ND, state.atoms_FD, l0, nonnegative=config.nonnegative,
-                     gram_FF=state.gram_FF if use_gram else None, candidates=candidates)
+    result = encoder(
+        x_ND,
+        state.atoms_FD,
+        l0,
+        nonnegative=config.nonnegative,
+        gram_FF=state.gram_FF if use_gram else None,
+        candidates=candidates,
+    )
     norm2_N = (x_ND * x_ND).sum(1)
-    loss_N = (result.residual_ND ** 2).sum(1) / norm2_N.clamp(min=1e-30)
+    loss_N = (result.residual_ND**2).sum(1) / norm2_N.clamp(min=1e-30)
     chosen = ((loss_N > config.loss_threshold) & (norm2_N > 0)).nonzero().squeeze(1)
     if len(chosen) == 0:
         return 0
@@ -257,14 +272,19 @@ def _dedup_mask(new_KD: Tensor, atoms_FD: Tensor | None, config: BuildConfig) ->
 
 
 def _batch_prov(batch: ActivationBatch, state: _State) -> Provenance:
-    return Provenance.for_batch(batch.acts_ND.shape[0], batch.source, batch.hook,
-                                batch.prov, state.tokens_seen)
+    return Provenance.for_batch(
+        batch.acts_ND.shape[0], batch.source, batch.hook, batch.prov, state.tokens_seen
+    )
 
 
 def _state_from(itda: ITDA) -> _State:
     prov = itda.provenance if itda.provenance is not None else _unknown_prov(itda.cfg.d_sae)
-    state = _State(itda.b_dec.detach().float().clone(), itda.act_std.detach().float().clone(),
-                   itda.atoms.float().clone(), prov)
+    state = _State(
+        itda.b_dec.detach().float().clone(),
+        itda.act_std.detach().float().clone(),
+        itda.atoms.float().clone(),
+        prov,
+    )
     build_meta = itda.cfg.metadata.get("itda_build", {}) or {}
     state.tokens_seen = int(build_meta.get("tokens_seen", 0))
     state.batches_seen = int(build_meta.get("batches_seen", 0))
@@ -276,7 +296,9 @@ def _unknown_prov(n: int) -> Provenance:
 
 
 def _finish(
-    state: _State, config: BuildConfig, metadata: dict[str, Any] | None,
+    state: _State,
+    config: BuildConfig,
+    metadata: dict[str, Any] | None,
     allow_small: bool = False,
 ) -> ITDA:
     if state.size < config.target_l0 and not allow_small:
@@ -288,14 +310,21 @@ def _finish(
     hooks = [h for h in state.prov.hooks if h]
     if hooks and "hook_name" not in meta:
         meta["hook_name"] = hooks[0]
-    meta["itda_build"] = asdict(config) | {"tokens_seen": state.tokens_seen,
-                                           "batches_seen": state.batches_seen}
+    meta["itda_build"] = asdict(config) | {
+        "tokens_seen": state.tokens_seen,
+        "batches_seen": state.batches_seen,
+    }
     cfg = ITDAConfig(
-        d_in=state.atoms_FD.shape[1], d_sae=state.size, encoder=config.encoder,
-        nonnegative=config.nonnegative, target_l0=min(config.target_l0, state.size),
+        d_in=state.atoms_FD.shape[1],
+        d_sae=state.size,
+        encoder=config.encoder,
+        nonnegative=config.nonnegative,
+        target_l0=min(config.target_l0, state.size),
         candidates=None if config.candidates is None else min(config.candidates, state.size),
-        normalization=config.normalization, apply_b_dec_to_input=True,
-        device=str(state.atoms_FD.device), metadata=SAEMetadata(**meta),
+        normalization=config.normalization,
+        apply_b_dec_to_input=True,
+        device=str(state.atoms_FD.device),
+        metadata=SAEMetadata(**meta),
     )
     itda = ITDA(cfg)
     with torch.no_grad():

@@ -61,14 +61,28 @@ def to_matching_pursuit(itda: ITDA, allow_approximate: bool = False) -> Matching
     dirs_FD = torch.nn.functional.normalize(itda.W_dec.detach().float(), dim=1)
     if not itda.cfg.nonnegative:
         dirs_FD = torch.cat([dirs_FD, -dirs_FD])
-    meta = SAEMetadata(**{k: v for k, v in itda.cfg.metadata.to_dict().items()
-                          if k not in ("sae_lens_version", "sae_lens_training_version")})
-    meta.itda_export = {"mirrored": not itda.cfg.nonnegative, "exact": uniform,
-                        "n_atoms": itda.cfg.d_sae}
+    meta = SAEMetadata(
+        **{
+            k: v
+            for k, v in itda.cfg.metadata.to_dict().items()
+            if k not in ("sae_lens_version", "sae_lens_training_version")
+        }
+    )
+    meta.itda_export = {
+        "mirrored": not itda.cfg.nonnegative,
+        "exact": uniform,
+        "n_atoms": itda.cfg.d_sae,
+    }
     cfg = MatchingPursuitSAEConfig(
-        d_in=itda.cfg.d_in, d_sae=dirs_FD.shape[0], dtype=itda.cfg.dtype, device="cpu",
-        apply_b_dec_to_input=True, residual_threshold=0.0,
-        max_iterations=itda.cfg.target_l0, stop_on_duplicate_support=False, metadata=meta,
+        d_in=itda.cfg.d_in,
+        d_sae=dirs_FD.shape[0],
+        dtype=itda.cfg.dtype,
+        device="cpu",
+        apply_b_dec_to_input=True,
+        residual_threshold=0.0,
+        max_iterations=itda.cfg.target_l0,
+        stop_on_duplicate_support=False,
+        metadata=meta,
     )
     mp = MatchingPursuitSAE(cfg)
     with torch.no_grad():

@@ -136,8 +136,13 @@ class ITDA(SAE[ITDAConfig]):
         return self._cached("gram", lambda: pursuit.gram_matrix(self.atoms))
 
     def _cached(self, name: str, make: Any) -> Tensor:
-        stamp = (self.W_dec._version, self.act_std._version, self.W_dec.data_ptr(),
-                 self.act_std.data_ptr(), self.W_dec.shape)
+        stamp = (
+            self.W_dec._version,
+            self.act_std._version,
+            self.W_dec.data_ptr(),
+            self.act_std.data_ptr(),
+            self.W_dec.shape,
+        )
         hit = self._cache.get(name)
         if hit is None or hit[0] != stamp:
             hit = (stamp, make())
@@ -151,8 +156,7 @@ class ITDA(SAE[ITDAConfig]):
         """
         if x.shape[-1] != self.cfg.d_in:
             raise ValueError(
-                f"activation width {x.shape[-1]} differs from the dictionary width "
-                f"{self.cfg.d_in}"
+                f"activation width {x.shape[-1]} differs from the dictionary width {self.cfg.d_in}"
             )
         sae_in = self.process_sae_in(x)
         x_ND = (sae_in / self.act_std).reshape(-1, self.cfg.d_in)
@@ -183,8 +187,11 @@ class ITDA(SAE[ITDAConfig]):
 
     @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
-        want = {"W_dec": (self.cfg.d_sae, self.cfg.d_in), "b_dec": (self.cfg.d_in,),
-                "act_std": (self.cfg.d_in,)}
+        want = {
+            "W_dec": (self.cfg.d_sae, self.cfg.d_in),
+            "b_dec": (self.cfg.d_in,),
+            "act_std": (self.cfg.d_in,),
+        }
         for name, shape in want.items():
             if name not in state_dict:
                 raise ValueError(f"ITDA weights are missing {name!r}")
@@ -200,8 +207,9 @@ class ITDA(SAE[ITDAConfig]):
         raise NotImplementedError("ITDA atoms are unit-norm in normalised space; nothing to fold")
 
     @override
-    def fold_activation_whitening(self, mean: Tensor, whitening_matrix: Tensor,
-                                  unwhitening_matrix: Tensor) -> None:
+    def fold_activation_whitening(
+        self, mean: Tensor, whitening_matrix: Tensor, unwhitening_matrix: Tensor
+    ) -> None:
         raise NotImplementedError("whitening cannot be folded into a pursuit encoder")
 
     @override
@@ -281,12 +289,13 @@ class ITDA(SAE[ITDAConfig]):
         """Build a dictionary from a stream of activations (Algorithm 1); see ``itda.build``."""
         from itda.build import BuildConfig, build
 
-        resume = kwargs.pop("resume", None)
-        progress = kwargs.pop("progress", True)
-        metadata = kwargs.pop("metadata", None)
-        config = BuildConfig(target_l0=target_l0, loss_threshold=loss_threshold,
-                             max_atoms=max_atoms, **kwargs)
-        return build(batches, config, resume=resume, progress=progress, metadata=metadata)
+        options = {
+            k: kwargs.pop(k) for k in ("resume", "progress", "metadata", "on_batch") if k in kwargs
+        }
+        config = BuildConfig(
+            target_l0=target_l0, loss_threshold=loss_threshold, max_atoms=max_atoms, **kwargs
+        )
+        return build(batches, config, **options)
 
     def to_matching_pursuit(self, **kwargs: Any) -> SAE:
         """Export as sae_lens's built-in ``"matching_pursuit"`` SAE; see ``itda.interop``."""

@@ -120,19 +120,22 @@ class Provenance:
 
         ts = row["timestep"]
         return AtomSource(
-            source=self.sources[row["source"]] if row["source"] >= 0 else "",
+            source=self.sources[int(row["source"])] if row["source"] >= 0 else "",
             prompt=opt("prompt"),
             token=opt("token"),
             step=opt("step"),
             timestep=None if math.isnan(ts) else float(ts),
             h=opt("h"),
             w=opt("w"),
-            hook=self.hooks[row["hook"]] if row["hook"] >= 0 else "",
+            hook=self.hooks[int(row["hook"])] if row["hook"] >= 0 else "",
         )
 
     def keys(self) -> set[tuple]:
-        """Hook-free addresses of all atoms."""
-        return {self.describe(i).key() for i in range(len(self))}
+        """Hook-free addresses of all atoms (``AtomSource.key()`` of every row)."""
+        cols = [self.columns[name].tolist() for name in ("source",) + POSITION_KEYS]
+        names = [self.sources[s] if s >= 0 else "" for s in cols[0]]
+        positions = [[None if v < 0 else v for v in col] for col in cols[1:]]
+        return set(zip(names, *positions, strict=True))
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / PROVENANCE_FILENAME
@@ -155,8 +158,11 @@ class Provenance:
             )
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
-        prov = cls(load_file(str(path)), json.loads(meta.get("sources", "[]")),
-                   json.loads(meta.get("hooks", "[]")))
+        prov = cls(
+            load_file(str(path)),
+            json.loads(meta.get("sources", "[]")),
+            json.loads(meta.get("hooks", "[]")),
+        )
         if len(prov) != expected_len:
             raise ValueError(
                 f"provenance file {path} has {len(prov)} rows but the dictionary has "

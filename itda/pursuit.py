@@ -17,8 +17,13 @@ residual. Three strategies:
   in place with ``corr -= coef * G[k]`` (one gathered row per token per step);
 - no Gram: the correlations are recomputed from the residual each step, chunked over atoms;
 - ``candidates=M``: each token keeps only its ``M`` atoms most correlated with the input and
-  pursues inside that set with a local Gram block. This is an approximation (exact when
+  pursues inside that set, fetching one Gram row per step restricted to the set (from
+  ``gram_FF`` or from the gathered candidate atoms). This is an approximation (exact when
   ``M >= F``) that makes a step cost ``O(M)`` instead of ``O(F)``.
+
+Measured choice (``docs/bench/itda.md``): with a Gram matrix, one full ``(N, F)`` batch is
+faster than cache-sized token chunks on CPU, so tokens are only chunked to honour
+``max_bytes``.
 
 Example:
     >>> import torch
@@ -31,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -139,7 +145,9 @@ def _mp_chunk(
     atoms_TL = torch.full((n, l0), -1, dtype=torch.long, device=r_TD.device)
     coefs_TL = torch.zeros(n, l0, dtype=torch.float32, device=r_TD.device)
     corr_TF = _correlate(r_TD, dict_FD, max_bytes) if gram_FF is not None else None
-    rows_TF = torch.empty_like(corr_TF) if corr_TF is not None else None
+    rows_TF = None
+    if corr_TF is not None and corr_TF.device.type != "cpu":
+        rows_TF = torch.empty_like(corr_TF)
     for step in range(l0):
         if corr_TF is None:
             k_T, coef_T = _best_streamed(r_TD, dict_FD, nonneg, max_bytes)
@@ -149,10 +157,27 @@ def _mp_chunk(
         atoms_TL[:, step] = torch.where(active_T, k_T, -1)
         coefs_TL[:, step] = coef_T
         r_TD.addcmul_(dict_FD.index_select(0, k_T).float(), coef_T[:, None], value=-1.0)
-        if corr_TF is not None and rows_TF is not None and gram_FF is not None:
-            torch.index_select(gram_FF, 0, k_T, out=rows_TF)
-            corr_TF.addcmul_(rows_TF, coef_T[:, None], value=-1.0)
+        if corr_TF is not None and gram_FF is not None:
+            _subtract_gram_rows(corr_TF, gram_FF, k_T, coef_T, rows_TF)
     return Pursuit(atoms_TL, coefs_TL, r_TD)
+
+
+def _subtract_gram_rows(
+    corr_TF: Tensor, gram_FF: Tensor, k_T: Tensor, coef_T: Tensor, rows_TF: Tensor | None
+) -> None:
+    """``corr[t] -= coef[t] * G[k[t]]``; on CPU as a one-entry-per-row CSR matmul (no copy)."""
+    if rows_TF is None:
+        n = k_T.shape[0]
+        crow_T1 = torch.arange(n + 1, device=k_T.device)
+        with warnings.catch_warnings():  # torch flags every CSR tensor as beta
+            warnings.simplefilter("ignore", UserWarning)
+            picks_TF = torch.sparse_csr_tensor(
+                crow_T1, k_T, coef_T, (n, gram_FF.shape[0]), check_invariants=False
+            )
+        corr_TF.addmm_(picks_TF, gram_FF, alpha=-1.0)
+        return
+    torch.index_select(gram_FF, 0, k_T, out=rows_TF)
+    corr_TF.addcmul_(rows_TF, coef_T[:, None], value=-1.0)
 
 
 def _gp_chunk(x_TD: Tensor, dict_FD: Tensor, l0: int, nonneg: bool, max_bytes: int) -> Pursuit:
@@ -236,7 +261,7 @@ def _screened(
     max_bytes: int,
     kind: str,
 ) -> Pursuit:
-    per_token = dict_FD.shape[0] + m * m + (0 if gram_FF is not None else m * dict_FD.shape[1])
+    per_token = dict_FD.shape[0] + l0 * m + (0 if gram_FF is not None else m * dict_FD.shape[1])
     parts = []
     for x_TD in _token_chunks(x_ND, per_token, max_bytes):
         x32_TD = x_TD.float()
@@ -245,61 +270,63 @@ def _screened(
         cand_TM = score_TF.topk(m, dim=1, sorted=False).indices
         corr_TM = corr_TF.gather(1, cand_TM)
         del corr_TF, score_TF
-        local_TMM = _local_gram(cand_TM, dict_FD, gram_FF)
+        rows = _GramRows(cand_TM, dict_FD, gram_FF)
         run = _local_mp if kind == "mp" else _local_gp
-        slots_TL, coefs_TL = run(corr_TM, local_TMM, l0, nonneg)
+        slots_TL, coefs_TL = run(corr_TM, rows, l0, nonneg)
         atoms_TL = torch.where(slots_TL >= 0, cand_TM.gather(1, slots_TL.clamp(min=0)), -1)
         recon_TD = _decode_sparse(atoms_TL, coefs_TL, dict_FD)
         parts.append(Pursuit(atoms_TL, coefs_TL, x32_TD - recon_TD))
     return _cat(parts)
 
 
-def _local_gram(cand_TM: Tensor, dict_FD: Tensor, gram_FF: Tensor | None) -> Tensor:
-    if gram_FF is not None:
-        n_atoms = gram_FF.shape[0]
-        flat_TMM = cand_TM[:, :, None] * n_atoms + cand_TM[:, None, :]
-        return gram_FF.reshape(-1)[flat_TMM]
-    atoms_TMD = dict_FD[cand_TM].float()
-    return atoms_TMD @ atoms_TMD.transpose(1, 2)
+class _GramRows:
+    """``<d_k, d_c>`` for one chosen candidate ``k`` per token against all its candidates."""
+
+    def __init__(self, cand_TM: Tensor, dict_FD: Tensor, gram_FF: Tensor | None):
+        self.cand_TM, self.gram_FF = cand_TM, gram_FF
+        self.atoms_TMD = None if gram_FF is not None else dict_FD[cand_TM].float()
+
+    def __call__(self, j_T: Tensor) -> Tensor:
+        k_T = self.cand_TM.gather(1, j_T[:, None])
+        if self.gram_FF is not None:
+            flat_TM = k_T * self.gram_FF.shape[0] + self.cand_TM
+            return self.gram_FF.reshape(-1)[flat_TM]
+        assert self.atoms_TMD is not None
+        chosen_TD = self.atoms_TMD[torch.arange(len(j_T), device=j_T.device), j_T]
+        return torch.einsum("tmd,td->tm", self.atoms_TMD, chosen_TD)
 
 
-def _local_mp(
-    corr_TM: Tensor, gram_TMM: Tensor, l0: int, nonneg: bool
-) -> tuple[Tensor, Tensor]:
+def _local_mp(corr_TM: Tensor, rows: _GramRows, l0: int, nonneg: bool) -> tuple[Tensor, Tensor]:
     n = corr_TM.shape[0]
-    rows_T = torch.arange(n, device=corr_TM.device)
     slots_TL = torch.full((n, l0), -1, dtype=torch.long, device=corr_TM.device)
     coefs_TL = torch.zeros(n, l0, dtype=torch.float32, device=corr_TM.device)
     for step in range(l0):
         j_T, coef_T = _best(corr_TM, nonneg)
         slots_TL[:, step] = torch.where(coef_T != 0, j_T, -1)
         coefs_TL[:, step] = coef_T
-        corr_TM.addcmul_(gram_TMM[rows_T, j_T], coef_T[:, None], value=-1.0)
+        corr_TM.addcmul_(rows(j_T), coef_T[:, None], value=-1.0)
     return slots_TL, coefs_TL
 
 
-def _local_gp(
-    corr_TM: Tensor, gram_TMM: Tensor, l0: int, nonneg: bool
-) -> tuple[Tensor, Tensor]:
+def _local_gp(corr_TM: Tensor, rows: _GramRows, l0: int, nonneg: bool) -> tuple[Tensor, Tensor]:
     n, m = corr_TM.shape
     corr0_TM = corr_TM.clone()
     slots_TL = torch.full((n, l0), -1, dtype=torch.long, device=corr_TM.device)
     coefs_TL = torch.zeros(n, l0, dtype=torch.float32, device=corr_TM.device)
+    rows_TLM = torch.zeros(n, l0, m, dtype=torch.float32, device=corr_TM.device)
     for step in range(l0):
         j_T, best_T = _best(corr_TM, nonneg)
         new_T = (best_T != 0) & ~(slots_TL == j_T[:, None]).any(dim=1)
         slots_TL[:, step] = torch.where(new_T, j_T, -1)
-        mask_TL = slots_TL >= 0
-        g_TL = corr_TM.gather(1, slots_TL.clamp(min=0)) * mask_TL
-        # rows of the local Gram for the support: (T, L, M)
-        rows_TLM = gram_TMM.gather(1, slots_TL.clamp(min=0)[:, :, None].expand(n, l0, m))
+        rows_TLM[:, step] = rows(j_T) * new_T[:, None]
+        g_TL = corr_TM.gather(1, slots_TL.clamp(min=0)) * (slots_TL >= 0)
         gG_TM = torch.einsum("tl,tlm->tm", g_TL, rows_TLM)
         cc_T = (gG_TM.gather(1, slots_TL.clamp(min=0)) * g_TL).sum(1)
         a_T = _step_size((g_TL * g_TL).sum(1), cc_T)
         coefs_TL.add_(a_T[:, None] * g_TL)
         if nonneg:
             coefs_TL.clamp_(min=0.0)
-            corr_TM = corr0_TM - torch.einsum("tl,tlm->tm", coefs_TL * mask_TL, rows_TLM)
+            corr_TM = corr0_TM - torch.einsum("tl,tlm->tm", coefs_TL, rows_TLM)
         else:
             corr_TM = corr_TM - a_T[:, None] * gG_TM
     return slots_TL, coefs_TL
@@ -345,5 +372,4 @@ def _atom_chunk(dict_FD: Tensor, max_bytes: int, rows: int | None = None) -> int
 def _cat(parts: list[Pursuit]) -> Pursuit:
     if len(parts) == 1:
         return parts[0]
-    return Pursuit(*(torch.cat(cols) for cols in zip(*parts)))
-
+    return Pursuit(*(torch.cat(cols) for cols in zip(*parts, strict=True)))

@@ -14,6 +14,7 @@ Shape legend: B texts in a batch, S sequence positions, N tokens, D model width.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -43,8 +44,9 @@ def cache_batches(
         for acts_ND, prov in reader.iter_shards():
             for start in range(0, acts_ND.shape[0], batch_size):
                 rows = slice(start, start + batch_size)
-                yield ActivationBatch(acts_ND[rows], {k: v[rows] for k, v in prov.items()},
-                                      reader.hook, source)
+                yield ActivationBatch(
+                    acts_ND[rows], {k: v[rows] for k, v in prov.items()}, reader.hook, source
+                )
 
     return gen(), meta
 
@@ -65,8 +67,18 @@ def build_from_cache(
         >>> d.describe(0)   # AtomSource(source='sha256:...', prompt=0, step=0, h=3, w=5, ...)
     """
     batches, meta = cache_batches(path, hook, batch_size)
-    return build(batches, config or BuildConfig(), resume=resume, progress=progress,
-                 metadata=meta)
+    batches = _skip_seen(batches, resume)
+    return build(batches, config or BuildConfig(), resume=resume, progress=progress, metadata=meta)
+
+
+def _skip_seen(
+    batches: Iterator[ActivationBatch], resume: ITDA | None
+) -> Iterator[ActivationBatch]:
+    """Drop the batches a resumed dictionary has already consumed (same batch size)."""
+    if resume is None:
+        return batches
+    seen = int((resume.cfg.metadata.get("itda_build", {}) or {}).get("batches_seen", 0))
+    return itertools.islice(batches, seen, None)
 
 
 def lm_layers(model: Any) -> Any:
@@ -97,15 +109,19 @@ def lm_batches(
     hook = f"layers.{layer}.output"
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
-        enc = model.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
-                              max_length=max_length)
+        enc = model.tokenizer(
+            chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        )
         acts_BSD = _residual(model, enc, layer)
         keep_BS = enc["attention_mask"].bool()
         prompt_BS = torch.arange(start, start + len(chunk))[:, None].expand_as(keep_BS)
         token_BS = _positions(keep_BS)
-        yield ActivationBatch(acts_BSD[keep_BS].float(),
-                              {"prompt": prompt_BS[keep_BS], "token": token_BS[keep_BS]},
-                              hook, source)
+        yield ActivationBatch(
+            acts_BSD[keep_BS].float(),
+            {"prompt": prompt_BS[keep_BS], "token": token_BS[keep_BS]},
+            hook,
+            source,
+        )
 
 
 def _positions(keep_BS: Tensor) -> Tensor:
@@ -146,8 +162,7 @@ def build_from_lm(
     """
     if not texts:
         raise ValueError("empty activation stream: no texts were given")
-    batches = lm_batches(model, texts, layer, batch_size, max_length, source)
+    batches = _skip_seen(lm_batches(model, texts, layer, batch_size, max_length, source), resume)
     model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
     meta = {"model_name": model_name, "hook_name": f"layers.{layer}.output"}
-    return build(batches, config or BuildConfig(), resume=resume, progress=progress,
-                 metadata=meta)
+    return build(batches, config or BuildConfig(), resume=resume, progress=progress, metadata=meta)

@@ -1,0 +1,172 @@
+"""The ``itda`` command line: build ITDA dictionaries (Leask et al., ICML 2025, arXiv 2505.17769).
+
+Examples::
+
+    itda build --cache cache/ --target-l0 32 --loss-threshold 0.3 --out dict/
+    itda build-lm --model path/to/llama --texts texts.txt --layer 6 --out dict/
+    itda build --cache cache/ --out dict/ --resume      # continue a stopped build
+
+Every ``BuildConfig`` field is a flag (``--dedup-cosine``, ``--encoder gp``, ...). A bad
+batch stops the build but the dictionary built so far is saved to ``--out`` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from itda.build import BuildConfig, BuildError
+from itda.model import ITDA
+
+logger = logging.getLogger(__name__)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(BuildConfig)
+    for f in dataclasses.fields(BuildConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        doc = _field_doc(f.name)
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=doc)
+            continue
+        choices = _literal_choices(kind)
+        parser.add_argument(
+            flag,
+            type=_scalar_type(kind),
+            choices=choices,
+            default=f.default,
+            help=f"{doc} (default: {f.default})",
+        )
+
+
+def _field_doc(name: str) -> str:
+    import inspect
+
+    lines = inspect.getsource(BuildConfig).splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(f"{name}:") and i + 1 < len(lines):
+            return lines[i + 1].strip().strip('"')
+    return ""
+
+
+def _literal_choices(kind: Any) -> list[str] | None:
+    if typing.get_origin(kind) is typing.Literal:
+        return list(typing.get_args(kind))
+    return None
+
+
+def _scalar_type(kind: Any) -> Any:
+    if typing.get_origin(kind) is typing.Literal:
+        return str
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if args else kind
+
+
+def _config_from(args: argparse.Namespace) -> BuildConfig:
+    return BuildConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BuildConfig)})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="itda", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cache = sub.add_parser("build", help="build from a Flux activation cache (sae-flux cache)")
+    cache.add_argument("--cache", required=True, help="activation cache directory")
+    cache.add_argument("--hook", default=None, help="hook to read (default: the only one)")
+    lm = sub.add_parser("build-lm", help="build on a Hugging Face causal LM's residual stream")
+    lm.add_argument("--model", required=True, help="HF model id or local directory")
+    lm.add_argument("--texts", required=True, help="UTF-8 file, one text per line")
+    lm.add_argument("--layer", type=int, required=True, help="decoder layer index")
+    lm.add_argument("--max-length", type=int, default=256, help="tokens per text (truncated)")
+    for p in (cache, lm):
+        p.add_argument("--out", required=True, help="output directory (SAELens layout)")
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=None,
+            help="tokens (build) or texts (build-lm) per batch",
+        )
+        p.add_argument("--resume", action="store_true", help="continue the dictionary in --out")
+        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+        _add_config_flags(p)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> ITDA:
+    from itda import sources
+
+    config = _config_from(args)
+    resume = ITDA.load(args.out) if args.resume else None
+    progress = not args.no_progress
+    if args.command == "build":
+        return sources.build_from_cache(
+            args.cache,
+            config,
+            hook=args.hook,
+            batch_size=args.batch_size or 4096,
+            resume=resume,
+            progress=progress,
+        )
+    texts = _read_texts(args.texts)
+    model = _load_lm(args.model)
+    return sources.build_from_lm(
+        model,
+        texts,
+        args.layer,
+        config,
+        batch_size=args.batch_size or 8,
+        max_length=args.max_length,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def _read_texts(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"texts file {file} not found")
+    texts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"texts file {file} holds no non-empty lines")
+    return texts
+
+
+def _load_lm(name: str) -> Any:
+    import nnsight
+
+    return nnsight.LanguageModel(name, dispatch=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``itda`` console script; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        itda = _run(args)
+    except BuildError as err:
+        if err.partial is not None:
+            err.partial.save_model(args.out)
+            logger.error(
+                "%s; the %d atoms built so far were saved to %s (rerun with --resume)",
+                err,
+                err.partial.cfg.d_sae,
+                args.out,
+            )
+        else:
+            logger.error("%s", err)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 2
+    itda.save_model(args.out)
+    logger.info("saved %d atoms x %d to %s", itda.cfg.d_sae, itda.cfg.d_in, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
