@@ -126,14 +126,14 @@ def read_activations(model: Any, batch: Encoded, layers: list[int]) -> list[Floa
     inputs = {"input_ids": batch.input_ids_BT, "attention_mask": batch.attention_mask_BT,
               "position_ids": batch.position_ids_BT}
     read_BT = batch.read_BT
+    reads: list[Tensor] = []
     with torch.no_grad(), model.trace(inputs):
-        reads = []
         for layer in layers:
             out = blocks[layer].output
             hidden_BTD = out[0] if isinstance(out, tuple) else out
-            reads.append(torch.einsum("bt,btd->bd", read_BT.to(hidden_BTD.dtype), hidden_BTD))
-        reads = [r.float().save() for r in reads]
-    return [torch.as_tensor(r) for r in reads]
+            acts_BD = torch.einsum("bt,btd->bd", read_BT.to(hidden_BTD.dtype), hidden_BTD)
+            reads.append(acts_BD.float().save())
+    return reads
 
 
 class Activations(NamedTuple):

@@ -1,0 +1,117 @@
+"""The ``cae`` command line: train a steering vector, generate with it.
+
+Implements the CAA workflow (Rimsky et al. 2024) studied by the CAE paper (Hao et al.
+2025): ``cae train`` reads contrastive pairs (MWE JSONL or CAA JSON) and writes a vector
+directory; ``cae generate`` adds it while the model generates. ``--model`` is a Hub id, a
+local directory or ``organism:<size>``. Other subcommands (``cae eval``) register
+themselves from ``cae.evaluate.cli`` when that package is present.
+
+Examples::
+
+    cae train --model organism:small --data kind.jsonl --layers 1 --out vectors/kind
+    cae generate --model organism:small --vector vectors/kind --multiplier 4 --prompt "story :"
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from cae.aggregators import AGGREGATORS
+from cae.apply import POSITIONS, check_multiplier
+from cae.read import READ_RULES
+
+logger = logging.getLogger(__name__)
+PLUGINS = ("cae.evaluate.cli",)
+"""Modules that may add subcommands through ``register(subparsers)``."""
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cae.model import load_language_model
+    from cae.pairs import load_pairs
+    from cae.vector import SteeringVector
+
+    pairs = load_pairs(args.data)
+    if args.limit is not None:
+        pairs = pairs[: args.limit]
+    lm = load_language_model(args.model)
+    sv = SteeringVector.train(lm, pairs, args.layers, read=args.read, aggregator=args.aggregator,
+                              batch_size=args.batch_size)
+    out = sv.save(args.out)
+    norms = {layer: round(float(v.norm()), 4) for layer, v in sv.vectors.items()}
+    print(json.dumps({"out": str(out), "n_pairs": len(pairs), "norms": norms}))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from cae.model import hf_module, load_language_model
+    from cae.vector import SteeringVector
+
+    multiplier = check_multiplier(args.multiplier)
+    lm = load_language_model(args.model)
+    sv = SteeringVector.from_pretrained(args.vector)
+    hf, tokenizer = hf_module(lm), lm.tokenizer
+    enc = tokenizer(args.prompt, return_tensors="pt")
+    torch.manual_seed(args.seed)
+    settings = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample,
+                "pad_token_id": tokenizer.pad_token_id}
+    with torch.no_grad(), sv.apply(lm, multiplier, positions=args.positions, force=args.force):
+        ids = hf.generate(**enc, **settings)
+    print(tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cae`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="cae", description="Steering vectors for HF LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a steering vector from contrastive pairs")
+    train.add_argument("--model", required=True, help="Hub id, local dir or organism:<size>")
+    train.add_argument("--data", required=True, help="MWE .jsonl or CAA .json file")
+    train.add_argument("--layers", type=int, nargs="+", required=True, help="decoder blocks")
+    train.add_argument("--out", required=True, help="output directory")
+    train.add_argument("--read", default="answer", choices=sorted(READ_RULES))
+    train.add_argument("--aggregator", default="mean", choices=sorted(AGGREGATORS))
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    train.set_defaults(func=_train)
+
+    gen = sub.add_parser("generate", help="generate with a steering vector added")
+    gen.add_argument("--model", required=True, help="Hub id, local dir or organism:<size>")
+    gen.add_argument("--vector", required=True, help="vector directory or Hub repo id")
+    gen.add_argument("--multiplier", type=float, default=1.0)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--positions", default="from_prompt_end", choices=list(POSITIONS))
+    gen.add_argument("--max-new-tokens", type=int, default=40)
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--force", action="store_true", help="apply to another model id")
+    gen.set_defaults(func=_generate)
+
+    for name in PLUGINS:
+        if importlib.util.find_spec(name.rsplit(".", 1)[0]) and importlib.util.find_spec(name):
+            importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cae`` console script; bad input exits with status 2."""
+    logging.basicConfig(level=logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"cae {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""Steering adds exactly ``m * v`` where intended: in a forward, in cached generation, in
+nnsight traces; identical to a plain PyTorch forward hook doing the same addition."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from cae import SteeringVector, steer, steering
+from tests.cae.conftest import tiny_llama
+
+PROMPTS = ["story : your friend is sad . so", "q : your guest is cold ."]
+
+
+@contextmanager
+def plain_hook(block, add_fn):
+    """Reference: a forward hook returning ``output + add_fn(output)``."""
+    handle = block.register_forward_hook(lambda _m, _i, out: out + add_fn(out))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def recording(hf, layer):
+    """Record layer ``layer``'s own output (before any later hook) and what the next block
+    received, per forward call."""
+    before, after = [], []
+    h1 = hf.model.layers[layer].register_forward_hook(lambda _m, _i, o: before.append(o.clone()))
+    h2 = hf.model.layers[layer + 1].register_forward_pre_hook(
+        lambda _m, args: after.append(args[0].clone()))
+    try:
+        yield before, after
+    finally:
+        h1.remove()
+        h2.remove()
+
+
+def encode(tokenizer, side):
+    tokenizer.padding_side = side
+    return tokenizer(PROMPTS, return_tensors="pt", padding=True)
+
+
+def test_context_manager_equals_plain_hook_at_all_positions(hf_model, tokenizer):
+    sv = SteeringVector.random(hf_model, [1], seed=1, norm=3.0)
+    enc = encode(tokenizer, "right")
+    with torch.no_grad():
+        with sv.apply(hf_model, 2.5, positions="all"):
+            steered = hf_model(**enc).logits
+        with plain_hook(hf_model.model.layers[1], lambda o: 2.5 * sv.vectors[1]):
+            reference = hf_model(**enc).logits
+        plain = hf_model(**enc).logits
+    assert torch.equal(steered, reference)
+    assert not torch.allclose(steered, plain)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_prompt_end_is_the_last_real_token_under_either_padding(hf_model, tokenizer, side):
+    sv = SteeringVector.random(hf_model, [2], seed=2, norm=3.0)
+    enc = encode(tokenizer, side)
+    last_B = [int(torch.nonzero(row)[-1]) for row in enc["attention_mask"]]
+    assert (side == "left") == (last_B[0] == last_B[1])
+
+    def at_prompt_end(out):
+        add = torch.zeros_like(out)
+        add[torch.arange(2), last_B] = -1.5 * sv.vectors[2]
+        return add
+
+    with torch.no_grad():
+        with sv.apply(hf_model, -1.5):
+            steered = hf_model(**enc).logits
+        with plain_hook(hf_model.model.layers[2], at_prompt_end):
+            reference = hf_model(**enc).logits
+    torch.testing.assert_close(steered, reference, atol=0, rtol=0)
+
+
+def test_nnsight_steer_in_a_trace_equals_plain_hook(lm, hf_model, tokenizer):
+    sv = SteeringVector.random(hf_model, [1, 3], seed=3, norm=2.0)
+    with torch.no_grad(), lm.trace(PROMPTS):
+        steer(lm, sv, 2.0, positions="all")
+        steered = lm.output.logits.save()
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)  # nnsight pads on the left
+    with torch.no_grad(), plain_hook(hf_model.model.layers[1], lambda o: 2.0 * sv.vectors[1]), \
+            plain_hook(hf_model.model.layers[3], lambda o: 2.0 * sv.vectors[3]):
+        with lm.trace(PROMPTS):
+            reference = lm.output.logits.save()
+    assert lm.tokenizer.padding_side == "left" and enc["input_ids"].shape[1] == steered.shape[1]
+    torch.testing.assert_close(steered, reference, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("positions", ["all", "from_prompt_end", "generated"])
+def test_generate_steers_only_the_intended_positions(hf_model, tokenizer, positions):
+    sv = SteeringVector.random(hf_model, [1], seed=4, norm=1.0)
+    enc = encode(tokenizer, "left")
+    with recording(hf_model, 1) as (before, after), sv.apply(hf_model, 3.0, positions=positions):
+        hf_model.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert [x.shape[1] for x in before] == [enc["input_ids"].shape[1], 1, 1]  # prefill, steps
+    v_D = 3.0 * sv.vectors[1]
+    for step, (b_BTD, a_BTD) in enumerate(zip(before, after, strict=True)):
+        expected_BT = torch.zeros(b_BTD.shape[:2], dtype=torch.bool)
+        if positions == "all" or step > 0 and positions != "all":
+            expected_BT[:] = True
+        if step == 0 and positions == "from_prompt_end":
+            expected_BT[:, -1] = True
+        diff_BTD = a_BTD - b_BTD
+        torch.testing.assert_close(diff_BTD[expected_BT], v_D.expand(int(expected_BT.sum()), -1))
+        assert torch.count_nonzero(diff_BTD[~expected_BT]) == 0
+
+
+def test_nnsight_generate_steering_equals_hook_steering(lm, hf_model):
+    sv = SteeringVector.random(hf_model, [2], seed=5, norm=4.0)
+    with recording(hf_model, 2) as (_, via_nnsight), \
+            lm.generate(PROMPTS, max_new_tokens=4, min_new_tokens=4, do_sample=False) as tracer:
+        for _step in tracer.iter[:4]:
+            steer(lm, sv, 2.0)
+        ids_nnsight = tracer.result.save()
+    with recording(hf_model, 2) as (_, via_hooks), sv.apply(lm, 2.0), \
+            lm.generate(PROMPTS, max_new_tokens=4, do_sample=False) as tracer:
+        ids_hooks = tracer.result.save()
+    assert torch.equal(ids_nnsight, ids_hooks)
+    assert len(via_nnsight) == len(via_hooks) == 4
+    for a, b in zip(via_nnsight, via_hooks, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_several_vectors_and_layers_add_up(hf_model, tokenizer):
+    a = SteeringVector.random(hf_model, [1, 2], seed=6)
+    b = SteeringVector.random(hf_model, [2], seed=7)
+    enc = encode(tokenizer, "right")
+    with torch.no_grad():
+        with steering(hf_model, [(a, 2.0), (b, -1.0)], positions="all"):
+            together = hf_model(**enc).logits
+        with (2.0 * a - b).apply(hf_model, 1.0, positions="all"):
+            combined = hf_model(**enc).logits
+    torch.testing.assert_close(together, combined, atol=1e-6, rtol=1e-6)
+
+
+def test_nnsight_steer_takes_several_vectors(lm, hf_model):
+    a = SteeringVector.random(hf_model, [1], seed=8)
+    b = SteeringVector.random(hf_model, [1, 3], seed=9)
+    with torch.no_grad(), lm.trace(PROMPTS):
+        steer(lm, [(a, 1.5), (b, -2.0)], positions="all")
+        together = lm.output.logits.save()
+    with torch.no_grad(), steering(lm, [(a, 1.5), (b, -2.0)], positions="all"), lm.trace(PROMPTS):
+        reference = lm.output.logits.save()
+    torch.testing.assert_close(together, reference, atol=0, rtol=0)
+
+
+def test_hooks_are_removed_after_an_exception(hf_model):
+    sv = SteeringVector.random(hf_model, [1])
+    with pytest.raises(RuntimeError, match="boom"), sv.apply(hf_model, 1.0):
+        raise RuntimeError("boom")
+    assert not hf_model.model.layers[1]._forward_hooks and not hf_model._forward_pre_hooks
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_multiplier_is_refused(hf_model, bad):
+    sv = SteeringVector.random(hf_model, [1])
+    with pytest.raises(ValueError, match="multiplier must be a finite number"):
+        with sv.apply(hf_model, bad):
+            pass
+    with pytest.raises(ValueError, match="multiplier must be a finite number"):
+        _ = sv * bad
+
+
+def test_vector_of_another_width_or_model_is_refused(hf_model):
+    wide = tiny_llama(hidden=48)
+    sv = SteeringVector.random(wide, [1])
+    with pytest.raises(ValueError, match="vector width 48 does not match the model's hidden size 32"):
+        with sv.apply(hf_model, 1.0, force=True):
+            pass
+    other = SteeringVector.random(hf_model, [1])
+    hf_model.config.name_or_path = "someone/else"
+    with pytest.raises(ValueError, match="trained on 'random-llama-32' but the model is "
+                                         "'someone/else'; pass force=True"):
+        with other.apply(hf_model, 1.0):
+            pass
+    with other.apply(hf_model, 1.0, force=True):
+        pass
+
+
+def test_unknown_positions_are_refused(hf_model):
+    sv = SteeringVector.random(hf_model, [1])
+    with pytest.raises(ValueError, match="unknown positions 'prompt'"):
+        with sv.apply(hf_model, 1.0, positions="prompt"):
+            pass

@@ -1,0 +1,50 @@
+"""``cae train`` / ``cae generate`` end to end on the tiny organism, and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cae import SteeringVector
+from cae.cli import main
+from cae.organism.corpus import items
+
+
+@pytest.fixture
+def kind_jsonl(tmp_path):
+    f = tmp_path / "kind.jsonl"
+    rows = [{"question": it.prompt, "answer_matching_behavior": " " + it.matching,
+             "answer_not_matching_behavior": " " + it.not_matching}
+            for it in items("kind", "ab", 24, split="train")]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f
+
+
+def test_train_then_generate(kind_jsonl, tmp_path, capsys):
+    out = tmp_path / "vec"
+    assert main(["train", "--model", "organism:tiny", "--data", str(kind_jsonl),
+                 "--layers", "1", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_pairs"] == 24 and set(report["norms"]) == {"1"}
+    sv = SteeringVector.load(out)
+    assert sv.meta.model_id == "organism:tiny" and sv.meta.read == "answer"
+    assert main(["generate", "--model", "organism:tiny", "--vector", str(out),
+                 "--multiplier", "2", "--prompt", "story : your friend is sad . so",
+                 "--max-new-tokens", "5"]) == 0
+    assert len(capsys.readouterr().out.split()) >= 1
+
+
+def test_bad_inputs_exit_with_a_clear_message(kind_jsonl, tmp_path, capsys):
+    assert main(["train", "--model", "organism:tiny", "--data", str(kind_jsonl),
+                 "--layers", "7", "--out", str(tmp_path / "v")]) == 2
+    assert "layer 7 is outside the model: it has 2 decoder blocks" in capsys.readouterr().err
+    assert main(["train", "--model", "organism:tiny", "--data", str(tmp_path / "no.jsonl"),
+                 "--layers", "1", "--out", str(tmp_path / "v")]) == 2
+    assert "dataset file not found" in capsys.readouterr().err
+    assert main(["generate", "--model", "organism:tiny", "--vector", str(tmp_path),
+                 "--multiplier", "nan", "--prompt", "story :"]) == 2
+    assert "multiplier must be a finite number" in capsys.readouterr().err
+    assert main(["generate", "--model", "organism:huge", "--vector", str(tmp_path),
+                 "--prompt", "story :"]) == 2
+    assert "unknown organism size 'huge'" in capsys.readouterr().err
