@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Sequence
@@ -236,14 +237,18 @@ def build_pipeline(cfg: TinyFluxConfig | None = None, seed: int = 0) -> FluxPipe
 def save_pipeline(
     pipe: FluxPipeline, directory: Path, defaults: GenerationDefaults, fp16: bool = False
 ) -> Path:
-    """Save ``pipe`` in diffusers format plus ``sae_flux.json``; fp16 halves the size on disk."""
+    """Save ``pipe`` in diffusers format plus ``sae_flux.json``; fp16 halves the size on disk.
+
+    With ``fp16`` only the transformer and the VAE are stored in half precision: transformers 5
+    loads text encoders in their saved dtype while diffusers loads the other components in
+    float32, so fp16 text encoders would break a plain ``FluxPipeline.from_pretrained(dir)``
+    ("Half and Float"). The tiny text encoders cost little in float32.
+    """
     directory = Path(directory)
-    if fp16:
-        for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-            module.to(torch.float16)
+    if fp16:  # a copy, so the caller's (training) weights keep full precision
+        pipe = copy.deepcopy(pipe)
+        pipe.transformer.to(torch.float16)
+        pipe.vae.to(torch.float16)
     pipe.save_pretrained(directory, safe_serialization=True)
-    if fp16:
-        for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-            module.to(torch.float32)
     defaults.save(directory)
     return directory

@@ -21,7 +21,6 @@ Example (a smoke run; the shipped weights come from the defaults):
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import logging
@@ -39,7 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sae_flux.organism.weights import WEIGHTS_DIR, write_manifest
+from sae_flux.organism.weights import WEIGHTS_DIR, check_weights, write_manifest
 from sae_flux.organism.world import World
 from sae_flux.tiny import GenerationDefaults, TinyFluxConfig, build_pipeline, save_pipeline
 
@@ -70,7 +69,7 @@ class ModelSize:
 class VAEStage:
     """Stage 1: the autoencoder."""
 
-    steps: int = 1200
+    steps: int = 400
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 50
@@ -79,10 +78,25 @@ class VAEStage:
 
 
 @dataclass
+class DecoderStage:
+    """Stage 3: refine the VAE decoder on posterior MEANS, the latents the transformer draws.
+
+    Stage 1 decodes posterior samples whose std stays near 1 under the weak KL, so its decoder
+    learns to average colours; refining it on the means (encoder frozen, so the latent space
+    the transformer was trained on is unchanged) makes decoded colours exact.
+    """
+
+    steps: int = 500
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 20
+
+
+@dataclass
 class FlowStage:
     """Stage 2: the transformer, rectified flow on standardised VAE posterior means."""
 
-    steps: int = 3600
+    steps: int = 3300
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 100
@@ -90,7 +104,7 @@ class FlowStage:
     """Cosine decay ends at lr * min_lr_ratio."""
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    checkpoint_every: int = 600
+    checkpoint_every: int = 300
     """Save the pipeline every this many steps (so an interrupted run keeps its progress)."""
 
 
@@ -104,7 +118,8 @@ class TrainConfig:
     num_scenes: int = 6000
     """Training scenes rendered once (captions come from every training template)."""
     resolution: int = 32
-    two_object_rate: float = 0.2
+    two_object_rate: float = 0.1
+    """Share of training scenes with a second object."""
     num_inference_steps: int = 8
     """Default denoising steps saved in ``sae_flux.json``."""
     max_sequence_length: int = 24
@@ -112,9 +127,12 @@ class TrainConfig:
     """torch CPU threads."""
     fp16: bool = True
     """Save weights in half precision."""
+    init_from: str = ""
+    """Organism directory to continue from (its VAE is kept when ``vae.steps`` is 0); "" = scratch."""
     model: ModelSize = field(default_factory=ModelSize)
     vae: VAEStage = field(default_factory=VAEStage)
     flow: FlowStage = field(default_factory=FlowStage)
+    decoder: DecoderStage = field(default_factory=DecoderStage)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -157,6 +175,7 @@ class Dataset(NamedTuple):
 class TrainResult(NamedTuple):
     vae_losses: list[float]
     flow_losses: list[float]
+    decoder_losses: list[float]
     seconds: float
     out: Path
 
@@ -222,6 +241,37 @@ def train_vae(pipe: FluxPipeline, data: Dataset, cfg: TrainConfig, gen: torch.Ge
             bar.set_postfix(mse=f"{mse.item():.4f}")
             logger.info("vae step %d mse %.5f", step, mse.item())
     vae.eval()
+    return losses
+
+
+def refine_decoder(pipe: FluxPipeline, data: Dataset, cfg: TrainConfig,
+                   gen: torch.Generator) -> list[float]:
+    """Stage 3: fit the decoder to the (frozen) encoder's posterior means."""
+    vae, stage = pipe.vae, cfg.decoder
+    with torch.no_grad():
+        means_NCHW = torch.cat([vae.encode(data.images_N3HW[i:i + 256]).latent_dist.mean
+                                for i in range(0, len(data.images_N3HW), 256)])
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(stage.warmup, stage.steps))
+    vae.train()
+    losses = []
+    bar = tqdm(range(stage.steps), desc="decoder")
+    for step in bar:
+        idx = torch.randint(len(means_NCHW), (stage.batch_size,), generator=gen)
+        mse = torch.nn.functional.mse_loss(vae.decode(means_NCHW[idx]).sample,
+                                           data.images_N3HW[idx])
+        opt.zero_grad(set_to_none=True)
+        mse.backward()
+        opt.step()
+        sched.step()
+        losses.append(mse.item())
+        if step % 50 == 0 or step == stage.steps - 1:
+            bar.set_postfix(mse=f"{mse.item():.4f}")
+            logger.info("decoder step %d mse %.5f", step, mse.item())
+    vae.eval().requires_grad_(False)
     return losses
 
 
@@ -298,12 +348,25 @@ def train_flow(pipe: FluxPipeline, data: Dataset, x0_NTD: Tensor, cfg: TrainConf
 
 def save(pipe: FluxPipeline, cfg: TrainConfig) -> Path:
     """Write the pipeline (fp16 copy, training weights untouched), config and manifest."""
-    snapshot = copy.deepcopy(pipe)
-    save_pipeline(snapshot, cfg.out, cfg.defaults(), fp16=cfg.fp16)
+    save_pipeline(pipe, cfg.out, cfg.defaults(), fp16=cfg.fp16)
     (cfg.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     write_manifest(cfg.out)
     logger.info("saved organism to %s", cfg.out)
     return cfg.out
+
+
+def initial_pipeline(cfg: TrainConfig) -> FluxPipeline:
+    """A fresh random pipeline, or (``init_from``) a saved organism to keep training."""
+    if not cfg.init_from:
+        return build_pipeline(cfg.tiny(), seed=cfg.seed)
+    source = check_weights(Path(cfg.init_from))
+    pipe = FluxPipeline.from_pretrained(source, torch_dtype=torch.float32)
+    if pipe.transformer.config.num_layers != cfg.model.num_layers:
+        raise ValueError(f"init_from {source} has {pipe.transformer.config.num_layers} double "
+                         f"blocks but the config asks for {cfg.model.num_layers}")
+    pipe.set_progress_bar_config(disable=True)
+    logger.info("continuing from %s", source)
+    return pipe
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -320,7 +383,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     random.seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
-    pipe = build_pipeline(cfg.tiny(), seed=cfg.seed)
+    pipe = initial_pipeline(cfg)
     for encoder in (pipe.text_encoder, pipe.text_encoder_2):
         encoder.requires_grad_(False).eval()
     data = build_dataset(pipe, cfg)
@@ -328,10 +391,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     pipe.vae.requires_grad_(False)
     x0_NTD = standardised_latents(pipe, data)
     flow_losses = train_flow(pipe, data, x0_NTD, cfg, gen)
+    decoder_losses = refine_decoder(pipe, data, cfg, gen)
     save(pipe, cfg)
     seconds = time.perf_counter() - start
     logger.info("trained in %.1f min", seconds / 60)
-    return TrainResult(vae_losses, flow_losses, seconds, cfg.out)
+    return TrainResult(vae_losses, flow_losses, decoder_losses, seconds, cfg.out)
 
 
 # ---- command line: one flag per (nested) config field ----------------------------------

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -131,7 +131,7 @@ class World:
 
     resolution: int = 32
     """Image height and width in pixels."""
-    two_object_rate: float = 0.2
+    two_object_rate: float = 0.1
     """Probability that a sampled scene holds a second object."""
     white_background_rate: float = 0.25
     """Probability of a white background (black otherwise)."""
@@ -177,7 +177,7 @@ class World:
                 offset=(rng.randint(-self.jitter, self.jitter),
                         rng.randint(-self.jitter, self.jitter)),
             )
-            for colour, position in zip(colours, positions)
+            for colour, position in zip(colours, positions, strict=True)
         )
         return Scene(objects=objects, background=background)
 
@@ -218,20 +218,8 @@ class World:
         """Pixels covered by ``obj`` alone (before occlusion), from pixel-centre geometry."""
         n = self.resolution
         fx, fy = ANCHORS[obj.position]
-        cx, cy = fx * n + obj.offset[0], fy * n + obj.offset[1]
-        r = RADII[obj.size] * n
-        ys, xs = np.mgrid[0:n, 0:n] + 0.5
-        dx, dy = xs - cx, ys - cy
-        if obj.shape == "circle":
-            return dx**2 + dy**2 <= r**2
-        if obj.shape == "square":
-            half = 0.85 * r
-            return (np.abs(dx) <= half) & (np.abs(dy) <= half)
-        if obj.shape == "triangle":
-            # Upward isosceles triangle: apex at (cx, cy - r), base at y = cy + r, half-width r.
-            t = (dy + r) / (2 * r)
-            return (t >= 0) & (t <= 1) & (np.abs(dx) <= r * t)
-        raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
+        return shape_mask(obj.shape, fx * n + obj.offset[0], fy * n + obj.offset[1],
+                          RADII[obj.size] * n, n)
 
     def draw(self, scene: Scene) -> tuple[UInt8[np.ndarray, "H W 3"], Bool[np.ndarray, "O H W"]]:
         """The RGB image and each object's visible mask (later objects occlude earlier ones)."""
@@ -245,7 +233,7 @@ class World:
             for later_HW in masks[i + 1:]:
                 covered_HW |= later_HW
             visible.append(mask_HW & ~covered_HW)
-        for obj, mask_HW in zip(scene.objects, visible):
+        for obj, mask_HW in zip(scene.objects, visible, strict=True):
             image_HW3[mask_HW] = PALETTE[obj.colour]
         return image_HW3, np.stack(visible)
 
@@ -261,7 +249,7 @@ class World:
                  + tuple(f"background:{b}" for b in BACKGROUNDS))
         index = {name: i for i, name in enumerate(names)}
         concepts_CHW = np.zeros((len(names),) + masks_OHW.shape[1:], dtype=bool)
-        for obj, mask_HW in zip(scene.objects, masks_OHW):
+        for obj, mask_HW in zip(scene.objects, masks_OHW, strict=True):
             for name in ("object", obj.shape, obj.colour, obj.position, obj.size):
                 concepts_CHW[index[name]] |= mask_HW
         concepts_CHW[index[f"background:{scene.background}"]] = ~masks_OHW.any(0)
@@ -294,6 +282,29 @@ class World:
         return tuple(words)
 
 
+def shape_mask(shape: str, cx: float, cy: float, r: float, n: int) -> Bool[np.ndarray, "H W"]:
+    """Pixels of an ``n`` x ``n`` image whose centres fall inside ``shape`` centred at (cx, cy).
+
+    ``r`` is the half-extent: circle radius; square half-side ``0.85 r``; upward isosceles
+    triangle with apex at ``cy - r``, base at ``cy + r`` and base half-width ``r``.
+    """
+    ys, xs = np.mgrid[0:n, 0:n] + 0.5
+    dx, dy = xs - cx, ys - cy
+    if shape == "circle":
+        return dx**2 + dy**2 <= r**2
+    if shape == "square":
+        half = 0.85 * r
+        return (np.abs(dx) <= half) & (np.abs(dy) <= half)
+    if shape == "triangle":
+        t = (dy + r) / (2 * r)
+        return (t >= 0) & (t <= 1) & (np.abs(dx) <= r * t)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+#: Vertical offset of each shape's area centroid from its nominal centre, in units of r.
+CENTROID_DY: dict[str, float] = {"circle": 0.0, "square": 0.0, "triangle": 1.0 / 3.0}
+
+
 def prompts(
     n: int, seed: int = 0, split: Split = "train", world: World | None = None,
     num_objects: int | None = None,
@@ -310,7 +321,3 @@ def prompts(
     world = world or World()
     return [s.caption for s in world.examples(n, seed=seed, split=split, num_objects=num_objects)]
 
-
-def captions_of(samples: Sequence[Sample]) -> list[str]:
-    """The captions of ``samples``."""
-    return [s.caption for s in samples]
