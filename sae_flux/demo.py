@@ -7,8 +7,9 @@ Stages (each writes into ``out/`` and adds a section to ``out/index.html``):
 3. an ITDA dictionary built from the cache (:mod:`itda`, Leask et al. 2025);
 4. a TopK SAE trained on the cache with sae_lens's ``SAETrainer`` (:mod:`sae_flux.train`);
 5. reconstruction metrics of both (:mod:`sae_flux.metrics`);
-6. the top images of a handful of features with their activation heatmaps
-   (:mod:`sae_flux.interp.render`, the rendering step of Shabalin et al. 2025).
+6. visual interpretation of SAE latents, ITDA atoms and MLP neurons: top images with
+   heatmaps, ground-truth (network dissection) scores and a feature browser
+   (:mod:`sae_flux.interp`, the pipeline of Shabalin et al. 2025).
 
 Example:
     $ sae-flux demo --out demo-out            # about 3 minutes on 2 CPU cores
@@ -23,13 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from sae_flux.cache import CacheConfig, CacheReader, load_flux, write_cache
-from sae_flux.interp.render import overlay, strip
-from sae_flux.report import Figure, Report
+from sae_flux.report import Report
 
 logger = logging.getLogger(__name__)
 
@@ -60,18 +58,12 @@ class DemoConfig:
     """ITDA target L0."""
     itda_threshold: float = 0.3
     """ITDA loss threshold (lower -> larger dictionary)."""
-    gallery_images: int = 64
-    """Generated images searched for the rendered features' top images."""
-    gallery_features: int = 6
-    """Features rendered per dictionary."""
     seed: int = 0
     """Seed of prompts, generation and training."""
 
     def __post_init__(self) -> None:
-        if self.n_prompts < 8 or self.gallery_images < 5:
-            raise ValueError("n_prompts must be >= 8 and gallery_images >= 5")
-        if self.gallery_images > self.n_prompts:
-            raise ValueError(f"gallery_images ({self.gallery_images}) must be <= n_prompts ({self.n_prompts})")
+        if self.n_prompts < 8:
+            raise ValueError(f"n_prompts must be >= 8, got {self.n_prompts}")
 
 
 @dataclass
@@ -194,54 +186,10 @@ def stage_metrics(state: DemoState) -> None:
     )
 
 
-def _prompt_maps(dictionary: Any, reader: CacheReader, n_images: int, grid: tuple[int, int]) -> Tensor:
-    """Latent activations of the first ``n_images`` prompts as (image, h, w, latent)."""
-    maps = []
-    for acts_ND, prov in reader.iter_shards():
-        keep = prov["prompt"] < n_images
-        if keep.any():
-            with torch.no_grad():
-                latents = dictionary.encode(acts_ND[keep].float())
-            maps.append(latents.reshape(-1, grid[0], grid[1], latents.shape[-1]))
-        if int(prov["prompt"].max()) >= n_images - 1:
-            break
-    return torch.cat(maps)[:n_images]
+def stage_interp(state: DemoState) -> None:
+    from sae_flux.interp.stage import stage_interp as interpret
 
-
-def _pick_features(maps_IHWF: Tensor, count: int) -> list[int]:
-    """Features that fire on some images but not all, with the highest peaks."""
-    peak_IF = maps_IHWF.flatten(1, 2).amax(1)
-    active_share = (peak_IF > 0).float().mean(0)
-    eligible = (active_share > 0.02) & (active_share < 0.6)
-    score = torch.where(eligible, peak_IF.amax(0), torch.full_like(active_share, -1.0))
-    return [int(f) for f in score.argsort(descending=True)[:count] if score[f] > 0]
-
-
-def stage_gallery(state: DemoState) -> None:
-    cfg = state.cfg
-    images = state.flux.generate(state.prompts[: cfg.gallery_images], seed=cfg.seed)
-    reader = CacheReader(state.cache)
-    grid = state.flux.grid()
-    figures = []
-    gallery = state.out / "gallery"
-    gallery.mkdir()
-    for name, path in tqdm((state.dictionaries or {}).items(), desc="gallery"):
-        maps_IHWF = _prompt_maps(load_dictionary(path), reader, cfg.gallery_images, grid)
-        for feature in _pick_features(maps_IHWF, cfg.gallery_features):
-            peaks = maps_IHWF[..., feature].flatten(1).amax(1)
-            top = peaks.argsort(descending=True)[:5].tolist()
-            vmax = float(peaks.max())
-            pictures = [overlay(images[i], maps_IHWF[i, :, :, feature], vmax=vmax, scale=4) for i in top]
-            file = gallery / f"{name}-{feature}.png"
-            strip(pictures).save(file)
-            captions = " | ".join(state.prompts[i] for i in top[:2])
-            figures.append(Figure(str(file.relative_to(state.out)), f"{name} feature {feature}: {captions} ..."))
-    state.report.section(
-        "Top images of a few features",
-        text="Each strip: the five generated images where the feature peaks highest, heatmap alpha = sqrt "
-        "of the activation normalised by the feature's peak.",
-        figures=figures,
-    )
+    interpret(state)
 
 
 STAGES = (
@@ -250,7 +198,7 @@ STAGES = (
     ("itda", stage_itda),
     ("sae", stage_sae),
     ("metrics", stage_metrics),
-    ("gallery", stage_gallery),
+    ("interp", stage_interp),
 )
 
 

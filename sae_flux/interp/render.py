@@ -54,7 +54,7 @@ def overlay(
     base = image_3HW.float().clamp(0, 1).permute(1, 2, 0)
     blended = (1 - alpha) * base + alpha * colours
     pixels = (blended.numpy() * 255).round().astype(np.uint8)
-    picture = Image.fromarray(pixels).resize((width * scale, height * scale), Image.NEAREST)
+    picture = Image.fromarray(pixels).resize((width * scale, height * scale), Image.Resampling.NEAREST)
     if not colorbar:
         return picture
     top = float(act_map_hw.clamp(min=0).max()) if vmax is None else float(vmax)

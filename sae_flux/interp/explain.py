@@ -1,0 +1,222 @@
+"""Explain a feature from its top images, then score the explanation by detection.
+
+Steps 4-5 of the visual auto-interpretation pipeline of Shabalin et al. 2025 (arXiv
+2505.24360, ``../shared/research.md`` s.1). The explainer sees the feature's selected images
+with heatmaps, describes each highlighted region, then states the common pattern. The
+detection scorer rates, image by image, how well the explanation fits 5 positives (the
+feature's images, shown without heatmaps) and 5 distractors (top images of other features);
+score = mean(mean positive rating, 1 - mean distractor rating).
+
+Everything goes through one small interface, :class:`Interpreter` (``explain`` and ``rate``):
+
+- :class:`VLMInterpreter` over any :class:`sae_flux.interp.chat.ChatBackend` (an
+  OpenAI-compatible endpoint or a local transformers model); prompts are the text files in
+  ``sae_flux/interp/prompts/``;
+- :class:`ConceptInterpreter`, the VLM-free ground truth on the organism: the explanation is the
+  name of the feature's best-IoU concept, and an image's rating is how much of that concept
+  the image shows (:mod:`sae_flux.interp.dissect`).
+
+Example:
+    >>> interpreter = VLMInterpreter(OpenAIChat(ChatConfig(model="gpt-4o-mini")))
+    >>> results = interpret(index, interpreter, features=[3, 9], out="explanations.jsonl")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from sae_flux.interp.chat import BackendError, ChatBackend
+from sae_flux.interp.index import IndexReader
+from sae_flux.interp.select import SelectConfig, Selection, plain_images, render_card, select
+
+logger = logging.getLogger(__name__)
+
+PROMPTS = Path(__file__).with_name("prompts")
+
+
+def prompt(name: str) -> str:
+    """The text of ``prompts/<name>.txt``."""
+    path = PROMPTS / f"{name}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} is missing")
+    return path.read_text(encoding="utf-8")
+
+
+@dataclass
+class Explanation:
+    """What the explainer said about a feature."""
+
+    pattern: str
+    descriptions: list[str] = field(default_factory=list)
+
+
+class Interpreter(Protocol):
+    """Explains a feature from its selected examples and rates an explanation on images."""
+
+    name: str
+
+    def explain(self, index: IndexReader, selection: Selection) -> Explanation: ...
+
+    def rate(self, explanation: str, index: IndexReader, images: Sequence[int]) -> list[float]: ...
+
+
+class VLMInterpreter:
+    """The paper's explainer and scorer on a vision-language chat backend."""
+
+    def __init__(self, backend: ChatBackend, name: str = "vlm", scale: int = 4) -> None:
+        self.backend = backend
+        self.name = name
+        self.scale = scale
+
+    def explain(self, index: IndexReader, selection: Selection) -> Explanation:
+        pictures: list[Image.Image] = [
+            render_card(index, selection._replace(images=[i], peaks=selection.peaks, maps_IHW=m[None]),
+                        scale=self.scale)
+            for i, m in zip(selection.images, selection.maps_IHW, strict=True)
+        ]
+        system = prompt("explain_system").format(n_images=len(pictures))
+        answer = self.backend.ask(system, prompt("explain_user"), pictures, keys=("pattern",))
+        descriptions = answer.get("descriptions", [])
+        if not isinstance(descriptions, list):
+            descriptions = [str(descriptions)]
+        return Explanation(str(answer["pattern"]), [str(d) for d in descriptions])
+
+    def rate(self, explanation: str, index: IndexReader, images: Sequence[int]) -> list[float]:
+        scores = []
+        for picture in plain_images(index, list(images), scale=self.scale):
+            text = prompt("detect_user").replace("{explanation}", explanation.replace('"', "'"))
+            answer = self.backend.ask(prompt("detect_system"), text, [picture], keys=("score",))
+            scores.append(_unit(answer["score"]))
+        return scores
+
+
+def _unit(value: Any) -> float:
+    try:
+        return min(1.0, max(0.0, float(value)))
+    except (TypeError, ValueError) as err:
+        raise BackendError(f"the scorer's score {value!r} is not a number") from err
+
+
+@dataclass
+class Detection:
+    """Detection score of an explanation: positives vs distractors."""
+
+    score: float
+    positives: list[int]
+    negatives: list[int]
+    positive_ratings: list[float]
+    negative_ratings: list[float]
+
+
+def distractors(
+    index: IndexReader, feature: int, exclude: Sequence[int], n: int, seed: int = 0,
+    candidates: Sequence[int] | None = None,
+) -> list[int]:
+    """``n`` images that are the top image of other (randomly drawn, seeded) features."""
+    rng = random.Random(seed * 1_000_003 + feature)
+    pool = list(candidates if candidates is not None else range(index.width))
+    rng.shuffle(pool)
+    chosen: list[int] = []
+    taken = set(int(i) for i in exclude)
+    for other in pool:
+        if other == feature:
+            continue
+        _, images = index.top_images(other)
+        if len(images) and int(images[0]) not in taken:
+            chosen.append(int(images[0]))
+            taken.add(int(images[0]))
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+def detection(
+    interpreter: Interpreter, index: IndexReader, explanation: str, positives: Sequence[int],
+    negatives: Sequence[int],
+) -> Detection:
+    """score = mean(mean rating on positives, 1 - mean rating on negatives)."""
+    if not positives or not negatives:
+        raise ValueError("detection needs at least one positive and one distractor image")
+    ratings = interpreter.rate(explanation, index, [*positives, *negatives])
+    pos, neg = ratings[: len(positives)], ratings[len(positives):]
+    score = 0.5 * (sum(pos) / len(pos) + 1 - sum(neg) / len(neg))
+    return Detection(score, list(positives), list(negatives), pos, neg)
+
+
+@dataclass
+class FeatureResult:
+    """One interpreted feature (a line of the results JSONL)."""
+
+    dictionary: str
+    feature: int
+    interpreter: str
+    images: list[int]
+    explanation: Explanation
+    detection: Detection | None
+    density: float
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def interpret(
+    index: IndexReader, interpreter: Interpreter, features: Sequence[int], out: str | Path | None = None,
+    select_cfg: SelectConfig | None = None, n_distractors: int = 5, seed: int = 0,
+    on_result: Callable[[FeatureResult], None] | None = None,
+) -> list[FeatureResult]:
+    """Explain and detection-score ``features``, appending each to the JSONL ``out`` when done.
+
+    Features already in ``out`` are skipped (a rerun continues). When the backend fails for
+    good, the finished features stay in ``out`` and :class:`BackendError` says how many.
+    """
+    for f in features:
+        index.check_feature(f)
+    done = _finished(out, index.name, interpreter.name)
+    results = list(done.values())
+    live = [int(f) for f in range(index.width) if len(index.top_images(f)[1])]
+    density = index.density()
+    for f in tqdm([f for f in features if int(f) not in done], desc=f"interpret {index.name}", unit="feature"):
+        chosen = select(index, f, select_cfg)
+        if not chosen.images:
+            continue
+        try:
+            result = _one(index, interpreter, chosen, live, n_distractors, seed, float(density[f]))
+        except BackendError as err:
+            raise BackendError(f"{err} (feature {f}; {len(results)} finished features kept in {out})") from err
+        results.append(result)
+        if out is not None:
+            with open(out, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(result.record()) + "\n")
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def _one(index: IndexReader, interpreter: Interpreter, chosen: Selection, live: list[int],
+         n_distractors: int, seed: int, density: float) -> FeatureResult:
+    explanation = interpreter.explain(index, chosen)
+    negatives = distractors(index, chosen.feature, chosen.images, n_distractors, seed, live)
+    scored = detection(interpreter, index, explanation.pattern, chosen.images, negatives) if negatives else None
+    return FeatureResult(index.name, chosen.feature, interpreter.name, chosen.images, explanation, scored, density)
+
+
+def _finished(out: str | Path | None, dictionary: str, interpreter: str) -> dict[int, FeatureResult]:
+    if out is None or not Path(out).is_file():
+        return {}
+    done = {}
+    for line in Path(out).read_text(encoding="utf-8").splitlines():
+        raw = json.loads(line)
+        if raw["dictionary"] == dictionary and raw["interpreter"] == interpreter:
+            raw["explanation"] = Explanation(**raw["explanation"])
+            raw["detection"] = Detection(**raw["detection"]) if raw["detection"] else None
+            done[int(raw["feature"])] = FeatureResult(**raw)
+    return done

@@ -1,0 +1,78 @@
+"""``sae-flux interp`` end to end on the tiny model: index, ground truth, errors with messages."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from sae_lens import TopKSAE, TopKSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+from sae_flux.cache import CacheConfig, write_cache
+from sae_flux.cli import main
+from sae_flux.organism.world import prompts
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_flux):
+    root = tmp_path_factory.mktemp("interp-cli")
+    (root / "prompts.txt").write_text("\n".join(prompts(12, seed=0)) + "\n")
+    write_cache(CacheConfig(model="tiny", prompts=str(root / "prompts.txt"), hooks=["double.1.img", "double.1.mlp"],
+                            out=str(root / "cache"), steps=[0], batch_size=6, shard_prompts=6), flux=tiny_flux)
+    for hook in ("double.1.img", "double.0.img"):
+        torch.manual_seed(0)
+        cfg = TopKSAEConfig(d_in=tiny_flux.d_model, d_sae=48, k=4, metadata=SAEMetadata(hook_name=hook))
+        TopKSAE(cfg).save_model(root / f"sae-{hook}")
+    return root
+
+
+def _run(*argv):
+    return main(["interp", *map(str, argv)])
+
+
+def test_index_and_ground_truth_write_scores_cards_and_browser(setup, caplog):
+    root = setup
+    assert _run("index", root / "cache", "--hook", "double.1.img", "--dictionary", root / "sae-double.1.img",
+                "--name", "sae", "--out", root / "idx-sae", "--top-n", 8) == 0
+    assert _run("index", root / "cache", "--hook", "double.1.mlp", "--neurons", "--out", root / "idx-mlp") == 0
+    with caplog.at_level(logging.INFO):
+        assert _run("ground-truth", root / "idx-sae", root / "idx-mlp", "--prompts", root / "prompts.txt",
+                    "--model", "tiny", "--min-tokens", 1, "--max-features", 2, "--out", root / "gt") == 0
+    rows = json.loads((root / "gt" / "scores.json").read_text())
+    assert [r["dictionary"] for r in rows] == ["sae", "neurons"]
+    assert rows[0]["features"] == 48 and rows[1]["features"] == tiny_width(root)
+    assert all(0.0 <= r["mean_iou"] <= 1.0 for r in rows)
+    assert (root / "gt" / "browser.html").is_file() and (root / "gt" / "scores.png").is_file()
+    assert len(list((root / "gt" / "cards").glob("*.png"))) >= 2
+
+
+def test_dictionary_of_another_hook_is_refused(setup, caplog):
+    root = setup
+    with caplog.at_level(logging.ERROR):
+        code = _run("index", root / "cache", "--hook", "double.1.img", "--dictionary", root / "sae-double.0.img",
+                    "--out", root / "idx-bad")
+    assert code == 2 and "trained on hook 'double.0.img' but the activations come from 'double.1.img'" in caplog.text
+
+
+def test_unreachable_endpoint_and_bad_feature_are_reported(setup, caplog, tmp_path):
+    root = setup
+    if not (root / "idx-mlp").exists():
+        _run("index", root / "cache", "--hook", "double.1.mlp", "--neurons", "--out", root / "idx-mlp")
+    common = ["--prompts", root / "prompts.txt", "--model", "tiny", "--min-tokens", 1]
+    with caplog.at_level(logging.ERROR):
+        code = _run("explain", root / "idx-mlp", "--features", 100000, *common)
+    assert code == 2 and "feature 100000 is out of range" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        code = _run("explain", root / "idx-mlp", "--features", 3, *common, "--base-url", "http://127.0.0.1:9/v1",
+                    "--vlm-model", "m", "--max-retries", 1, "--backoff", 0, "--cache-dir", tmp_path / "c", "--results", tmp_path / "r.jsonl")
+    assert code == 2 and "failed after 2 attempts: endpoint" in caplog.text and "is unreachable" in caplog.text
+    with caplog.at_level(logging.ERROR):
+        code = _run("images", root / "idx-mlp", "--prompts", root / "cache" / "manifest.json", "--model", "tiny")
+    assert code == 2
+
+
+def tiny_width(root):
+    return json.loads((root / "cache" / "manifest.json").read_text())["widths"]["double.1.mlp"]
