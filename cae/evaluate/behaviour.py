@@ -1,0 +1,234 @@
+"""Behaviour metrics of a steering vector on A/B items (CAA and Tan et al. 2024).
+
+CAA (Rimsky et al. 2024) and the CAE paper (Hao et al. 2025, arXiv 2505.03189) score a
+steered model on held-out A/B items by ``p(matching letter) / (p(A) + p(B))`` at the
+answer position, averaged over items. Tan et al. 2024 ("Analyzing the generalization and
+reliability of steering vectors") add per-item reliability: the *propensity* of an item is
+the logit difference ``logit(matching) - logit(not matching)``; its least-squares slope
+against the multiplier is the item's steerability; the dataset's steerability is the slope
+of the mean propensity (equal to the mean of the item slopes); the *anti-steerable
+fraction* is the share of items whose slope is negative.
+
+An item is a ``cae.pairs.Pair``: the two completions are tokenized after the prompt, and
+the first token where they differ is the answer token (``A`` of ``" ( A )"``); the model
+is run on the shared prefix before it (``prompt + " ("``) and the two answer tokens'
+logits at its last position are compared. Note ``p(m) / (p(A) + p(B)) = sigmoid(propensity)``.
+
+Steering uses ``cae.apply.steering`` on the underlying ``transformers`` model; with the
+default ``positions="from_prompt_end"`` the vector is added at the last prefix token (the
+position that predicts the answer), as CAA adds it from the end of the instruction on.
+
+Legend: I items, M multipliers, B rows, T tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm import tqdm
+
+from cae.apply import check_multiplier, check_positions
+from cae.model import hf_module
+from cae.pairs import Pair, check_pairs
+from cae.train import completion_tokens
+from cae.vector import SteeringVector
+
+logger = logging.getLogger(__name__)
+
+
+class AnswerItem(NamedTuple):
+    """An A/B item reduced to what scoring needs."""
+
+    prefix_ids: list[int]
+    """Tokens up to (not including) the answer token, shared by both completions."""
+    matching_id: int
+    """Answer token of the behaviour-matching completion."""
+    not_matching_id: int
+    """Answer token of the other completion."""
+
+
+def answer_item(tokenizer: Any, pair: Pair, index: int = 0) -> AnswerItem:
+    """Tokenize a pair and locate its answer token (first token where the texts differ)."""
+    pos_ids, _ = completion_tokens(tokenizer, pair.prompt, pair.prompt + pair.positive)
+    neg_ids, _ = completion_tokens(tokenizer, pair.prompt, pair.prompt + pair.negative)
+    k = next((i for i, (a, b) in enumerate(zip(pos_ids, neg_ids, strict=False)) if a != b), None)
+    if k is None or k == 0:
+        raise ValueError(
+            f"item {index}: completions {pair.positive!r} and {pair.negative!r} do not differ "
+            "at a single answer token after a shared prefix; cannot score it as an A/B item"
+        )
+    return AnswerItem(pos_ids[:k], pos_ids[k], neg_ids[k])
+
+
+def answer_items(tokenizer: Any, pairs: Sequence[Pair]) -> list[AnswerItem]:
+    """``answer_item`` for every pair (checked)."""
+    return [answer_item(tokenizer, p, i) for i, p in enumerate(check_pairs(pairs))]
+
+
+def _left_padded(items: Sequence[AnswerItem], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    width = max(len(it.prefix_ids) for it in items)
+    ids_BT = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask_BT = torch.zeros((len(items), width), dtype=torch.long)
+    for b, it in enumerate(items):
+        ids_BT[b, width - len(it.prefix_ids):] = torch.tensor(it.prefix_ids)
+        mask_BT[b, width - len(it.prefix_ids):] = 1
+    return ids_BT, mask_BT, (mask_BT.cumsum(-1) - 1).clamp_min(0)
+
+
+def propensities(
+    model: Any, tokenizer: Any, items: Sequence[AnswerItem], batch_size: int = 32
+) -> Float[Tensor, " I"]:
+    """Logit difference (matching - not matching) at the answer position of each item.
+
+    Runs the model as is: wrap the call in ``sv.apply(...)`` to score a steered model.
+    """
+    hf = hf_module(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[Tensor] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        ids_BT, mask_BT, pos_BT = _left_padded(chunk, pad)
+        with torch.no_grad():
+            logits_BV = hf(input_ids=ids_BT, attention_mask=mask_BT,
+                           position_ids=pos_BT).logits[:, -1].float()
+        rows = torch.arange(len(chunk))
+        match_B: Int[Tensor, " B"] = torch.tensor([it.matching_id for it in chunk])
+        other_B: Int[Tensor, " B"] = torch.tensor([it.not_matching_id for it in chunk])
+        out.append(logits_BV[rows, match_B] - logits_BV[rows, other_B])
+    return torch.cat(out)
+
+
+def steered_propensities(
+    model: Any, tokenizer: Any, items: Sequence[AnswerItem], sv: SteeringVector | None,
+    multiplier: float, positions: str = "from_prompt_end", batch_size: int = 32,
+) -> Float[Tensor, " I"]:
+    """Propensities with ``multiplier * sv`` added (``sv=None`` or multiplier 0: unsteered)."""
+    if sv is None or check_multiplier(multiplier) == 0.0:
+        return propensities(model, tokenizer, items, batch_size)
+    with sv.apply(model, multiplier, positions=positions, force=True):
+        return propensities(model, tokenizer, items, batch_size)
+
+
+def least_squares_slopes(
+    multipliers_M: Float[Tensor, " M"], y_IM: Float[Tensor, "I M"]
+) -> Float[Tensor, " I"]:
+    """Slope of the least-squares line through (multiplier, y) for every row."""
+    x_M = multipliers_M.double() - multipliers_M.double().mean()
+    denom = (x_M * x_M).sum()
+    if denom == 0:
+        raise ValueError("steerability needs at least two distinct multipliers")
+    return ((y_IM.double() - y_IM.double().mean(-1, keepdim=True)) @ x_M / denom).float()
+
+
+@dataclass
+class BehaviourConfig:
+    """How the behaviour metrics are measured."""
+
+    multipliers: list[float]
+    """Multipliers of the propensity curve (at least two distinct values)."""
+    positions: str = "from_prompt_end"
+    """Where the vector is added (``cae.apply.POSITIONS``)."""
+    batch_size: int = 32
+    """Items per forward pass."""
+
+    def __post_init__(self) -> None:
+        self.multipliers = [check_multiplier(m) for m in self.multipliers]
+        if len(set(self.multipliers)) < 2:
+            raise ValueError(f"need at least two distinct multipliers, got {self.multipliers}")
+        check_positions(self.positions)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class BehaviourResult:
+    """Behaviour metrics of one vector on one item set."""
+
+    multipliers: list[float]
+    """Multipliers, in the order of the columns below."""
+    propensity: list[list[float]]
+    """Per item, per multiplier: logit(matching) - logit(not matching)."""
+    p_matching: list[list[float]]
+    """Per item, per multiplier: p(matching) / (p(A) + p(B))."""
+    mean_p_matching: list[float]
+    """Per multiplier: mean over items of ``p_matching`` (CAA's metric)."""
+    slopes: list[float]
+    """Per item: least-squares slope of propensity vs multiplier."""
+    steerability: float
+    """Slope of the mean propensity vs multiplier (= mean of ``slopes``)."""
+    anti_steerable_fraction: float
+    """Share of items with a negative slope."""
+
+
+def behaviour(
+    model: Any, pairs: Sequence[Pair], sv: SteeringVector | None, cfg: BehaviourConfig
+) -> BehaviourResult:
+    """Propensity, p(matching) and steerability of ``sv`` over ``cfg.multipliers``.
+
+    Example:
+        >>> from cae.model import load_language_model
+        >>> from cae.organism.corpus import items
+        >>> lm = load_language_model("organism:tiny")
+        >>> train = [i.pair() for i in items("kind", "ab", 32, "train")]
+        >>> sv = SteeringVector.train(lm, train, [1])
+        >>> res = behaviour(lm, [i.pair() for i in items("kind", "ab", 16)], sv,
+        ...                 BehaviourConfig([-4.0, 0.0, 4.0]))
+        >>> len(res.slopes)
+        16
+    """
+    tokenizer = model.tokenizer
+    items = answer_items(tokenizer, pairs)
+    columns = [steered_propensities(model, tokenizer, items, sv, m, cfg.positions, cfg.batch_size)
+               for m in tqdm(cfg.multipliers, desc="multipliers", disable=len(cfg.multipliers) < 4)]
+    prop_IM = torch.stack(columns, dim=1)
+    p_IM = torch.sigmoid(prop_IM)
+    slopes_I = least_squares_slopes(torch.tensor(cfg.multipliers), prop_IM)
+    return BehaviourResult(
+        multipliers=list(cfg.multipliers),
+        propensity=prop_IM.tolist(),
+        p_matching=p_IM.tolist(),
+        mean_p_matching=p_IM.mean(0).tolist(),
+        slopes=slopes_I.tolist(),
+        steerability=float(slopes_I.double().mean()),
+        anti_steerable_fraction=float((slopes_I < 0).float().mean()),
+    )
+
+
+def single_layer(sv: SteeringVector, layer: int) -> SteeringVector:
+    """The part of ``sv`` at one layer (a new vector)."""
+    if layer not in sv.vectors:
+        raise ValueError(f"vector has no layer {layer}; it has {list(sv.vectors)}")
+    from dataclasses import replace
+
+    return SteeringVector({layer: sv.vectors[layer]}, replace(sv.meta, layers=(layer,)))
+
+
+@dataclass
+class LayerSweep:
+    """Behaviour per layer; the chosen layer has the largest steerability."""
+
+    layers: list[int]
+    """Layers evaluated, each applied alone."""
+    results: list[BehaviourResult]
+    """One result per layer."""
+    best_layer: int
+    """Layer with the largest steerability (ties: the earliest)."""
+
+
+def layer_sweep(
+    model: Any, pairs: Sequence[Pair], sv: SteeringVector, cfg: BehaviourConfig
+) -> LayerSweep:
+    """Layer x multiplier sweep: each layer of ``sv`` applied alone; pick the steerest."""
+    layers = list(sv.vectors)
+    results = [behaviour(model, pairs, single_layer(sv, layer), cfg)
+               for layer in tqdm(layers, desc="layer sweep", disable=len(layers) < 2)]
+    scores = [r.steerability for r in results]
+    best = layers[scores.index(max(scores))]
+    logger.info("layer sweep steerability %s -> layer %d", dict(zip(layers, scores, strict=True)), best)
+    return LayerSweep(layers, results, best)

@@ -1,0 +1,76 @@
+"""``cae eval``: the CAE paper's measurements (Hao et al. 2025, arXiv 2505.03189) in one command.
+
+``cae.cli`` registers this subcommand through ``register(subparsers)`` (its ``PLUGINS``).
+
+Example::
+
+    cae eval --model organism:tiny --data kind.jsonl --corpus neutral.txt --out eval/ --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from cae.apply import POSITIONS
+from cae.evaluate.judge import JudgeError
+from cae.evaluate.report import EvalConfig, evaluate
+from cae.evaluate.sizes import compare_sizes
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` subparser (``func`` = ``run``)."""
+    p = subparsers.add_parser("eval", help="measure a steering vector: behaviour, sample "
+                                           "efficiency, perplexity cost; JSON + plots + HTML")
+    p.add_argument("--model", required=True, nargs="+",
+                   help="Hub id, local dir or organism:<size>; several: size comparison")
+    p.add_argument("--target-shift", type=float, default=0.05,
+                   help="size comparison: behaviour shift at which perplexity cost is read")
+    p.add_argument("--data", required=True, help="A/B dataset: MWE .jsonl or CAA .json")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--corpus", default=None, help="plain-text file for the perplexity cost")
+    p.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="decoder blocks to sweep (default: all)")
+    p.add_argument("--multipliers", type=float, nargs="+", default=[-4.0, -2.0, 0.0, 2.0, 4.0])
+    p.add_argument("--test-fraction", type=float, default=0.25)
+    p.add_argument("--positions", default="from_prompt_end", choices=list(POSITIONS))
+    p.add_argument("--draws", type=int, default=5, help="random subsets per sample size")
+    p.add_argument("--context", type=int, default=64, help="tokens per perplexity window")
+    p.add_argument("--max-windows", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adversarial", type=int, default=0,
+                   help="held-out items to search for reversing inputs (0: skip)")
+    p.add_argument("--adversarial-tokens", type=int, default=4)
+    p.add_argument("--other-data", nargs="+", default=[],
+                   help="other-template A/B datasets scored beside the held-out split")
+    p.add_argument("--ood", default=None, help="directory of CAE-paper OOD prompt files")
+    p.add_argument("--ood-behaviour", default=None, help="only OOD files of this behaviour")
+    p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for --ood")
+    p.add_argument("--judge-model", default="judge", help="model name sent to the judge")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``cae eval`` from parsed arguments; prints the summary as one JSON line."""
+    cfg = EvalConfig(
+        model=args.model[0], data=args.data, out=args.out, corpus=args.corpus, layers=args.layers,
+        multipliers=args.multipliers, test_fraction=args.test_fraction,
+        positions=args.positions, draws=args.draws, context=args.context,
+        max_windows=args.max_windows, seed=args.seed, other_data=args.other_data,
+        ood=args.ood, ood_behaviour=args.ood_behaviour, judge_url=args.judge_url,
+        judge_model=args.judge_model, adversarial=args.adversarial,
+        adversarial_tokens=args.adversarial_tokens,
+    )
+    try:
+        if len(args.model) > 1:
+            rows = compare_sizes(cfg, args.model, args.target_shift)
+            print(json.dumps({"out": cfg.out, "sizes": [asdict(r) for r in rows]}))
+            return 0
+        results = evaluate(cfg)
+    except JudgeError as err:
+        print(f"cae eval: error: {err} (finished stages kept in {cfg.out})", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": cfg.out, **results["summary"]}))
+    return 0

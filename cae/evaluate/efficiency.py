@@ -1,0 +1,195 @@
+"""Sample efficiency: how a steering vector improves with the number of contrastive pairs.
+
+The CAE paper (Hao et al. 2025, arXiv 2505.03189) finds that returns diminish at about 80
+contrastive samples. Here vectors are built from n = 1, 2, 4, ... N pairs (``draws``
+seeded random subsets per n, without replacement) by the vector's aggregator applied to
+activations read once; for each we record the cosine to the full-data vector and, when an
+``effect`` function is given, the effect size of the subset vector.
+
+Flattening criterion (stated): the first n whose mean cosine reaches ``flat_fraction``
+(default 0.95) of the asymptote, the mean cosine at the largest n; the same rule on the
+mean effect size gives ``n_flat_effect``.
+
+Legend: N pairs, D width.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm import tqdm
+
+from cae.aggregators import aggregator as get_aggregator
+
+logger = logging.getLogger(__name__)
+
+Effect = Callable[[Float[Tensor, " D"]], float]
+"""A subset vector (one layer) -> its effect size (e.g. shift of mean propensity)."""
+
+
+def doubling_sizes(n_max: int) -> list[int]:
+    """1, 2, 4, ... up to ``n_max``, ending with ``n_max`` itself."""
+    if n_max < 1:
+        raise ValueError(f"need at least one pair, got n_max={n_max}")
+    sizes, n = [], 1
+    while n < n_max:
+        sizes.append(n)
+        n *= 2
+    return sizes + [n_max]
+
+
+@dataclass
+class EfficiencyConfig:
+    """How the sample-efficiency curve is measured."""
+
+    sizes: list[int] | None = None
+    """Subset sizes n; None: 1, 2, 4, ... N (``doubling_sizes``)."""
+    draws: int = 5
+    """Random subsets per n (the full set is drawn once)."""
+    seed: int = 0
+    """Seed of the subset draws."""
+    aggregator: str = "mean"
+    """Aggregator building each subset's vector (``cae.aggregators``)."""
+    flat_fraction: float = 0.95
+    """Returns have flattened at the first n reaching this fraction of the asymptote."""
+
+    def __post_init__(self) -> None:
+        if self.draws < 1:
+            raise ValueError(f"draws must be >= 1, got {self.draws}")
+        if not 0.0 < self.flat_fraction <= 1.0:
+            raise ValueError(f"flat_fraction must be in (0, 1], got {self.flat_fraction}")
+        if self.sizes is not None and (not self.sizes or min(self.sizes) < 1):
+            raise ValueError(f"sizes must be positive pair counts, got {self.sizes}")
+        get_aggregator(self.aggregator)
+
+
+@dataclass
+class EfficiencyResult:
+    """The sample-efficiency curve."""
+
+    sizes: list[int]
+    """Subset sizes n."""
+    cosines: list[list[float]]
+    """Per n, per draw: cosine of the subset vector to the full-data vector."""
+    effects: list[list[float]]
+    """Per n, per draw: effect size (empty lists when no effect function was given)."""
+    mean_cosine: list[float]
+    """Per n: mean over draws."""
+    mean_effect: list[float]
+    """Per n: mean over draws (empty when no effect function was given)."""
+    n_flat_cosine: int
+    """First n whose mean cosine reaches ``flat_fraction`` of the mean cosine at the largest n."""
+    n_flat_effect: int | None
+    """The same rule on the mean effect (None without an effect function or with a
+    non-positive asymptote)."""
+    flat_fraction: float
+    """The fraction used by the criterion."""
+
+
+def first_flat(sizes: Sequence[int], curve: Sequence[float], fraction: float) -> int | None:
+    """First size whose value reaches ``fraction`` of the last value (None if that is <= 0)."""
+    target = curve[-1]
+    if target <= 0:
+        return None
+    return next(n for n, v in zip(sizes, curve, strict=True) if v >= fraction * target)
+
+
+def efficiency_curve(
+    pos_ND: Float[Tensor, "N D"], neg_ND: Float[Tensor, "N D"], cfg: EfficiencyConfig,
+    effect: Effect | None = None,
+) -> EfficiencyResult:
+    """Cosine (and effect) of subset vectors vs subset size, from per-pair activations.
+
+    Example:
+        >>> import torch
+        >>> pos, neg = torch.randn(64, 8) + 1, torch.randn(64, 8)
+        >>> res = efficiency_curve(pos, neg, EfficiencyConfig(draws=2))
+        >>> res.sizes
+        [1, 2, 4, 8, 16, 32, 64]
+    """
+    n_pairs = pos_ND.shape[0]
+    sizes = sorted(set(cfg.sizes)) if cfg.sizes is not None else doubling_sizes(n_pairs)
+    if sizes[-1] > n_pairs:
+        raise ValueError(f"sample size n={sizes[-1]} is larger than the dataset "
+                         f"({n_pairs} pairs); use sizes up to {n_pairs}")
+    agg = get_aggregator(cfg.aggregator)
+    full_D = agg(pos_ND, neg_ND).float()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    cosines: list[list[float]] = []
+    effects: list[list[float]] = []
+    for n in tqdm(sizes, desc="sample sizes", disable=len(sizes) < 4):
+        cos_row, eff_row = [], []
+        for _ in range(1 if n == n_pairs else cfg.draws):
+            idx = torch.randperm(n_pairs, generator=gen)[:n]
+            vec_D = agg(pos_ND[idx], neg_ND[idx]).float()
+            cos_row.append(float(torch.nn.functional.cosine_similarity(vec_D, full_D, dim=0)))
+            if effect is not None:
+                eff_row.append(float(effect(vec_D)))
+        cosines.append(cos_row)
+        effects.append(eff_row)
+    mean_cos = [sum(r) / len(r) for r in cosines]
+    mean_eff = [sum(r) / len(r) for r in effects] if effect is not None else []
+    n_flat = first_flat(sizes, mean_cos, cfg.flat_fraction)
+    return EfficiencyResult(
+        sizes=sizes, cosines=cosines, effects=effects if effect is not None else [],
+        mean_cosine=mean_cos, mean_effect=mean_eff,
+        n_flat_cosine=n_flat if n_flat is not None else sizes[-1],
+        n_flat_effect=first_flat(sizes, mean_eff, cfg.flat_fraction) if mean_eff else None,
+        flat_fraction=cfg.flat_fraction,
+    )
+
+
+def propensity_shift(
+    model: object, eval_pairs: Sequence[object], layer: int, multiplier: float,
+    positions: str = "from_prompt_end",
+) -> Effect:
+    """Effect of a one-layer vector: mean propensity at ``+multiplier`` minus at ``-multiplier``
+    on ``eval_pairs`` (a logit-difference shift; 0 means no effect)."""
+    from cae.evaluate.behaviour import answer_items, steered_propensities
+    from cae.model import hidden_size
+    from cae.vector import SteeringVector, VectorMeta
+
+    tokenizer = model.tokenizer  # type: ignore[attr-defined]
+    items = answer_items(tokenizer, eval_pairs)  # type: ignore[arg-type]
+    width = hidden_size(model)
+
+    def effect(vec_D: Tensor) -> float:
+        sv = SteeringVector({layer: vec_D}, VectorMeta("", width, (layer,)))
+        up = steered_propensities(model, tokenizer, items, sv, multiplier, positions)
+        down = steered_propensities(model, tokenizer, items, sv, -multiplier, positions)
+        return float((up - down).mean())
+
+    return effect
+
+
+def model_efficiency(
+    model: object, train_pairs: Sequence[object], eval_pairs: Sequence[object], layer: int,
+    cfg: EfficiencyConfig, multiplier: float = 1.0, positions: str = "from_prompt_end",
+    read: str = "answer",
+) -> EfficiencyResult:
+    """Sample-efficiency curve of CAA vectors at ``layer``, effect measured on ``eval_pairs``.
+
+    Example:
+        >>> from cae.model import load_language_model
+        >>> from cae.organism.corpus import items
+        >>> lm = load_language_model("organism:tiny")
+        >>> res = model_efficiency(lm, [i.pair() for i in items("kind", "ab", 16, "train")],
+        ...                        [i.pair() for i in items("kind", "ab", 8)], 1,
+        ...                        EfficiencyConfig(draws=2), multiplier=4.0)
+        >>> res.sizes[-1]
+        16
+    """
+    from cae.train import TrainConfig, collect
+
+    n_max = max(cfg.sizes) if cfg.sizes else len(train_pairs)
+    if n_max > len(train_pairs):
+        raise ValueError(f"sample size n={n_max} is larger than the dataset "
+                         f"({len(train_pairs)} pairs); use sizes up to {len(train_pairs)}")
+    acts = collect(model, train_pairs, TrainConfig([layer], read, cfg.aggregator))  # type: ignore[arg-type]
+    effect = propensity_shift(model, eval_pairs, layer, multiplier, positions)
+    return efficiency_curve(acts.pos[layer], acts.neg[layer], cfg, effect)

@@ -1,0 +1,242 @@
+"""One-command evaluation of a steering vector: the CAE paper's measurements, written out.
+
+Runs the checks of the CAE paper (Hao et al. 2025, arXiv 2505.03189) that this package
+implements so far on a user's model and A/B dataset: a CAA vector (Rimsky et al. 2024) is
+trained on a seeded train split; a layer x multiplier sweep on the held-out split picks
+the layer (largest steerability, Tan et al. 2024); at that layer the behaviour metrics,
+the sample-efficiency curve and the perplexity cost on a text corpus are measured.
+
+``DIR/results.json`` holds every number (rewritten after each stage, so a failure keeps
+the finished stages), ``DIR/*.png`` the plots, ``DIR/index.html`` a summary and
+``DIR/vector`` the trained vector. The same seed gives the same JSON.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cae.apply import check_multiplier, check_positions
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``cae eval`` needs (the CLI, the API and ``results.json['config']``)."""
+
+    model: str
+    """Hub id, local directory or ``organism:<size>``."""
+    data: str
+    """A/B dataset: MWE ``.jsonl`` or CAA ``.json`` (``cae.pairs.load_pairs``)."""
+    out: str
+    """Output directory."""
+    corpus: str | None = None
+    """Plain-text file for the perplexity cost (None: skipped)."""
+    layers: list[int] | None = None
+    """Layers to train and sweep (None: every decoder block)."""
+    multipliers: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
+    """Multipliers of the sweep, the propensity curves and the perplexity cost."""
+    test_fraction: float = 0.25
+    """Share of the dataset held out for evaluation."""
+    positions: str = "from_prompt_end"
+    """Where the vector is added on A/B items (``cae.apply.POSITIONS``)."""
+    draws: int = 5
+    """Random subsets per sample size in the sample-efficiency curve."""
+    context: int = 64
+    """Tokens per perplexity window."""
+    max_windows: int | None = 32
+    """Perplexity windows scored at most."""
+    seed: int = 0
+    """Seed of the train/test split and the subset draws."""
+    other_data: list[str] = field(default_factory=list)
+    """Other-template A/B datasets, scored beside the held-out split (out of distribution)."""
+    ood: str | None = None
+    """Directory of OOD prompt files as published with the CAE paper (``cae.evaluate.ood``)."""
+    ood_behaviour: str | None = None
+    """Only OOD files of this behaviour (the file name without its length suffix)."""
+    judge_url: str | None = None
+    """OpenAI-compatible endpoint root for the OOD judge (needed with ``ood``)."""
+    judge_model: str = "judge"
+    """Model name sent to the judge endpoint."""
+    adversarial: int = 0
+    """Held-out items searched for inputs reversing the largest multiplier (0: skip)."""
+    adversarial_tokens: int = 4
+    """Tokens the adversarial search inserts per item."""
+
+    def __post_init__(self) -> None:
+        self.multipliers = [check_multiplier(m) for m in self.multipliers]
+        if len(set(self.multipliers)) < 2 or not any(self.multipliers):
+            raise ValueError("multipliers need at least two distinct values, one non-zero; "
+                             f"got {self.multipliers}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        check_positions(self.positions)
+        if not Path(self.data).is_file():
+            raise FileNotFoundError(f"dataset file not found: {self.data}")
+        if self.corpus is not None and not Path(self.corpus).is_file():
+            raise FileNotFoundError(f"corpus file not found: {self.corpus}")
+        for path in self.other_data:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"dataset file not found: {path}")
+        if self.adversarial < 0 or self.adversarial_tokens < 1:
+            raise ValueError("adversarial must be >= 0 and adversarial_tokens >= 1")
+        if self.ood is not None and self.judge_url is None:
+            raise ValueError("--ood prompts are open-ended: give a judge endpoint (judge_url)")
+
+
+def split(pairs: list[Any], test_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """Seeded shuffle, then (train, test); both must be non-empty."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_test = round(len(pairs) * test_fraction)
+    if n_test < 1 or n_test >= len(pairs):
+        raise ValueError(f"cannot split {len(pairs)} pairs with test_fraction={test_fraction}: "
+                         "train and test both need at least one pair")
+    return [pairs[i] for i in order[n_test:]], [pairs[i] for i in order[:n_test]]
+
+
+class Results:
+    """The growing ``results.json``: each stage is added and the file rewritten."""
+
+    def __init__(self, out: Path, cfg: EvalConfig) -> None:
+        self.path = out / "results.json"
+        self.data: dict[str, Any] = {"config": asdict(cfg)}
+        self.write()
+
+    def add(self, key: str, value: Any) -> None:
+        self.data[key] = asdict(value) if hasattr(value, "__dataclass_fields__") else value
+        self.write()
+
+    def write(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run every implemented measurement and write ``cfg.out``; returns the results dict.
+
+    Example:
+        >>> from cae.organism.corpus import write_mwe_jsonl
+        >>> write_mwe_jsonl("/tmp/kind.jsonl", "kind", n=32)
+        >>> res = evaluate(EvalConfig("organism:tiny", "/tmp/kind.jsonl", "/tmp/eval",
+        ...                           multipliers=[-4.0, 0.0, 4.0], draws=2))
+        >>> sorted(res["summary"])[:2]
+        ['anti_steerable_fraction', 'best_layer']
+    """
+    from cae.evaluate import plots
+    from cae.evaluate.behaviour import BehaviourConfig, layer_sweep, single_layer
+    from cae.evaluate.efficiency import EfficiencyConfig, model_efficiency
+    from cae.evaluate.perplexity import PerplexityConfig, perplexity_cost, windows
+    from cae.model import check_layers, decoder_layers, load_language_model
+    from cae.pairs import load_pairs
+    from cae.vector import SteeringVector
+
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = Results(out, cfg)
+    train, test = split(load_pairs(cfg.data), cfg.test_fraction, cfg.seed)
+    lm = load_language_model(cfg.model)
+    layers = cfg.layers if cfg.layers is not None else list(range(len(decoder_layers(lm)[1])))
+    layers = check_layers(lm, layers)
+    text, ppl_cfg = None, None
+    if cfg.corpus is not None:  # checked before the expensive stages
+        text = Path(cfg.corpus).read_text(encoding="utf-8")
+        ppl_cfg = PerplexityConfig([m for m in cfg.multipliers if m != 0], cfg.context,
+                                   cfg.max_windows)
+        windows(lm.tokenizer, text, ppl_cfg)
+    logger.info("training on %d pairs at layers %s", len(train), layers)
+    sv = SteeringVector.train(lm, train, layers)
+    sv.save(out / "vector")
+
+    sweep = layer_sweep(lm, test, sv, BehaviourConfig(cfg.multipliers, cfg.positions))
+    results.add("layer_sweep", sweep)
+    best = sweep.results[sweep.layers.index(sweep.best_layer)]
+    plots.plot_layer_sweep(sweep, out / "layer_sweep.png")
+    plots.plot_propensity(best, out / "propensity.png")
+
+    top = max(abs(m) for m in cfg.multipliers)
+    eff = model_efficiency(lm, train, test, sweep.best_layer,
+                           EfficiencyConfig(draws=cfg.draws, seed=cfg.seed), top, cfg.positions)
+    results.add("sample_efficiency", eff)
+    plots.plot_efficiency(eff, out / "efficiency.png")
+
+    summary: dict[str, Any] = {
+        "n_train": len(train), "n_test": len(test), "best_layer": sweep.best_layer,
+        "steerability": best.steerability,
+        "anti_steerable_fraction": best.anti_steerable_fraction,
+        "mean_p_matching": dict(zip(map(str, best.multipliers), best.mean_p_matching, strict=True)),
+        "n_flat_cosine": eff.n_flat_cosine, "n_flat_effect": eff.n_flat_effect,
+    }
+    if text is not None and ppl_cfg is not None:
+        ppl = perplexity_cost(lm, text, single_layer(sv, sweep.best_layer), ppl_cfg)
+        results.add("perplexity", ppl)
+        plots.plot_perplexity(ppl, out / "perplexity.png")
+        summary["perplexity_increase"] = dict(zip(map(str, ppl.multipliers), ppl.increase, strict=True))
+    if cfg.adversarial > 0:
+        from cae.evaluate.adversarial import AdversarialConfig, adversarial_search
+
+        adv = adversarial_search(lm, test[:cfg.adversarial], single_layer(sv, sweep.best_layer),
+                                 AdversarialConfig(top, cfg.adversarial_tokens, seed=cfg.seed))
+        results.add("adversarial", adv)
+        summary["adversarial_success_rate"] = adv.success_rate
+    if cfg.other_data or cfg.ood is not None:
+        rows = shift_stage(lm, cfg, single_layer(sv, sweep.best_layer), test, top, results)
+        plots.plot_shift(rows, out / "shift.png")
+        summary["shift_effect"] = {r.name: r.effect for r in rows}
+    results.add("summary", summary)
+    (out / "index.html").write_text(summary_html(results.data))
+    return results.data
+
+
+def shift_stage(
+    lm: Any, cfg: EvalConfig, sv: Any, test: list[Any], multiplier: float, results: Results
+) -> list[Any]:
+    """In- vs out-of-distribution rows, written to ``results`` after each set (a failing
+    judge keeps the finished rows; its ``JudgeError.partial`` holds the set's scores so far)."""
+    from cae.evaluate.judge import EndpointJudge
+    from cae.evaluate.ood import load_ood_dir
+    from cae.evaluate.shift import choice_effect, judged_effect
+    from cae.pairs import load_pairs
+
+    rows = [choice_effect(lm, "in-distribution (held out)", test, sv, multiplier, cfg.positions)]
+    results.add("distribution_shift", [asdict(r) for r in rows])
+    for path in cfg.other_data:
+        rows.append(choice_effect(lm, Path(path).name, load_pairs(path), sv, multiplier,
+                                  cfg.positions))
+        results.add("distribution_shift", [asdict(r) for r in rows])
+    if cfg.ood is not None and cfg.judge_url is not None:
+        sets = [s for s in load_ood_dir(cfg.ood)
+                if cfg.ood_behaviour is None or s.behaviour == cfg.ood_behaviour]
+        if not sets:
+            raise ValueError(f"{cfg.ood}: no OOD files for behaviour {cfg.ood_behaviour!r}")
+        for ood_set in sets:
+            judge = EndpointJudge(cfg.judge_url, cfg.judge_model, ood_set.behaviour,
+                                  ood_set.prompts[0].criteria or "")
+            name = f"{ood_set.kind}/{ood_set.behaviour}-{ood_set.length}"
+            rows.append(judged_effect(lm, name, [p.prompt for p in ood_set.prompts], sv,
+                                      multiplier, judge))
+            results.add("distribution_shift", [asdict(r) for r in rows])
+    return rows
+
+
+def summary_html(data: dict[str, Any]) -> str:
+    """A small self-contained HTML page: the headline numbers and the plots."""
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
+                   for k, v in data["summary"].items())
+    images = ["layer_sweep", "propensity", "efficiency"] + (
+        ["perplexity"] if "perplexity" in data else []) + (
+        ["shift"] if "distribution_shift" in data else [])
+    figs = "".join(f'<img src="{name}.png" alt="{name}">' for name in images)
+    cfg = html.escape(json.dumps(data["config"]))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>cae eval</title></head>"
+            f"<body><h1>cae eval: {html.escape(str(data['config']['model']))}</h1>"
+            f"<p>config: <code>{cfg}</code></p><table border='1'>{rows}</table>"
+            f"<div>{figs}</div><p>All numbers: results.json</p></body></html>\n")
