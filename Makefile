@@ -21,6 +21,8 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/sae-flux demo --out demo-out --overwrite
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy sae_flux itda cae
 	$(PY) -m pytest -q
 
 test-slow: $(VENV)/.installed

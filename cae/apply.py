@@ -204,7 +204,9 @@ def steer(
         ...         steer(lm, sv, 2.0)
     """
     check_positions(positions)
-    steers = sv if isinstance(sv, (list, tuple)) else [(sv, multiplier)]
+    steers: Sequence[tuple[SteeringVector, float]] = (
+        sv if isinstance(sv, (list, tuple)) else [(sv, multiplier)]  # type: ignore[list-item]
+    )
     vectors = combined(steers, model, force)
     path, _ = decoder_layers(model)
     blocks = model

@@ -18,7 +18,7 @@ from nnsight import LanguageModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 
-def hf_module(model: Any) -> PreTrainedModel:
+def hf_module(model: Any) -> Any:
     """The underlying ``transformers`` model of an nnsight model (or the model itself)."""
     inner = getattr(model, "_module", model)
     if not isinstance(inner, torch.nn.Module):

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import nnsight
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -132,7 +133,7 @@ def read_activations(model: Any, batch: Encoded, layers: list[int]) -> list[Floa
             out = blocks[layer].output
             hidden_BTD = out[0] if isinstance(out, tuple) else out
             acts_BD = torch.einsum("bt,btd->bd", read_BT.to(hidden_BTD.dtype), hidden_BTD)
-            reads.append(acts_BD.float().save())
+            reads.append(nnsight.save(acts_BD.float()))
     return reads
 
 

@@ -57,9 +57,13 @@ def add_dataclass_arguments(
     docs = field_docs(cls)
     for field in dataclasses.fields(cls):
         tp, is_list = _base_type(hints[field.name])
-        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        default = None if required else (
-            field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        default: Any = None
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        required = default is None and field.default is dataclasses.MISSING and (
+            field.default_factory is dataclasses.MISSING
         )
         help_text = docs.get(field.name, "")
         if not required and default is not None:

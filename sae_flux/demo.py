@@ -9,7 +9,9 @@ Stages (each writes into ``out/`` and adds a section to ``out/index.html``):
 5. reconstruction metrics of both (:mod:`sae_flux.metrics`);
 6. visual interpretation of SAE latents, ITDA atoms and MLP neurons: top images with
    heatmaps, ground-truth (network dissection) scores and a feature browser
-   (:mod:`sae_flux.interp`, the pipeline of Shabalin et al. 2025).
+   (:mod:`sae_flux.interp`, the pipeline of Shabalin et al. 2025);
+7. steering generation with dictionary features vs a difference-of-means direction, judged
+   from pixels (:mod:`sae_flux.steer`).
 
 Example:
     $ sae-flux demo --out demo-out            # about 3 minutes on 2 CPU cores
@@ -135,6 +137,7 @@ def stage_itda(state: DemoState) -> None:
 
     config = itda.BuildConfig(target_l0=state.cfg.itda_l0, loss_threshold=state.cfg.itda_threshold,
                               seed=state.cfg.seed, max_atoms=8192)
+    assert state.cache is not None, "stage_cache runs before stage_itda"
     dictionary = itda.build_from_cache(state.cache, config, batch_size=256)
     path = state.out / "dictionaries" / "itda"
     dictionary.save_model(path)
@@ -192,6 +195,12 @@ def stage_interp(state: DemoState) -> None:
     interpret(state)
 
 
+def stage_steering(state: DemoState) -> None:
+    from sae_flux.steering.stage import stage_steering as steer
+
+    steer(state)
+
+
 STAGES = (
     ("prompts", stage_prompts),
     ("cache", stage_cache),
@@ -199,6 +208,7 @@ STAGES = (
     ("sae", stage_sae),
     ("metrics", stage_metrics),
     ("interp", stage_interp),
+    ("steering", stage_steering),
 )
 
 

@@ -28,7 +28,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 
 Kind = Literal["double", "single"]
@@ -105,7 +104,7 @@ def parse(name: str) -> HookPoint:
     return HookPoint(0 if kind == "double" else 1, int(block), _SITE_ORDER[stream], name)
 
 
-def block_counts(transformer: torch.nn.Module) -> tuple[int, int]:
+def block_counts(transformer: Any) -> tuple[int, int]:
     """(double, single) block counts of a FluxTransformer2DModel."""
     return len(transformer.transformer_blocks), len(transformer.single_transformer_blocks)
 

@@ -177,7 +177,6 @@ def _text_encoders(cfg: TinyFluxConfig, vocab_size: int) -> tuple[CLIPTextModel,
             relative_attention_num_buckets=8,
             pad_token_id=PAD_ID,
             eos_token_id=EOS_ID,
-            decoder_start_token_id=PAD_ID,
         )
     )
     return clip, t5

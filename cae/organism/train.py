@@ -158,7 +158,7 @@ def train_size(size: str, cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) 
               "seconds": time.perf_counter() - start, "size_config": asdict(s),
               "seed": cfg.seed, "batch_size": cfg.batch_size, "max_len": cfg.max_len}
     out = Path(cfg.out) / size
-    model.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    model.half().save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / "train.json").write_text(json.dumps(record, indent=2))
     logger.info("trained %s: %d params, loss %.3f in %.0fs", size, n_params, loss_ema,

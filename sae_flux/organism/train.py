@@ -149,7 +149,7 @@ class TrainConfig:
         return TinyFluxConfig(
             num_layers=m.num_layers, num_single_layers=m.num_single_layers,
             num_attention_heads=m.num_attention_heads, attention_head_dim=m.attention_head_dim,
-            axes_dims_rope=tuple(m.axes_dims_rope), text_dim=m.text_dim,
+            axes_dims_rope=(m.axes_dims_rope[0], m.axes_dims_rope[1], m.axes_dims_rope[2]), text_dim=m.text_dim,
             text_layers=m.text_layers, vae_channels=tuple(m.vae_channels),
             latent_channels=m.latent_channels, words=self.world().vocabulary(),
             defaults=self.defaults(),

@@ -1,0 +1,141 @@
+"""``sae-flux steer``: a grid PNG of prompts x steering scales (Shabalin et al. 2025, arXiv 2505.24360).
+
+Rows are prompts, columns scales; the scale-0 column is the unsteered image (bit for bit).
+``--mode add`` adds the unit decoder direction (scales relative to the mean token norm unless
+``--absolute``), ``--mode clamp`` clamps the features to each column's value.
+
+Legend: P prompts, S scales, H/W pixel rows/cols.
+
+Example:
+    $ sae-flux steer --dictionary demo-out/dictionaries/sae-topk --features 12 \\
+        --prompts "a small red circle at the left" --scales 0 0.8 1.6 --out steer.png
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from sae_flux.steer import Edit, add_feature, clamp, steering
+
+logger = logging.getLogger(__name__)
+
+MODES = ("add", "clamp")
+
+
+@dataclass
+class SteerConfig:
+    """A steering grid (``sae-flux steer``); saved next to the PNG as ``<out>.json``."""
+
+    dictionary: str
+    """Dictionary directory: any sae_lens SAE, or an ITDA."""
+    features: list[int]
+    """Feature ids steered together."""
+    prompts: list[str]
+    """Prompts, one grid row each."""
+    out: str = "steer.png"
+    """Output PNG."""
+    model: str = "organism"
+    """organism, tiny, a repo id or a pipeline directory."""
+    hook: str | None = None
+    """Image stream to edit (default: the dictionary's hook_name)."""
+    scales: list[float] = field(default_factory=lambda: [0.0, 0.4, 0.8, 1.6])
+    """One grid column each: multiples of the mean token norm (add), absolute norms (--absolute), or values (clamp)."""
+    mode: str = "add"
+    """add (activation addition) or clamp (set the encoded features to each scale)."""
+    absolute: bool = False
+    """add: scales are absolute norms instead of multiples of the mean token norm."""
+    region: list[int] | None = None
+    """Token box row0 col0 row1 col1 (end exclusive); default the whole grid."""
+    first_steps: int | None = None
+    """Edit the first N denoising steps (default: round(5/7 of the schedule), the paper's 5 of 7)."""
+    seed: int = 0
+    """Generation seed (prompt i uses seed + i)."""
+    cell: int = 96
+    """Pixel size of each grid cell."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
+        if not self.features or not self.prompts or not self.scales:
+            raise ValueError("steer needs at least one feature, one prompt and one scale")
+        bad = [s for s in self.scales if not math.isfinite(s)]
+        if bad:
+            raise ValueError(f"steering scales must be finite numbers, got {bad}")
+        if self.region is not None and len(self.region) != 4:
+            raise ValueError(f"region must be four ints row0 col0 row1 col1, got {self.region}")
+        if self.first_steps is not None and self.first_steps < 1:
+            raise ValueError(f"first_steps must be >= 1, got {self.first_steps}")
+
+
+def default_steps(n_steps: int) -> int:
+    """The paper's 5 of 7 steps, scaled to the schedule."""
+    return max(1, round(n_steps * 5 / 7))
+
+
+def edits_for(cfg: SteerConfig, dictionary: Any, scale: float, n_steps: int) -> list[Edit]:
+    first = cfg.first_steps or default_steps(n_steps)
+    if first > n_steps:
+        raise ValueError(f"first_steps={first} is beyond the schedule of {n_steps} steps")
+    region = tuple(cfg.region) if cfg.region is not None else None
+    if cfg.mode == "clamp":
+        return [clamp(dictionary, f, scale, region, range(first)) for f in cfg.features]  # type: ignore[arg-type]
+    return [add_feature(dictionary, f, scale, not cfg.absolute, region, range(first)) for f in cfg.features]  # type: ignore[arg-type]
+
+
+def grid_image(images_PS: Sequence[Sequence[Tensor]], column_labels: Sequence[str], cell: int = 96) -> Image.Image:
+    """Images (rows of [3, H, W] tensors in [0, 1]) tiled with a header row of labels."""
+    rows, cols, header = len(images_PS), len(images_PS[0]), 14
+    canvas = Image.new("RGB", (cols * cell, header + rows * cell), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, label in enumerate(column_labels):
+        draw.text((j * cell + 3, 1), label, fill="black")
+    for i, row in enumerate(images_PS):
+        for j, img in enumerate(row):
+            array = (img.clamp(0, 1).permute(1, 2, 0).float().numpy() * 255).round().astype("uint8")
+            tile = Image.fromarray(array).resize((cell, cell), Image.Resampling.NEAREST)
+            canvas.paste(tile, (j * cell, header + i * cell))
+    return canvas
+
+
+def steer_images(flux: Any, cfg: SteerConfig, dictionary: Any) -> list[list[Tensor]]:
+    """Images as rows (prompts) x columns (scales)."""
+    hook = cfg.hook or dictionary.cfg.metadata.hook_name
+    n_steps = flux.defaults.num_inference_steps
+    columns = []
+    for scale in cfg.scales:
+        with steering(flux, hook, edits_for(cfg, dictionary, scale, n_steps)):
+            columns.append(flux.generate(cfg.prompts, seed=cfg.seed))
+    return [[col[i] for col in columns] for i in range(len(cfg.prompts))]
+
+
+def run_steer(cfg: SteerConfig, flux: Any = None) -> Path:
+    """Write the grid PNG (and its config as JSON) and return the PNG path."""
+    import json
+
+    from sae_flux.cache import load_flux
+    from sae_flux.demo import load_dictionary
+
+    path = Path(cfg.dictionary)
+    if not (path / "cfg.json").is_file():
+        raise FileNotFoundError(f"{path} is not a dictionary directory (no cfg.json)")
+    dictionary = load_dictionary(path)
+    flux = flux or load_flux(cfg.model)
+    if cfg.hook is None and not getattr(dictionary.cfg.metadata, "hook_name", None):
+        raise ValueError("the dictionary names no hook_name: pass --hook")
+    rows = steer_images(flux, cfg, dictionary)
+    prefix = "" if cfg.mode == "clamp" else ("|" if cfg.absolute else "x")
+    image = grid_image(rows, [f"{prefix}{s:g}" for s in cfg.scales], cfg.cell)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    out.with_suffix(".json").write_text(json.dumps(asdict(cfg), indent=2))
+    logger.info("wrote %s (%d prompts x %d scales)", out, len(cfg.prompts), len(cfg.scales))
+    return out

@@ -1,0 +1,403 @@
+"""SAE training on Flux activations with sae_lens's own ``SAETrainer`` (Shabalin et al. 2025).
+
+Follows arXiv 2505.24360 (``../shared/research.md`` section 1): a TopK SAE (k = 64 by default) on
+the image stream of a block's residual output, Adam with beta1 = 0 and beta2 = 0.99, the decoder
+bias initialised to the data mean, and the normalisation that decides whether the SAE lives or
+dies (:mod:`sae_flux.normalize`: none / per-dimension standardisation / PCA whitening from the
+first N tokens). Any architecture of sae_lens's TRAINING registry can be chosen by name.
+
+The loop is sae_lens's: ``SAETrainer.step`` (its public seam for external coordinators) does the
+forward pass, losses, dead-latent bookkeeping and the optimiser step; this module adds what
+``SAETrainer.fit`` only does through wandb: a JSONL metrics log, periodic crash-safe checkpoints
+with resume, a NaN guard, and the project's metrics on raw activations (:mod:`sae_flux.metrics`).
+At the end the normalisation is folded into the weights with sae_lens's own
+``fold_activation_whitening``, so the saved directory is a plain SAELens SAE over raw activations.
+
+Output directory::
+
+    cfg.json, sae_weights.safetensors   # SAE.load_from_disk(out) -> reconstructs raw activations
+    sparsity.safetensors                # log10 feature density (SAELens format)
+    metrics.json                        # FVU, explained variance, L0, dead fraction (+ window)
+    train_config.json                   # this module's TrainConfig, the record of the run
+    log.jsonl                           # one line per logged step
+    checkpoints/step-XXXXXXXX/          # sae_lens checkpoint + train_config.json (for resume)
+
+Example:
+    >>> cfg = TrainConfig(out="sae", data=DataConfig(cache="cache"),
+    ...                   optim=OptimConfig(total_tokens=2_000_000, batch_size=4096))
+    >>> result = train_sae(cfg)
+    >>> result.metrics.fvu
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from sae_lens import SAE, TrainingSAE
+from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+from sae_lens.saes.sae import SAEMetadata, TrainStepOutput
+from sae_lens.training.sae_trainer import SAETrainer
+from tqdm.auto import tqdm
+
+from sae_flux import normalize
+from sae_flux.metrics import DictionaryMetrics, evaluate
+from sae_flux.sources import ActivationSource, FluxStream
+from sae_flux.train_config import (
+    RUN_ONLY_FIELDS,
+    DataConfig,
+    DictionaryConfig,
+    OptimConfig,
+    TrainConfig,
+)
+
+__all__ = ["DataConfig", "DictionaryConfig", "OptimConfig", "TrainConfig", "TrainResult", "train_sae"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "train_config.json"
+LOG_FILE = "log.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train_sae` returns."""
+
+    path: Path
+    sae: SAE[Any]
+    """The saved dictionary as plain sae_lens loads it (over raw activations)."""
+    metrics: DictionaryMetrics
+    steps: int
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+class _Data(NamedTuple):
+    source: ActivationSource
+    hook: str
+    model_id: str
+    description: str
+
+
+def open_data(cfg: DataConfig) -> _Data:
+    """The activation source named by ``cfg``, checked against ``cfg.d_in``."""
+    from sae_flux.cache import CacheReader, load_flux, read_prompts
+
+    if cfg.cache is not None:
+        reader = CacheReader(cfg.cache, hook=cfg.hook)
+        data = _Data(reader, reader.hook, reader.manifest.model_id,
+                      f"activation cache {cfg.cache} ({reader.num_tokens} tokens)")
+    elif cfg.model is None or cfg.prompts is None or cfg.hook is None:
+        raise ValueError(
+            "no training data: give --cache DIR, or --model, --prompts and --hook to stream from a Flux"
+        )
+    else:
+        flux = load_flux(cfg.model)
+        prompts = read_prompts(cfg.prompts)
+        stream = FluxStream(flux, prompts, cfg.hook, cfg.num_inference_steps)
+        data = _Data(stream, cfg.hook, flux.model_id, f"streamed from {cfg.prompts} ({len(prompts)} prompts)")
+    check_width(data.source, cfg.d_in, cfg.cache or cfg.model or "")
+    return data
+
+
+def check_width(source: ActivationSource, d_in: int | None, where: str) -> None:
+    if d_in is not None and source.d_model != d_in:
+        raise ValueError(
+            f"the data in {where} has d_model {source.d_model} but the config says d_in={d_in}"
+        )
+
+
+def _take_tokens(batches: Iterator[torch.Tensor], n: int) -> torch.Tensor:
+    parts, held = [], 0
+    for batch in batches:
+        parts.append(batch[: n - held])
+        held += parts[-1].shape[0]
+        if held >= n:
+            break
+    if not parts:
+        raise ValueError("the data source yielded no activations")
+    return torch.cat(parts).float()
+
+
+# -- building ---------------------------------------------------------------------------------
+
+
+def build_sae(cfg: TrainConfig, d_in: int, hook: str, model_id: str) -> TrainingSAE[Any]:
+    """A fresh training SAE of ``cfg.sae.architecture`` from sae_lens's training registry."""
+    sae_cls, cfg_cls = SAE_TRAINING_CLASS_REGISTRY[cfg.sae.architecture]
+    d_sae = cfg.sae.d_sae or cfg.sae.expansion_factor * d_in
+    metadata = SAEMetadata(model_name=model_id, hook_name=hook, normalization=cfg.sae.normalize)
+    kwargs = cfg.sae.sae_kwargs()
+    if cfg.sae.normalize != "none":
+        _check_foldable(sae_cls, cfg_cls(d_in=d_in, d_sae=d_sae, device="meta", **kwargs), cfg.sae)
+    sae_cfg = cfg_cls(d_in=d_in, d_sae=d_sae, device=cfg.device, metadata=metadata, **kwargs)
+    torch.manual_seed(cfg.optim.seed)
+    return sae_cls(sae_cfg)
+
+
+def _check_foldable(sae_cls: type[TrainingSAE[Any]], meta_cfg: Any, sae: DictionaryConfig) -> None:
+    """Refuse before training when the architecture cannot fold the normalisation into its weights."""
+    probe = sae_cls(meta_cfg)
+    eye_DD = torch.eye(meta_cfg.d_in, device="meta")
+    try:
+        probe.fold_activation_whitening(torch.zeros(meta_cfg.d_in, device="meta"), eye_DD, eye_DD)
+    except NotImplementedError as err:
+        raise ValueError(
+            f"architecture {sae.architecture!r} cannot fold --normalize {sae.normalize} into its "
+            f"weights ({err}); train it with --normalize none"
+        ) from err
+
+
+def trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
+    o = cfg.optim
+    return SAETrainerConfig(
+        total_training_samples=o.steps * o.batch_size,
+        train_batch_size_samples=o.batch_size,
+        lr=o.lr,
+        lr_end=o.lr / 10,
+        lr_warm_up_steps=o.lr_warm_up_steps,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        device=cfg.device,
+        dead_feature_window=cfg.dead_window,
+        feature_sampling_window=cfg.dead_window,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Finished checkpoints of a run, oldest first."""
+    root = Path(out) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if p.is_dir())
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two config records (run-only fields ignored)."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key in RUN_ONLY_FIELDS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: checkpoint has {a!r}, this run has {b!r}")
+    return diffs
+
+
+def save_checkpoint(trainer: SAETrainer[Any, Any], cfg: TrainConfig) -> Path:
+    """Write a checkpoint under a temporary name and rename it (never a partial checkpoint)."""
+    root = Path(cfg.out) / CHECKPOINTS
+    final = root / f"step-{trainer.n_training_steps:08d}"
+    tmp = root / f".tmp-step-{trainer.n_training_steps:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_checkpoint(checkpoint_name=tmp.name, base_path=root)
+    (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoints(Path(cfg.out))[: -cfg.keep_checkpoints]:
+        shutil.rmtree(old)
+    return final
+
+
+def _resume(trainer: SAETrainer[Any, Any], cfg: TrainConfig) -> Path:
+    latest = checkpoints(Path(cfg.out))[-1]
+    old = json.loads((latest / CONFIG_FILE).read_text())
+    diffs = config_differences(old, cfg.to_dict())
+    if diffs:
+        raise ValueError(
+            f"checkpoint {latest} was made with a different config; refusing to resume:\n  "
+            + "\n  ".join(diffs)
+        )
+    trainer.sae.load_weights_from_checkpoint(latest)
+    trainer.load_trainer_state(latest)
+    logger.info("resumed from %s (step %d)", latest, trainer.n_training_steps)
+    return latest
+
+
+def _prepare_out(cfg: TrainConfig, resume: bool) -> None:
+    out = Path(cfg.out)
+    if resume and not checkpoints(out):
+        raise FileNotFoundError(f"--resume given but {out} holds no checkpoint")
+    if not resume and out.exists() and any(out.iterdir()):
+        hint = " (it holds checkpoints: pass --resume)" if checkpoints(out) else ""
+        raise FileExistsError(f"output directory {out} is not empty{hint}")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+# -- logging ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def step_record(trainer: SAETrainer[Any, Any], output: TrainStepOutput) -> dict[str, Any]:
+    """One log line: losses and batch metrics in the (normalised) training space."""
+    sae_in_BD, sae_out_BD = output.sae_in.double(), output.sae_out.double()
+    total = (sae_in_BD - sae_in_BD.mean(0)).pow(2).sum().item()
+    fvu = (sae_out_BD - sae_in_BD).pow(2).sum().item() / total if total > 0 else math.inf
+    acts = output.feature_acts.to_dense() if output.feature_acts.is_sparse else output.feature_acts
+    record: dict[str, Any] = {
+        "step": trainer.n_training_steps,
+        "tokens": trainer.n_training_samples,
+        "loss": output.loss.item(),
+        "fvu": fvu,
+        "explained_variance": 1 - fvu,
+        "l0": (acts != 0).float().sum(-1).mean().item(),
+        "dead_fraction": trainer.dead_neurons.float().mean().item(),
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+    }
+    for name, value in output.losses.items():
+        record[name] = float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+    return record
+
+
+class _Log:
+    """``log.jsonl`` (truncated to the resumed step) and optional wandb."""
+
+    def __init__(self, cfg: TrainConfig, start_step: int) -> None:
+        self.path = Path(cfg.out) / LOG_FILE
+        kept = []
+        if self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= start_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.wandb: Any = None
+        if cfg.wandb_project:
+            import wandb
+
+            self.wandb = wandb
+            wandb.init(project=cfg.wandb_project, config=cfg.to_dict())
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(record, step=record["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+def train_sae(
+    cfg: TrainConfig, resume: bool = False, source: ActivationSource | None = None
+) -> TrainResult:
+    """Train the SAE of ``cfg`` and save a plain SAELens dictionary over raw activations in ``cfg.out``.
+
+    ``source`` overrides ``cfg.data`` (e.g. a :class:`sae_flux.sources.TensorSource` or a
+    :class:`sae_flux.sources.FluxStream` over an already loaded Flux). With ``resume`` the run
+    continues from the newest checkpoint in ``cfg.out``, seeing exactly the batches the
+    uninterrupted run would. A non-finite loss stops the run with :class:`FloatingPointError`
+    naming the step; the checkpoints already written are kept.
+
+    Example:
+        >>> train_sae(TrainConfig(out="sae", data=DataConfig(cache="cache")))
+    """
+    data = _data_for(cfg, source)
+    sae = build_sae(cfg, data.source.d_model, data.hook, data.model_id)
+    _prepare_out(cfg, resume)
+    sae.cfg.metadata.dataset_path = data.description
+    trainer = SAETrainer(trainer_config(cfg), sae, iter(()))
+    if resume:
+        _resume(trainer, cfg)
+    else:
+        _init_from_data(trainer, cfg, data.source)
+    batches = data.source.batches(cfg.optim.batch_size, seed=cfg.optim.seed,
+                                  buffer_tokens=cfg.data.buffer_tokens, epochs=None)
+    for _ in range(trainer.n_training_steps):  # replay the data order up to the checkpoint
+        next(batches)
+    trainer.data_provider = batches
+    log = _Log(cfg, trainer.n_training_steps)
+    try:
+        _fit(trainer, cfg, batches, log)
+    finally:
+        log.close()
+    return _finish(trainer, cfg, data)
+
+
+def _data_for(cfg: TrainConfig, source: ActivationSource | None) -> _Data:
+    if source is None:
+        return open_data(cfg.data)
+    check_width(source, cfg.data.d_in, type(source).__name__)
+    hook = cfg.data.hook or "unknown"
+    return _Data(source, hook, cfg.data.model or "unknown", type(source).__name__)
+
+
+def _init_from_data(trainer: SAETrainer[Any, Any], cfg: TrainConfig, source: ActivationSource) -> None:
+    """Normalisation from the first tokens; decoder bias at their (normalised) mean, as in the paper."""
+    first = source.batches(cfg.optim.batch_size, seed=cfg.optim.seed,
+                           buffer_tokens=cfg.data.buffer_tokens, epochs=None)
+    acts_ND = _take_tokens(first, cfg.sae.normalize_tokens)
+    whitening = normalize.estimate(cfg.sae.normalize, acts_ND)
+    trainer.activation_scaler.whitening = whitening
+    with torch.no_grad():
+        mean_D = normalize.apply(whitening, acts_ND).mean(0)
+        trainer.sae.b_dec.data.copy_(mean_D.to(trainer.sae.b_dec.dtype))
+
+
+def _fit(trainer: SAETrainer[Any, Any], cfg: TrainConfig, batches: Iterator[torch.Tensor], log: _Log) -> None:
+    total = cfg.optim.steps
+    last_checkpoint: Path | None = None
+    bar = tqdm(total=total, initial=trainer.n_training_steps, desc="train SAE", unit="step")
+    while trainer.n_training_steps < total:
+        trainer.maybe_reset_sparsity()
+        output = trainer.step(next(batches))
+        if not torch.isfinite(output.loss):
+            bar.close()
+            found = checkpoints(Path(cfg.out))
+            kept = last_checkpoint or (found[-1] if found else None)
+            where = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been written yet"
+            raise FloatingPointError(
+                f"loss became {output.loss.item()} at step {trainer.n_training_steps}; "
+                f"training stopped and {where} (resume from it with a lower lr, or check the data)"
+            )
+        trainer.n_training_steps += 1
+        if trainer.n_training_steps % cfg.log_every == 0 or trainer.n_training_steps == total:
+            record = step_record(trainer, output)
+            log.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4g}", fvu=f"{record['fvu']:.3f}")
+        if cfg.checkpoint_every and trainer.n_training_steps % cfg.checkpoint_every == 0:
+            last_checkpoint = save_checkpoint(trainer, cfg)
+        bar.update(1)
+    bar.close()
+
+
+def _finish(trainer: SAETrainer[Any, Any], cfg: TrainConfig, data: _Data) -> TrainResult:
+    found = checkpoints(Path(cfg.out))
+    if not found or found[-1].name != f"step-{trainer.n_training_steps:08d}":
+        save_checkpoint(trainer, cfg)  # the final trainer state, before folding
+    trainer.set_final_sae_metadata()
+    sae = trainer.sae
+    whitening = trainer.activation_scaler.whitening
+    if whitening is not None:
+        sae.fold_activation_whitening(whitening.mean, whitening.matrix, whitening.inverse_matrix)
+        trainer.activation_scaler.whitening = None
+    out = Path(cfg.out)
+    sae.save_inference_model(out)
+    (out / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+    eval_batches = data.source.batches(cfg.optim.batch_size, seed=cfg.optim.seed,
+                                       buffer_tokens=cfg.data.buffer_tokens, epochs=1)
+    saved = SAE.load_from_disk(out, device=cfg.device)
+    metrics = evaluate(saved, eval_batches, max_tokens=cfg.eval_tokens)
+    metrics.save(out, extra={"hook": data.hook, "model": data.model_id, "data": data.description,
+                             "window": f"first {metrics.tokens} tokens of the training stream (in-sample)",
+                             "steps": trainer.n_training_steps})
+    logger.info("saved %s: FVU %.4f, L0 %.1f, dead %.3f over %d tokens",
+                out, metrics.fvu, metrics.l0, metrics.dead_fraction, metrics.tokens)
+    return TrainResult(out, saved, metrics, trainer.n_training_steps)

@@ -1,0 +1,277 @@
+"""SAE training: sae_lens's SAETrainer on tiny-Flux activations, plain-SAELens output, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from sae_lens import SAE, TrainingSAE
+from sae_lens.training.activation_scaler import ActivationScaler
+
+from sae_flux.cache import CacheConfig, CacheReader, write_cache
+from sae_flux.cli import main as cli_main
+from sae_flux.metrics import evaluate
+from sae_flux.sources import FluxStream, TensorSource
+from sae_flux.train import (
+    DataConfig,
+    DictionaryConfig,
+    OptimConfig,
+    TrainConfig,
+    checkpoints,
+    train_sae,
+)
+
+HOOK = "double.1.img"
+WORDS = ("red", "green", "blue", "yellow")
+SHAPES = ("circle", "square", "triangle")
+PLACES = ("left", "right", "top", "bottom")
+PROMPTS = [f"a {c} {s} on the {p}" for c in WORDS for s in SHAPES for p in PLACES]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny SAEs train faster on one thread than on two contended ones; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tiny_flux, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    prompts = root / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS[:24]) + "\n")
+    out = root / "cache"
+    write_cache(CacheConfig(model="tiny", prompts=str(prompts), hooks=[HOOK], out=str(out),
+                            num_inference_steps=2, batch_size=8, shard_prompts=8), flux=tiny_flux)
+    return out  # 24 prompts x 2 steps x 64 tokens = 3072 tokens of width 32
+
+
+@pytest.fixture(scope="module")
+def acts(cache_dir) -> torch.Tensor:
+    return torch.cat([a for a, _ in CacheReader(cache_dir).iter_shards()])
+
+
+def _cfg(out: Path, cache: Path, steps: int = 300, **kw) -> TrainConfig:
+    sae = kw.pop("sae", DictionaryConfig(expansion_factor=4, k=8, normalize_tokens=1024))
+    optim = kw.pop("optim", OptimConfig(total_tokens=steps * 128, batch_size=128, lr=1e-3))
+    return TrainConfig(out=str(out), data=DataConfig(cache=str(cache), buffer_tokens=1024),
+                       sae=sae, optim=optim, eval_tokens=2048, **kw)
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_topk_sae_trains_on_the_cache_and_its_fvu_falls(cache_dir, tmp_path):
+    result = train_sae(_cfg(tmp_path / "sae", cache_dir, log_every=10))
+    log = _log(tmp_path / "sae")
+    assert [r["step"] for r in log] == list(range(10, 301, 10))
+    assert log[-1]["fvu"] < 0.6 * log[0]["fvu"]
+    assert all(r["l0"] == 8 for r in log)
+    assert result.steps == 300 and result.metrics.l0 == 8
+    assert result.metrics.fvu < 0.5
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["architecture"] == "topk" and cfg["d_in"] == 32 and cfg["d_sae"] == 128
+    assert cfg["metadata"]["hook_name"] == HOOK and cfg["normalize_activations"] == "none"
+
+
+@pytest.mark.parametrize("normalize", ["none", "standardize", "whiten"])
+def test_saved_sae_reconstructs_raw_activations_as_during_training(cache_dir, acts, tmp_path, normalize):
+    out = tmp_path / "sae"
+    sae_cfg = DictionaryConfig(expansion_factor=4, k=8, normalize=normalize, normalize_tokens=1024)
+    train_sae(_cfg(out, cache_dir, steps=60, sae=sae_cfg))
+    # training-time behaviour: the unfolded training SAE inside sae_lens's own activation scaler
+    checkpoint = checkpoints(out)[-1]
+    training_sae = TrainingSAE.load_from_disk(checkpoint)
+    scaler = ActivationScaler()
+    scaler.load(checkpoint / "activation_scaler.json")
+    assert (scaler.whitening is None) == (normalize == "none")
+    with torch.no_grad():
+        expected = scaler.unscale(training_sae(scaler.scale(acts)))
+        got = SAE.load_from_disk(out).forward(acts)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_saved_directory_reproduces_the_project_metrics(cache_dir, tmp_path):
+    out = tmp_path / "sae"
+    cfg = _cfg(out, cache_dir, steps=50)
+    result = train_sae(cfg)
+    saved = json.loads((out / "metrics.json").read_text())
+    batches = CacheReader(cache_dir).batches(128, seed=cfg.optim.seed, buffer_tokens=1024, epochs=None)
+    again = evaluate(SAE.load_from_disk(out), batches, max_tokens=cfg.eval_tokens)
+    assert saved["tokens"] == again.tokens == 2048
+    for key in ("fvu", "explained_variance", "l0", "dead_fraction"):
+        assert saved[key] == pytest.approx(getattr(again, key), abs=1e-5), key
+    log_density = torch.log10(again.density_F + 1e-10)
+    from safetensors.torch import load_file
+
+    torch.testing.assert_close(load_file(out / "sparsity.safetensors")["sparsity"], log_density)
+    assert result.metrics.dead_fraction == saved["dead_fraction"]
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingSource(TensorSource):
+    """Raises after ``after`` batches of any stream longer than the normalisation read."""
+
+    def __init__(self, acts_ND: torch.Tensor, after: int) -> None:
+        super().__init__(acts_ND)
+        self.after = after
+
+    def batches(self, batch_size, seed=0, buffer_tokens=0, epochs=1) -> Iterator[torch.Tensor]:
+        for i, batch in enumerate(super().batches(batch_size, seed, buffer_tokens, epochs)):
+            if i == self.after:
+                raise _Crash(f"killed after {i} batches")
+            yield batch
+
+
+#: Resume replays the data order and restores Adam, scheduler and dead-latent state exactly;
+#: on CPU the resumed weights equal the uninterrupted ones to this tolerance.
+RESUME_ATOL = 1e-6
+
+
+def test_resume_continues_to_the_uninterrupted_result(acts, tmp_path):
+    def cfg(out):
+        return TrainConfig(out=str(out), sae=DictionaryConfig(expansion_factor=4, k=8, normalize_tokens=512),
+                           optim=OptimConfig(total_tokens=200 * 64, batch_size=64, lr=1e-3),
+                           checkpoint_every=50, eval_tokens=512)
+
+    reference = train_sae(cfg(tmp_path / "ref"), source=TensorSource(acts))
+    with pytest.raises(_Crash):
+        train_sae(cfg(tmp_path / "run"), source=_CrashingSource(acts, after=120))
+    assert [p.name for p in checkpoints(tmp_path / "run")] == ["step-00000050", "step-00000100"]
+    resumed = train_sae(cfg(tmp_path / "run"), resume=True, source=TensorSource(acts))
+    for name, value in reference.sae.state_dict().items():
+        torch.testing.assert_close(resumed.sae.state_dict()[name], value, atol=RESUME_ATOL, rtol=0)
+    assert _log(tmp_path / "run") == _log(tmp_path / "ref")
+
+
+def test_resume_refuses_a_checkpoint_from_a_different_config_and_says_what_differs(cache_dir, tmp_path):
+    train_sae(_cfg(tmp_path / "sae", cache_dir, steps=20))
+    changed = _cfg(tmp_path / "sae", cache_dir, steps=20,
+                   optim=OptimConfig(total_tokens=20 * 128, batch_size=128, lr=5e-3))
+    with pytest.raises(ValueError, match=r"optim\.lr: checkpoint has 0\.001, this run has 0\.005"):
+        train_sae(changed, resume=True)
+
+
+def test_training_into_a_used_directory_without_resume_is_refused(cache_dir, tmp_path):
+    train_sae(_cfg(tmp_path / "sae", cache_dir, steps=20))
+    with pytest.raises(FileExistsError, match="not empty.*pass --resume"):
+        train_sae(_cfg(tmp_path / "sae", cache_dir, steps=20))
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        train_sae(_cfg(tmp_path / "empty", cache_dir, steps=20), resume=True)
+    assert not (tmp_path / "empty").exists()
+
+
+class _NaNSource(TensorSource):
+    def __init__(self, acts_ND: torch.Tensor, at: int) -> None:
+        super().__init__(acts_ND)
+        self.at = at
+
+    def batches(self, batch_size, seed=0, buffer_tokens=0, epochs=1) -> Iterator[torch.Tensor]:
+        for i, batch in enumerate(super().batches(batch_size, seed, buffer_tokens, epochs)):
+            yield torch.full_like(batch, float("nan")) if i == self.at else batch
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(acts, tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "sae"), sae=DictionaryConfig(expansion_factor=4, k=8, normalize_tokens=512),
+                      optim=OptimConfig(total_tokens=100 * 64, batch_size=64), checkpoint_every=20)
+    with pytest.raises(FloatingPointError, match=r"at step 47; .*last good checkpoint is .*step-00000040"):
+        train_sae(cfg, source=_NaNSource(acts, at=47))
+    kept = checkpoints(tmp_path / "sae")[-1]
+    assert kept.name == "step-00000040"
+    weights = TrainingSAE.load_from_disk(kept).W_dec
+    assert torch.isfinite(weights).all()
+    assert not (tmp_path / "sae" / "cfg.json").exists()
+
+
+def test_a_cache_whose_width_disagrees_with_the_config_is_refused(cache_dir, tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "sae"), data=DataConfig(cache=str(cache_dir), d_in=3072))
+    with pytest.raises(ValueError, match=r"has d_model 32 but the config says d_in=3072"):
+        train_sae(cfg)
+    assert not (tmp_path / "sae").exists()
+
+
+def test_an_unknown_architecture_lists_the_training_registry():
+    with pytest.raises(ValueError, match=r"unknown SAE architecture 'topkk'.*batchtopk.*jumprelu.*standard.*topk"):
+        DictionaryConfig(architecture="topkk")
+
+
+def test_bad_architecture_options_name_the_valid_ones():
+    with pytest.raises(ValueError, match=r"'jumprelu' has no option 'kk'; valid options: .*l0_coefficient"):
+        DictionaryConfig(architecture="jumprelu", options=["kk=3"])
+    with pytest.raises(ValueError, match="has no k"):
+        DictionaryConfig(architecture="standard", k=8)
+    with pytest.raises(ValueError, match="not of the form name=value"):
+        DictionaryConfig(options=["aux_loss_coefficient"])
+
+
+def test_architectures_that_cannot_fold_normalisation_are_refused_before_training(acts, tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "mp"), sae=DictionaryConfig(architecture="matching_pursuit", normalize="whiten"))
+    with pytest.raises(ValueError, match="cannot fold --normalize whiten.*--normalize none"):
+        train_sae(cfg, source=TensorSource(acts))
+    assert not (tmp_path / "mp").exists()
+
+
+@pytest.mark.parametrize(
+    ("architecture", "options"),
+    [("batchtopk", []), ("jumprelu", []), ("standard", []), ("matryoshka_batchtopk", ["matryoshka_widths=[32,128]"])],
+)
+def test_any_registered_architecture_trains_and_loads_in_plain_sae_lens(acts, tmp_path, architecture, options):
+    out = tmp_path / architecture
+    sae_cfg = DictionaryConfig(architecture=architecture, expansion_factor=4, options=options, normalize_tokens=512)
+    result = train_sae(TrainConfig(out=str(out), sae=sae_cfg, eval_tokens=1024,
+                                   optim=OptimConfig(total_tokens=40 * 64, batch_size=64, lr=1e-3)),
+                       source=TensorSource(acts))
+    loaded = SAE.load_from_disk(out)
+    again = evaluate(loaded, TensorSource(acts).batches(64, seed=0, epochs=None), max_tokens=1024)
+    assert again.fvu == pytest.approx(result.metrics.fvu, abs=1e-5)
+    assert json.loads((out / "train_config.json").read_text())["sae"]["architecture"] == architecture
+
+
+def test_streaming_from_a_flux_trains_without_a_cache(tiny_flux, tmp_path):
+    stream = FluxStream(tiny_flux, PROMPTS[:8], HOOK, num_inference_steps=1, prompts_per_call=4)
+    cfg = TrainConfig(out=str(tmp_path / "sae"), data=DataConfig(hook=HOOK, buffer_tokens=256),
+                      sae=DictionaryConfig(expansion_factor=2, k=4, normalize_tokens=256),
+                      optim=OptimConfig(total_tokens=20 * 64, batch_size=64, lr=1e-3), eval_tokens=256)
+    result = train_sae(cfg, source=stream)
+    assert result.steps == 20 and 0 < result.metrics.fvu < 2
+    assert SAE.load_from_disk(tmp_path / "sae").cfg.d_in == 32
+
+
+def test_cli_trains_then_evaluates_from_the_cache(cache_dir, tmp_path, capsys):
+    out = tmp_path / "sae"
+    code = cli_main(["train", "--cache", str(cache_dir), "--out", str(out), "--expansion-factor", "2",
+                     "--k", "4", "--total-tokens", str(30 * 128), "--batch-size", "128",
+                     "--normalize", "standardize", "--normalize-tokens", "512", "--eval-tokens", "1024"])
+    assert code == 0
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["sae"]["normalize"] == "standardize" and saved["optim"]["batch_size"] == 128
+    assert TrainConfig.load(out / "train_config.json").to_dict() == saved
+    capsys.readouterr()
+    assert cli_main(["eval", str(out), "--cache", str(cache_dir), "--tokens", "3072"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tokens"] == 3072 and report["l0"] == pytest.approx(4)
+    assert cli_main(["train", "--cache", str(cache_dir), "--out", str(tmp_path / "x"), "--architecture", "nope"]) == 2
+
+
+def test_cli_streams_from_a_model_when_no_cache_is_given(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS[:6]) + "\n")
+    out = tmp_path / "sae"
+    code = cli_main(["train", "--model", "tiny", "--prompts", str(prompts), "--hook", HOOK,
+                     "--num-inference-steps", "1", "--out", str(out), "--expansion-factor", "2", "--k", "4",
+                     "--total-tokens", str(10 * 64), "--batch-size", "64", "--buffer-tokens", "128",
+                     "--normalize-tokens", "128", "--eval-tokens", "256"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["hook"] == HOOK and metrics["data"].startswith("streamed from")
+    assert SAE.load_from_disk(out).cfg.metadata.model_name.startswith("tiny(seed=0")
+    assert cli_main(["train", "--out", str(tmp_path / "none")]) == 2  # no data: clear error, exit code 2
