@@ -1,0 +1,40 @@
+"""The main job end to end on the shipped organism, at a reduced setting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sae_flux.cli import main as cli_main
+from sae_flux.demo import DemoConfig, run_demo
+
+
+def test_demo_runs_every_stage_and_writes_a_report(tmp_path):
+    out = tmp_path / "demo"
+    cfg = DemoConfig(out=str(out), n_prompts=32, sae_tokens=8192, sae_expansion=2, itda_l0=4)
+    index = run_demo(cfg)
+    assert index == out / "index.html"
+    numbers = json.loads((out / "report.json").read_text())
+    assert set(numbers["stage_seconds"]) == {"prompts", "cache", "itda", "sae", "metrics", "interp", "steering"}
+    rows = {row["dictionary"]: row for row in numbers["reconstruction"]}
+    assert set(rows) == {"itda", "sae-topk"}
+    assert all(0.0 <= row["fvu"] < 1.5 and row["tokens"] == 64 * 64 for row in rows.values())
+    assert numbers["cache"]["tokens"] == 32 * 64
+    page = index.read_text()
+    for title in ("Activation cache", "Reconstruction", "Steering"):
+        assert title in page
+    assert (out / "interp" / "browser.html").is_file()
+
+
+def test_demo_refuses_an_existing_output_directory(tmp_path, caplog):
+    (tmp_path / "demo").mkdir()
+    with pytest.raises(FileExistsError, match="exists; pass --overwrite"):
+        run_demo(DemoConfig(out=str(tmp_path / "demo")))
+    assert cli_main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    assert "pass --overwrite" in caplog.text
+
+
+def test_demo_config_rejects_too_few_prompts():
+    with pytest.raises(ValueError, match="n_prompts must be >= 8"):
+        DemoConfig(n_prompts=4)
