@@ -14,7 +14,7 @@ Stages (each writes into ``out/`` and adds a section to ``out/index.html``):
    from pixels (:mod:`sae_flux.steer`).
 
 Example:
-    $ sae-flux demo --out demo-out            # about 3 minutes on 2 CPU cores
+    $ sae-flux demo --out demo-out            # about a minute on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class DemoConfig:
     """organism, tiny, a repo id or a pipeline directory."""
     hook: str | None = None
     """Hook point (default: the image stream of the middle double block)."""
-    n_prompts: int = 512
+    n_prompts: int = 1024
     """Prompts drawn from the scene world (training templates)."""
     step: int = 0
     """Denoising step whose activations are cached (0 = from pure noise, as in the paper)."""
@@ -54,7 +54,7 @@ class DemoConfig:
     """Active latents per token of the TopK SAE."""
     sae_expansion: int = 8
     """SAE latents per model dimension."""
-    sae_tokens: int = 400_000
+    sae_tokens: int = 1_000_000
     """SAE training tokens."""
     itda_l0: int = 8
     """ITDA target L0."""
