@@ -418,8 +418,6 @@ def _drain(
     """Shuffle ``pool``, yield full batches until at most ``keep`` rows remain; return the rest."""
     pool = pool[torch.randperm(pool.shape[0], generator=gen)]
     n_out = max(0, (pool.shape[0] - keep) // batch_size) * batch_size
-    if keep == 0:
-        n_out = pool.shape[0] // batch_size * batch_size
     for start in range(0, n_out, batch_size):
         yield pool[start : start + batch_size].to(dtype)
-    return pool[n_out:] if keep else pool[:0]
+    return pool[n_out:]

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -217,7 +218,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     out = _prepare_out(cfg)
     report = Report(out, title="sae-flux demo: dictionaries on the Flux organism")
     state = DemoState(cfg, out, report, flux=load_flux(cfg.model))
-    (out / "demo_config.json").write_text(__import__("json").dumps(asdict(cfg), indent=2))
+    (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     timings = {}
     for name, stage in tqdm(STAGES, desc="demo", unit="stage"):
         start = time.perf_counter()

@@ -27,9 +27,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -217,29 +218,50 @@ def build_dataset(pipe: FluxPipeline, cfg: TrainConfig) -> Dataset:
     return Dataset(images_N3HW, index_NK, torch.cat(embeds), torch.cat(pooled))
 
 
+def optimise(params: list[torch.nn.Parameter], stage: Any, desc: str,
+             batch_loss: Callable[[], tuple[Tensor, Tensor]], weight_decay: float = 0.0,
+             min_ratio: float = 0.1, grad_clip: float | None = None,
+             after_step: Callable[[int], None] | None = None) -> list[float]:
+    """The loop every stage shares: AdamW, warmup + cosine, optional clipping, logging.
+
+    ``batch_loss`` returns (loss to minimise, value to record) for a fresh batch.
+    """
+    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(stage.warmup, stage.steps, min_ratio))
+    losses: list[float] = []
+    bar = tqdm(range(stage.steps), desc=desc)
+    for step in bar:
+        loss, recorded = batch_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(recorded.item())
+        if step % 50 == 0 or step == stage.steps - 1:
+            recent = float(np.mean(losses[-50:]))
+            bar.set_postfix(loss=f"{recent:.4f}")
+            logger.info("%s step %d loss %.5f", desc, step, recent)
+        if after_step is not None:
+            after_step(step)
+    return losses
+
+
 def train_vae(pipe: FluxPipeline, data: Dataset, cfg: TrainConfig, gen: torch.Generator) -> list[float]:
-    """Stage 1: fit the AutoencoderKL to world images."""
+    """Stage 1: fit the AutoencoderKL to world images (records the MSE)."""
     vae, stage = pipe.vae, cfg.vae
     vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=stage.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(stage.warmup, stage.steps))
-    losses = []
-    bar = tqdm(range(stage.steps), desc="vae")
-    for step in bar:
+
+    def batch_loss() -> tuple[Tensor, Tensor]:
         idx = torch.randint(len(data.images_N3HW), (stage.batch_size,), generator=gen)
         x_B3HW = data.images_N3HW[idx]
         posterior = vae.encode(x_B3HW).latent_dist
         recon_B3HW = vae.decode(posterior.sample(generator=gen)).sample
         mse = torch.nn.functional.mse_loss(recon_B3HW, x_B3HW)
-        loss = mse + stage.kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(mse.item())
-        if step % 50 == 0 or step == stage.steps - 1:
-            bar.set_postfix(mse=f"{mse.item():.4f}")
-            logger.info("vae step %d mse %.5f", step, mse.item())
+        return mse + stage.kl_weight * posterior.kl().mean(), mse
+
+    losses = optimise(list(vae.parameters()), stage, "vae", batch_loss)
     vae.eval()
     return losses
 
@@ -254,23 +276,14 @@ def refine_decoder(pipe: FluxPipeline, data: Dataset, cfg: TrainConfig,
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(stage.warmup, stage.steps))
     vae.train()
-    losses = []
-    bar = tqdm(range(stage.steps), desc="decoder")
-    for step in bar:
+
+    def batch_loss() -> tuple[Tensor, Tensor]:
         idx = torch.randint(len(means_NCHW), (stage.batch_size,), generator=gen)
-        mse = torch.nn.functional.mse_loss(vae.decode(means_NCHW[idx]).sample,
-                                           data.images_N3HW[idx])
-        opt.zero_grad(set_to_none=True)
-        mse.backward()
-        opt.step()
-        sched.step()
-        losses.append(mse.item())
-        if step % 50 == 0 or step == stage.steps - 1:
-            bar.set_postfix(mse=f"{mse.item():.4f}")
-            logger.info("decoder step %d mse %.5f", step, mse.item())
+        mse = torch.nn.functional.mse_loss(vae.decode(means_NCHW[idx]).sample, data.images_N3HW[idx])
+        return mse, mse
+
+    losses = optimise(params, stage, "decoder", batch_loss)
     vae.eval().requires_grad_(False)
     return losses
 
@@ -317,31 +330,24 @@ def train_flow(pipe: FluxPipeline, data: Dataset, x0_NTD: Tensor, cfg: TrainConf
     """Stage 2: train the transformer; checkpoints the pipeline every ``checkpoint_every``."""
     stage, model = cfg.flow, pipe.transformer
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(stage.warmup, stage.steps, stage.min_lr_ratio))
     side = cfg.resolution // (2 ** len(cfg.model.vae_channels))
     img_ids_T3 = FluxPipeline._prepare_latent_image_ids(1, side, side, "cpu", torch.float32)
     n, k = data.caption_index_NK.shape
-    losses = []
-    bar = tqdm(range(stage.steps), desc="flow")
-    for step in bar:
+
+    def batch_loss() -> tuple[Tensor, Tensor]:
         idx = torch.randint(n, (stage.batch_size,), generator=gen)
         rows = data.caption_index_NK[idx, torch.randint(k, (stage.batch_size,), generator=gen)]
         loss = flow_loss(pipe, x0_NTD[idx], data.prompt_embeds_ULE[rows], data.pooled_UE[rows],
                          img_ids_T3, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), stage.grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 50 == 0 or step == stage.steps - 1:
-            recent = float(np.mean(losses[-50:]))
-            bar.set_postfix(loss=f"{recent:.4f}")
-            logger.info("flow step %d loss %.5f", step, recent)
+        return loss, loss
+
+    def checkpoint(step: int) -> None:
         if stage.checkpoint_every and (step + 1) % stage.checkpoint_every == 0:
             save(pipe, cfg)
+
+    losses = optimise(list(model.parameters()), stage, "flow", batch_loss,
+                      weight_decay=stage.weight_decay, min_ratio=stage.min_lr_ratio,
+                      grad_clip=stage.grad_clip, after_step=checkpoint)
     model.eval()
     return losses
 

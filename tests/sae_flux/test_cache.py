@@ -213,3 +213,14 @@ def test_hooks_cli_lists_the_model(capsys):
     assert cli_main(["hooks", "--model", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "2 double, 2 single blocks" in out and "double.1.mlp\ttransformer.transformer_blocks.1.ff.net.0" in out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"hooks": []}, "hooks is empty"), ({"dtype": "int8"}, "dtype 'int8' is not one of"),
+     ({"batch_size": 3, "shard_prompts": 4}, "must be a multiple of batch_size"),
+     ({"batch_size": 0}, "must be >= 1")],
+)
+def test_bad_cache_configs_are_refused(prompt_file, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        _cfg(prompt_file, tmp_path / "c", **change)

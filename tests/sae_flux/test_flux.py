@@ -131,3 +131,23 @@ def test_capture_rejects_bad_requests(tiny_flux):
         tiny_flux.capture(PROMPTS, ["double.0.img"], num_inference_steps=2, steps=[2])
     with pytest.raises(ValueError, match="at least one prompt"):
         tiny_flux.capture([], ["double.0.img"])
+
+
+def test_from_pretrained_refuses_a_directory_that_is_not_a_pipeline(tmp_path):
+    import pytest
+
+    from sae_flux import Flux
+
+    with pytest.raises(FileNotFoundError, match="not a diffusers pipeline directory .no model_index.json"):
+        Flux.from_pretrained(tmp_path)
+
+
+def test_tiny_configs_are_checked():
+    import pytest
+
+    from sae_flux.tiny import GenerationDefaults, TinyFluxConfig
+
+    with pytest.raises(ValueError, match=r"axes_dims_rope \(4, 4, 4\) must sum to attention_head_dim 16"):
+        TinyFluxConfig(axes_dims_rope=(4, 4, 4))
+    with pytest.raises(ValueError, match="resolution 30 must be divisible by 4"):
+        TinyFluxConfig(defaults=GenerationDefaults(resolution=30))
