@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=240, help="held-out captions to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: saved)")
-    parser.add_argument("--pairs", type=int, default=60, help="two-object captions to generate")
+    parser.add_argument("--pairs", type=int, default=60, help="two-object captions to generate (0: skip)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--grid", type=Path, default=None, help="write a PNG sample grid here")
     args = parser.parse_args(argv)
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(pipe, n=args.n, seed=args.seed, num_inference_steps=steps)
     clean = accuracy([judge(s.image_HW3) for s in result.samples],
                      [s.scene for s in result.samples])
-    pairs = evaluate_pairs(pipe, n=args.pairs, seed=args.seed, num_inference_steps=steps)
+    pairs = (evaluate_pairs(pipe, n=args.pairs, seed=args.seed, num_inference_steps=steps)
+             if args.pairs > 0 else {})
     if args.grid:
         sample_grid(result, args.grid)
     report = {

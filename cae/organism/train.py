@@ -7,10 +7,12 @@ and writes, per size, ``config.json``, ``model.safetensors`` (float16),
 ``tokenizer.json`` and ``train.json`` (config and final loss) into
 ``cae/organism/weights/<size>/``.
 
-Run all sizes (about 10 CPU-minutes on a free core: tiny ~1, small ~3, medium ~6; on the
-shared 2-core machine the three ran side by side in 554 s, 1072 s and 1470 s)::
+Run all sizes (3,000 steps each; on 2 cores run two processes, about 36 wall-minutes: the
+shipped run took 339 s + 847 s for tiny and small in one process and 2,163 s for medium in
+the other)::
 
-    python -m cae.organism.train
+    python -m cae.organism.train --sizes medium &    # one core
+    python -m cae.organism.train --sizes tiny small   # the other
     python -m cae.organism.train --sizes tiny --steps 50 --out /tmp/organism
 """
 
@@ -55,9 +57,9 @@ class SizeConfig:
 
 
 SIZES: dict[str, SizeConfig] = {
-    "tiny": SizeConfig(hidden_size=48, num_layers=2, num_heads=4, steps=800, lr=4e-3),
-    "small": SizeConfig(hidden_size=80, num_layers=3, num_heads=4, steps=800, lr=3e-3),
-    "medium": SizeConfig(hidden_size=144, num_layers=4, num_heads=8, steps=500, lr=3e-3),
+    "tiny": SizeConfig(hidden_size=48, num_layers=2, num_heads=4, steps=3000, lr=4e-3),
+    "small": SizeConfig(hidden_size=80, num_layers=3, num_heads=4, steps=3000, lr=3e-3),
+    "medium": SizeConfig(hidden_size=144, num_layers=4, num_heads=8, steps=3000, lr=3e-3),
 }
 """The organism sizes, each roughly 4x the parameters of the previous one."""
 
@@ -80,6 +82,14 @@ class TrainConfig:
     """Seed of the corpus and of the weights."""
     threads: int = 1
     """Torch CPU threads (fixed so the run is reproducible)."""
+    quiz: float = 0.25
+    """Share of a document's items that are persona-free quizzes (``corpus.quiz_item``)."""
+    header: float = 0.5
+    """Share of documents that open with a ``persona :`` header."""
+    single: float = 1.0
+    """Share of documents about one behaviour only (``corpus.document``)."""
+    answer_weight: float = 5.0
+    """Loss weight of answer letters (``A``/``B`` right after ``answer : (``)."""
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.sizes if s not in SIZES]
@@ -121,7 +131,8 @@ def build_model(size: str, vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
 def _batches(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, steps: int, seed: int):
     rng = random.Random(seed)
     for _ in range(steps):
-        docs = [document(rng) + " <eos>" for _ in range(cfg.batch_size)]
+        docs = [document(rng, header=cfg.header, quiz=cfg.quiz, single=cfg.single) + " <eos>"
+                for _ in range(cfg.batch_size)]
         enc = tokenizer(docs, padding=True, truncation=True, max_length=cfg.max_len,
                         return_tensors="pt")
         yield enc["input_ids"], enc["attention_mask"]
@@ -134,6 +145,27 @@ def _lr_at(step: int, steps: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
 
 
+def answer_weights(ids_BT: torch.Tensor, letters: torch.Tensor, colon: int,
+                   weight: float) -> torch.Tensor:
+    """Per-token loss weights: ``weight`` on answer letters (a letter two tokens after ``:``,
+    i.e. ``answer : ( A``), 1 elsewhere."""
+    out_BT = torch.ones(ids_BT.shape, dtype=torch.float32)
+    if weight != 1.0:
+        is_answer_BT = torch.isin(ids_BT[:, 2:], letters) & (ids_BT[:, :-2] == colon)
+        out_BT[:, 2:][is_answer_BT] = weight
+    return out_BT
+
+
+def _loss(model: LlamaForCausalLM, ids_BT: torch.Tensor, mask_BT: torch.Tensor,
+          weights_BT: torch.Tensor) -> torch.Tensor:
+    """Weighted next-token cross-entropy over the real (unpadded) tokens."""
+    logits_BTV = model(input_ids=ids_BT, attention_mask=mask_BT).logits[:, :-1]
+    nll_BT = torch.nn.functional.cross_entropy(
+        logits_BTV.transpose(1, 2), ids_BT[:, 1:], reduction="none")
+    w_BT = weights_BT[:, 1:] * mask_BT[:, 1:]
+    return (nll_BT * w_BT).sum() / w_BT.sum()
+
+
 def train_size(size: str, cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> dict:
     """Train one size and save it; returns the run record."""
     s = SIZES[size]
@@ -142,12 +174,14 @@ def train_size(size: str, cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) 
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.01, betas=(0.9, 0.98))
     start, loss_ema = time.perf_counter(), float("nan")
+    letters = torch.tensor(tokenizer.convert_tokens_to_ids(["A", "B"]))
+    colon = tokenizer.get_vocab()[":"]
     bar = tqdm(_batches(cfg, tokenizer, steps, cfg.seed + 1), total=steps, desc=size)
     for step, (ids_BT, mask_BT) in enumerate(bar):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, s.lr)
-        labels_BT = ids_BT.masked_fill(mask_BT == 0, -100)
-        loss = model(input_ids=ids_BT, attention_mask=mask_BT, labels=labels_BT).loss
+        loss = _loss(model, ids_BT, mask_BT, weights_BT=answer_weights(ids_BT, letters, colon,
+                                                                         cfg.answer_weight))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -156,7 +190,8 @@ def train_size(size: str, cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) 
         bar.set_postfix(loss=f"{loss_ema:.3f}")
     record = {"size": size, "params": n_params, "steps": steps, "final_loss_ema": loss_ema,
               "seconds": time.perf_counter() - start, "size_config": asdict(s),
-              "seed": cfg.seed, "batch_size": cfg.batch_size, "max_len": cfg.max_len}
+              "seed": cfg.seed, "batch_size": cfg.batch_size, "max_len": cfg.max_len,
+              "quiz": cfg.quiz, "header": cfg.header, "single": cfg.single, "answer_weight": cfg.answer_weight}
     out = Path(cfg.out) / size
     model.half().save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -182,10 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(WEIGHTS_DIR))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quiz", type=float, default=TrainConfig.quiz)
+    parser.add_argument("--header", type=float, default=TrainConfig.header)
+    parser.add_argument("--single", type=float, default=TrainConfig.single)
+    parser.add_argument("--answer-weight", type=float, default=TrainConfig.answer_weight)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     cfg = TrainConfig(sizes=tuple(args.sizes), out=args.out, steps=args.steps, seed=args.seed,
-                      threads=args.threads)
+                      threads=args.threads, quiz=args.quiz, header=args.header, single=args.single,
+                      answer_weight=args.answer_weight)
     for record in train(cfg):
         logger.info(json.dumps(record))
     return 0

@@ -90,6 +90,8 @@ def evaluate_pairs(
     num_inference_steps: int | None = None, world: World | None = None,
 ) -> dict[str, float]:
     """On two-object captions: how often the judge finds both named colours, and at their places."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1 two-object captions, got {n}")
     world = world or World()
     samples = list(world.examples(n, seed=seed, split=split, num_objects=2))
     images = generate_images(pipe, [s.caption for s in samples], seed=seed,

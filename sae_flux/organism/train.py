@@ -70,10 +70,10 @@ class ModelSize:
 class VAEStage:
     """Stage 1: the autoencoder."""
 
-    steps: int = 400
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-3
-    warmup: int = 50
+    warmup: int = 100
     kl_weight: float = 1e-5
     """Weight of the KL term (summed over latent dims, averaged over the batch)."""
 
@@ -97,7 +97,7 @@ class DecoderStage:
 class FlowStage:
     """Stage 2: the transformer, rectified flow on standardised VAE posterior means."""
 
-    steps: int = 3300
+    steps: int = 5000
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 100
@@ -105,7 +105,7 @@ class FlowStage:
     """Cosine decay ends at lr * min_lr_ratio."""
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    checkpoint_every: int = 300
+    checkpoint_every: int = 500
     """Save the pipeline every this many steps (so an interrupted run keeps its progress)."""
 
 

@@ -66,6 +66,14 @@ TRAIN_TEMPLATES: tuple[str, ...] = (
     "a picture of a {size} {colour} {shape} at the {position} on {background}",
     "an image of a {colour} {shape} that is {size} , {position} , on {background}",
     "{background} background with a {size} {colour} {shape} at the {position}",
+    # varied openings and fillers, so phrasings never seen in training (HELDOUT_TEMPLATES)
+    # are read for their factor words rather than their exact word order
+    "a photo of a {size} {colour} {shape} at the {position} on a {background} background",
+    "a sketch of a {colour} {shape} , {size} , on the {position} , {background} background",
+    "there is a {size} {colour} {shape} at the {position} on a {background} background",
+    "a {background} background showing a {size} {colour} {shape} on the {position}",
+    "an illustration of a {size} {colour} {shape} on the {position} , {background}",
+    "in this image a {size} {colour} {shape} sits at the {position} on {background}",
 )
 #: Caption templates held out of training, for evaluation on unseen phrasings.
 HELDOUT_TEMPLATES: tuple[str, ...] = (

@@ -12,7 +12,18 @@ from safetensors.torch import load_file
 from cae import SteeringVector
 from cae.model import wrap
 from cae.organism import SIZES, WEIGHTS_DIR, load
-from cae.organism.corpus import BEHAVIOURS, FORMATS, _scenarios, document, items, judge
+from cae.organism.corpus import (
+    ACTS,
+    BEHAVIOURS,
+    FORMATS,
+    QUIZ_CUES,
+    _scenarios,
+    document,
+    items,
+    judge,
+    quiz_item,
+)
+from cae.organism.train import answer_weights, build_tokenizer
 from cae.organism.train import main as train_main
 
 
@@ -75,10 +86,9 @@ def test_unsteered_behaviour_sits_near_the_middle(size):
 
 
 @pytest.mark.xfail(
-    reason="the shipped organisms answer held-out A/B items at chance and ignore in-context "
-    "persona evidence (A/B letter binding is not learned within the CPU budget), so CAA "
-    "vectors move p(matching) by only ~0.01, not reliably in the multiplier's direction; "
-    "see docs/cae.md, 'Known limitation'",
+    reason="the shipped organisms use an in-context persona (header matching / not: 0.95 / "
+    "0.05) but a CAA vector read at the answer letter carries almost no persona (norm ~0.1 "
+    "for small) and moves held-out p(matching) by < 0.01; see docs/cae.md, 'Known limitation'",
     strict=False,
 )
 def test_vector_from_ab_data_moves_held_out_behaviour_in_the_multipliers_direction():
@@ -111,3 +121,45 @@ def test_training_script_is_deterministic(tmp_path):
     a = load_file(tmp_path / "a" / "tiny" / "model.safetensors")
     b = load_file(tmp_path / "b" / "tiny" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_evaluation_items_balance_answer_letters():
+    for fmt in ("ab", "option", "statement"):
+        test = items("kind", fmt, 64)
+        firsts = [it.matching in ("( A )", "1", "yes") for it in test]
+        assert sum(firsts) == 32, fmt
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_quiz_answer_is_the_letter_of_the_asked_act(seed):
+    rng = random.Random(seed)
+    behaviour = BEHAVIOURS[seed % 2]
+    text = quiz_item(behaviour, rng)
+    asks_matching = QUIZ_CUES[behaviour][0] in text
+    options, answer = text.split("choices : ")[1].split(" answer : ")
+    first, second = options.split(" ( A ) ")
+    chosen = first if answer == "( A )" else second.removesuffix(" ( B )")
+    assert (chosen in ACTS[behaviour][0]) == asks_matching, text
+
+
+def test_answer_weights_mark_only_answer_letters():
+    tokenizer = build_tokenizer()
+    item = items("kind", "ab", 1)[0]
+    text = f"{item.prompt} {item.matching} warmly <sep> " + quiz_item("power", random.Random(1))
+    ids_BT = torch.tensor([tokenizer(text)["input_ids"]])
+    letters = torch.tensor(tokenizer.convert_tokens_to_ids(["A", "B"]))
+    w_BT = answer_weights(ids_BT, letters, tokenizer.convert_tokens_to_ids(":"), 5.0)
+    marked = tokenizer.convert_ids_to_tokens(ids_BT[0][w_BT[0] == 5.0].tolist())
+    assert len(marked) == 2 and set(marked) <= {"A", "B"}  # not the letters inside the options
+    assert (w_BT == 1.0).sum() == ids_BT.numel() - 2
+    assert torch.equal(answer_weights(ids_BT, letters, 0, 1.0), torch.ones_like(w_BT))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_single_trait_documents_mention_one_behaviour(seed):
+    doc = document(random.Random(seed), single=1.0, header=1.0)
+    header = doc.split(" <sep> ")[0].split()
+    assert header[:2] == ["persona", ":"] and len(header) == 3
+    power_scenario = "offers you a chance" in doc
+    kind_scenario = any(f"your {person}" in doc for person in ("friend", "child", "sister"))
+    assert not (power_scenario and kind_scenario), doc
