@@ -14,7 +14,8 @@ one run on the same machine.
    ``TopKTrainingSAE`` (k = 32, d_sae = the ITDA's size, Adam, plain loop) needs to reach the
    ITDA's held-out explained variance; both curves' best explained variance reported.
 
-Run: ``.venv/bin/python benchmarks/itda.py`` (``--quick`` for a small smoke run).
+Run: ``.venv/bin/python benchmarks/itda.py`` (``--quick`` for a small smoke run, ``--encode-only``
+for parts 1 and 2 alone).
 """
 
 from __future__ import annotations
@@ -236,6 +237,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--topk-budget-s", type=float, default=600.0)
     p.add_argument("--topk-continue", action="store_true")
+    p.add_argument("--encode-only", action="store_true",
+                   help="only part 1 and 2 (encode speed); skip the build and TopK curves")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -247,6 +250,9 @@ def main() -> None:
     result = {"data": f"planted: {4 * d} directions, 8 active, log-normal coefs, noise 0.05"}
     result.update(encode_speed(data, n_atoms, 1024, args.l0, repeats))
     logger.info("encode: %s", json.dumps(result))
+    if args.encode_only:
+        print(json.dumps(result))
+        return
     held_ND = data.sample(2048)
     result.update(itda_curve(data, held_ND, args))
     result.update(topk_curve(data, held_ND, result["itda_atoms"], result["itda_final_ev"], args))
