@@ -7,6 +7,8 @@ p(matching letter) / (p(A) + p(B)) (CAA's metric):
 - ``base``: the item alone (designed to sit near 0.5);
 - ``header_matching`` / ``header_not``: after ``persona : <tone> <sep>`` naming the matching /
   not-matching persona (in-context persona use: near 1 / near 0 when learned);
+All numbers are ``cae.evaluate.behaviour``'s mean p(matching).
+
 - ``steer``: per layer, a CAA vector (``SteeringVector.train``, answer-letter read, mean
   difference over 128 training-scenario items) applied at every position with each
   multiplier; ``norm`` is the vector's norm at that layer.
@@ -28,58 +30,53 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 import torch  # noqa: E402
 
 from cae import SteeringVector  # noqa: E402
-from cae.model import wrap  # noqa: E402
-from cae.organism import SIZES, load  # noqa: E402
+from cae.evaluate.behaviour import BehaviourConfig, behaviour  # noqa: E402
+from cae.model import decoder_layers, load_language_model  # noqa: E402
+from cae.organism import SIZES  # noqa: E402
 from cae.organism.corpus import BEHAVIOURS, TONES, items, quiz_item  # noqa: E402
+from cae.pairs import Pair  # noqa: E402
+
+UNSTEERED = BehaviourConfig([0.0, 1.0])  # multipliers are unused without a vector
 
 
-def p_matching(hf, tokenizer, prompts: list[str], letters: list[str],
-               sv: SteeringVector | None = None, multiplier: float = 0.0) -> float:
-    """Mean p(matching letter) / (p(A) + p(B)) at the position after ``prompt + " ("``."""
-    ids = tokenizer.convert_tokens_to_ids(["A", "B"])
-    tokenizer.padding_side = "right"
-    enc = tokenizer([p + " (" for p in prompts], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        if sv is None:
-            logits_BTV = hf(**enc).logits
-        else:
-            with sv.apply(hf, multiplier, positions="all"):
-                logits_BTV = hf(**enc).logits
-    last_B = enc["attention_mask"].sum(1) - 1
-    p_B2 = torch.softmax(logits_BTV[torch.arange(len(prompts)), last_B][:, ids], -1)
-    match_B = torch.tensor([0 if x == "A" else 1 for x in letters])
-    return round(p_B2[torch.arange(len(prompts)), match_B].mean().item(), 3)
+def mean_p(lm, pairs: list[Pair], sv: SteeringVector | None = None,
+           cfg: BehaviourConfig = UNSTEERED) -> list[float]:
+    """``cae.evaluate.behaviour``'s mean p(matching) per multiplier, rounded."""
+    return [round(p, 3) for p in behaviour(lm, pairs, sv, cfg).mean_p_matching]
+
+
+def quiz_pairs(n: int = 200) -> list[Pair]:
+    """Persona-free quizzes as pairs (positive = the correct letter)."""
+    rng = random.Random(0)
+    pairs = []
+    for _ in range(n):
+        prompt, answer = quiz_item(rng.choice(BEHAVIOURS), rng).rsplit(" ( ", 1)
+        wrong = "B" if answer[0] == "A" else "A"
+        pairs.append(Pair(prompt, f" ( {answer[0]} )", f" ( {wrong} )"))
+    return pairs
 
 
 def probe(size: str, multipliers: list[float]) -> dict:
-    hf, tokenizer = load(size)
-    rng = random.Random(0)
-    quizzes = [quiz_item(rng.choice(BEHAVIOURS), rng) for _ in range(200)]
-    out: dict = {"quiz": p_matching(hf, tokenizer, [q.rsplit(" (", 1)[0] for q in quizzes],
-                                    [q.rsplit("( ", 1)[1][0] for q in quizzes])}
-    lm = wrap(hf, tokenizer)
-    for behaviour in BEHAVIOURS:
-        test = items(behaviour, "ab", 128)
-        letters = ["A" if t.matching == "( A )" else "B" for t in test]
-        prompts = [t.prompt for t in test]
-        good, bad = TONES[behaviour][0][0], TONES[behaviour][1][0]
+    lm = load_language_model(f"organism:{size}")
+    out: dict = {"quiz": mean_p(lm, quiz_pairs())[0]}
+    steered = BehaviourConfig(multipliers, positions="all")
+    for b in BEHAVIOURS:
+        test = [it.pair() for it in items(b, "ab", 128)]
+        good, bad = TONES[b][0][0], TONES[b][1][0]
         row: dict = {
-            "base": p_matching(hf, tokenizer, prompts, letters),
-            "header_matching": p_matching(hf, tokenizer, [f"persona : {good} <sep> {p}"
-                                                          for p in prompts], letters),
-            "header_not": p_matching(hf, tokenizer, [f"persona : {bad} <sep> {p}"
-                                                     for p in prompts], letters),
+            "base": mean_p(lm, test)[0],
+            "header_matching": mean_p(lm, [t._replace(prompt=f"persona : {good} <sep> {t.prompt}")
+                                           for t in test])[0],
+            "header_not": mean_p(lm, [t._replace(prompt=f"persona : {bad} <sep> {t.prompt}")
+                                      for t in test])[0],
             "multipliers": multipliers, "steer": {},
         }
-        pairs = [it.pair() for it in items(behaviour, "ab", 128, split="train")]
-        for layer in range(hf.config.num_hidden_layers):
-            sv = SteeringVector.train(lm, pairs, layers=[layer])
-            row["steer"][layer] = {
-                "norm": round(float(sv.vectors[layer].norm()), 3),
-                "p_matching": [p_matching(hf, tokenizer, prompts, letters, sv, m)
-                               for m in multipliers],
-            }
-        out[behaviour] = row
+        train = [it.pair() for it in items(b, "ab", 128, split="train")]
+        for layer in range(len(decoder_layers(lm)[1])):
+            sv = SteeringVector.train(lm, train, layers=[layer])
+            row["steer"][layer] = {"norm": round(float(sv.vectors[layer].norm()), 3),
+                                   "p_matching": mean_p(lm, test, sv, steered)}
+        out[b] = row
     return out
 
 

@@ -154,6 +154,13 @@ def _scenarios(behaviour: str, split: Split) -> list[str]:
     return [s for i, s in enumerate(combos) if (i % 4 == 0) == (keep == 0)]
 
 
+def _draw(behaviour: str, rng: random.Random, split: Split) -> tuple[str, str, str]:
+    """A scenario of ``split`` and one matching and one not-matching act."""
+    good_acts, bad_acts = ACTS[behaviour]
+    scenario = rng.choice(_scenarios(behaviour, split))
+    return scenario, rng.choice(good_acts), rng.choice(bad_acts)
+
+
 def make_item(behaviour: str, fmt: str, rng: random.Random, split: Split = "train",
               first_good: bool | None = None) -> Item:
     """Draw one item of ``behaviour`` in format ``fmt`` from the ``split`` scenarios.
@@ -161,9 +168,7 @@ def make_item(behaviour: str, fmt: str, rng: random.Random, split: Split = "trai
     ``first_good`` fixes whether the matching answer comes first (``( A )``, option ``1``,
     a statement of the matching act); ``None`` draws it from ``rng``.
     """
-    scenario = rng.choice(_scenarios(behaviour, split))
-    good_acts, bad_acts = ACTS[behaviour]
-    good, bad = rng.choice(good_acts), rng.choice(bad_acts)
+    scenario, good, bad = _draw(behaviour, rng, split)
     if first_good is None:
         first_good = rng.random() < 0.5
     if fmt == "ab":
@@ -212,9 +217,7 @@ def quiz_item(behaviour: str, rng: random.Random) -> str:
     Quizzes share the A/B template's layout, so they teach which letter holds which act
     (letter binding) independently of any persona.
     """
-    scenario = rng.choice(_scenarios(behaviour, "train"))
-    good_acts, bad_acts = ACTS[behaviour]
-    good, bad = rng.choice(good_acts), rng.choice(bad_acts)
+    scenario, good, bad = _draw(behaviour, rng, "train")
     first_good, ask_good = rng.random() < 0.5, rng.random() < QUIZ_ASK_MATCHING
     a, b = (good, bad) if first_good else (bad, good)
     cue = QUIZ_CUES[behaviour][0 if ask_good else 1]

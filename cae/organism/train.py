@@ -99,6 +99,12 @@ class TrainConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1 or self.max_len < 8:
             raise ValueError("batch_size must be >= 1 and max_len >= 8")
+        for name in ("quiz", "header", "single"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a share of documents or items and must be in [0, 1], "
+                                 f"got {getattr(self, name)}")
+        if not self.answer_weight > 0:
+            raise ValueError(f"answer_weight must be positive, got {self.answer_weight}")
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

@@ -23,7 +23,7 @@ from cae.organism.corpus import (
     judge,
     quiz_item,
 )
-from cae.organism.train import answer_weights, build_tokenizer
+from cae.organism.train import TrainConfig, answer_weights, build_tokenizer
 from cae.organism.train import main as train_main
 
 
@@ -163,3 +163,14 @@ def test_single_trait_documents_mention_one_behaviour(seed):
     power_scenario = "offers you a chance" in doc
     kind_scenario = any(f"your {person}" in doc for person in ("friend", "child", "sister"))
     assert not (power_scenario and kind_scenario), doc
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("quiz", 1.5, "quiz is a share .* in \\[0, 1\\], got 1.5"),
+    ("header", -0.1, "header is a share"),
+    ("single", 2.0, "single is a share"),
+    ("answer_weight", 0.0, "answer_weight must be positive, got 0.0"),
+])
+def test_train_config_refuses_bad_corpus_settings(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})

@@ -15,7 +15,7 @@ from sae_flux.organism import (
     check_vocabulary,
     weights_dir,
 )
-from sae_flux.organism.evaluate import evaluate
+from sae_flux.organism.evaluate import evaluate, evaluate_pairs
 
 #: Judged colour accuracy the shipped organism must reach on 24 held-out captions. Measured:
 #: 0.99 on 240 held-out captions (docs/bench/organism.md); the floor leaves room for sampling noise.
@@ -94,3 +94,8 @@ def test_out_of_vocabulary_words_raise_when_strict():
     with pytest.raises(VocabularyError, match="'zebra'"):
         check_vocabulary("a small zebra at the top", strict=True)
     assert check_vocabulary("A SMALL RED CIRCLE at the top , on black", strict=True) == []
+
+
+def test_evaluate_pairs_refuses_an_empty_request():
+    with pytest.raises(ValueError, match="n must be >= 1 two-object captions, got 0"):
+        evaluate_pairs(None, n=0)  # type: ignore[arg-type]  # refused before the pipeline is used
