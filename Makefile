@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # never pulls a multi-GB CUDA build here; elsewhere (--no-index fails fast) pip resolves torch normally.
 TORCH_LOCAL ?= torch==2.13.0
 
-.PHONY: demo test test-slow lint bench venv clean
+.PHONY: demo test test-slow lint bench venv clean cae-findings
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +32,20 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy sae_flux itda cae
 
+# The CAE paper's five findings on the LM organism (docs/cae-findings.md): about 15 minutes.
+FINDINGS ?= findings-out
+CAE_MULTIPLIERS ?= -0.5 -0.25 -0.1 0 0.1 0.25 0.5
+cae-findings: $(VENV)/.installed
+	$(PY) -m cae.organism.data $(FINDINGS)/data
+	for b in kind power; do \
+	  $(VENV)/bin/cae eval --model organism:tiny organism:small organism:medium \
+	    --data $(FINDINGS)/data/$$b-ab.jsonl --corpus $(FINDINGS)/data/neutral.txt \
+	    --other-data $(FINDINGS)/data/$$b-option.jsonl $(FINDINGS)/data/$$b-statement.jsonl \
+	    --open $(FINDINGS)/data/$$b-open.txt --judge-fn cae.organism.corpus:judge_$$b \
+	    --adversarial 32 --multipliers $(CAE_MULTIPLIERS) --read mean --normalize --positions all \
+	    --draws 10 \
+	    --seed 0 --out $(FINDINGS)/$$b || exit 1; \
+	done
+
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out findings-out

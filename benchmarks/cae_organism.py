@@ -10,10 +10,12 @@ p(matching letter) / (p(A) + p(B)) (CAA's metric):
 All numbers are ``cae.evaluate.behaviour``'s mean p(matching).
 
 - ``steer``: per layer, a CAA vector (``SteeringVector.train``, answer-letter read, mean
-  difference over 128 training-scenario items) applied at every position with each
-  multiplier; ``norm`` is the vector's norm at that layer.
+  difference over 128 training-scenario items) applied with each multiplier at every
+  position (``p_matching``) and at the answer position alone (``p_matching_prompt_end``,
+  CAA's "from the end of the instruction" for a one-token answer); ``norm`` is the vector's
+  norm at that layer.
 
-Run: ``python benchmarks/cae_organism.py [--sizes small] [--multipliers -16 -8 8 16]``
+Run: ``python benchmarks/cae_organism.py [--sizes small] [--multipliers -2 -1 1 2]``
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def probe(size: str, multipliers: list[float]) -> dict:
     lm = load_language_model(f"organism:{size}")
     out: dict = {"quiz": mean_p(lm, quiz_pairs())[0]}
     steered = BehaviourConfig(multipliers, positions="all")
+    at_end = BehaviourConfig(multipliers, positions="from_prompt_end")
     for b in BEHAVIOURS:
         test = [it.pair() for it in items(b, "ab", 128)]
         good, bad = TONES[b][0][0], TONES[b][1][0]
@@ -75,7 +78,8 @@ def probe(size: str, multipliers: list[float]) -> dict:
         for layer in range(len(decoder_layers(lm)[1])):
             sv = SteeringVector.train(lm, train, layers=[layer])
             row["steer"][layer] = {"norm": round(float(sv.vectors[layer].norm()), 3),
-                                   "p_matching": mean_p(lm, test, sv, steered)}
+                                   "p_matching": mean_p(lm, test, sv, steered),
+                                   "p_matching_prompt_end": mean_p(lm, test, sv, at_end)}
         out[b] = row
     return out
 
@@ -83,7 +87,7 @@ def probe(size: str, multipliers: list[float]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    p.add_argument("--multipliers", type=float, nargs="+", default=[-32, -8, 8, 32])
+    p.add_argument("--multipliers", type=float, nargs="+", default=[-2, -1, 1, 2])
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -172,3 +172,11 @@ def train_vectors(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[i
     acts = collect(model, pairs, cfg)
     agg = get_aggregator(cfg.aggregator)
     return {layer: agg(acts.pos[layer], acts.neg[layer]) for layer in acts.pos}
+
+
+def residual_norms(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[int, float]:
+    """Mean L2 norm of the residual stream at each layer of ``cfg`` over the read positions of
+    both completions of every pair (the scale of ``SteeringVector.norm_matched``)."""
+    acts = collect(model, pairs, cfg)
+    return {layer: float(torch.cat([acts.pos[layer], acts.neg[layer]]).norm(dim=1).mean())
+            for layer in acts.pos}

@@ -187,6 +187,30 @@ class SteeringVector:
 
     __rmul__ = __mul__
 
+    def norm_matched(self, norms: dict[int, float]) -> SteeringVector:
+        """Each layer's direction rescaled to ``norms[layer]`` (e.g. the mean residual norm
+        from ``cae.train.residual_norms``), so that multipliers are in units of a typical
+        activation and comparable across layers and models. The norms go in ``meta.extra``.
+
+        Example:
+            >>> from cae.organism import load
+            >>> sv = SteeringVector.random(load("tiny")[0], [1], norm=0.5)
+            >>> round(float(sv.norm_matched({1: 8.0}).vectors[1].norm()), 4)
+            8.0
+        """
+        missing = set(self.vectors) - set(norms)
+        if missing:
+            raise ValueError(f"no norm given for layer(s) {sorted(missing)}")
+        vectors = {}
+        for layer, vec in self.vectors.items():
+            if not norms[layer] > 0 or vec.norm() == 0:
+                raise ValueError(f"layer {layer}: cannot match a norm of {norms[layer]} with a "
+                                 f"vector of norm {float(vec.norm())}")
+            vectors[layer] = vec / vec.norm() * norms[layer]
+        extra = {**self.meta.extra, "norm_matched": {str(k): float(norms[k]) for k in vectors},
+                 "raw_norms": {str(k): float(v.norm()) for k, v in self.vectors.items()}}
+        return SteeringVector(vectors, replace(self.meta, extra=extra))
+
     def __truediv__(self, scale: float) -> SteeringVector:
         if float(scale) == 0.0:
             raise ValueError("cannot divide a steering vector by zero")

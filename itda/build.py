@@ -92,11 +92,17 @@ class BuildConfig:
 
 
 class _State:
-    """The growing dictionary: unit atoms, their Gram matrix, provenance, statistics."""
+    """The growing dictionary: unit atoms, their Gram matrix, provenance, statistics.
+
+    Atoms live in a buffer that grows geometrically (``atoms_FD`` is a contiguous view of
+    its first rows), so adding a batch's atoms does not copy the dictionary; the Gram matrix
+    is re-laid out once per add (one copy; the pursuit kernels need it contiguous).
+    """
 
     def __init__(self, mean_D: Tensor, std_D: Tensor, atoms_FD: Tensor, prov: Provenance):
         self.mean_D, self.std_D = mean_D, std_D
-        self.atoms_FD = atoms_FD
+        self._buffer_CD = atoms_FD.clone()
+        self.size = int(atoms_FD.shape[0])
         self.prov = prov
         self.tokens_seen = 0
         self.batches_seen = 0
@@ -105,18 +111,28 @@ class _State:
             self.gram_FF = pursuit.gram_matrix(atoms_FD)
 
     @property
-    def size(self) -> int:
-        return int(self.atoms_FD.shape[0])
+    def atoms_FD(self) -> Tensor:
+        return self._buffer_CD[: self.size]
 
     def add(self, new_KD: Tensor, prov: Provenance) -> None:
-        if self.gram_FF is not None and 4 * (self.size + len(new_KD)) ** 2 <= GRAM_MAX_BYTES:
+        f, k = self.size, len(new_KD)
+        if self.gram_FF is not None and 4 * (f + k) ** 2 <= GRAM_MAX_BYTES:
             cross_KF = new_KD @ self.atoms_FD.T
-            top = torch.cat([self.gram_FF, cross_KF.T], dim=1)
-            bottom = torch.cat([cross_KF, new_KD @ new_KD.T], dim=1)
-            self.gram_FF = torch.cat([top, bottom])
+            gram_FF = self.gram_FF.new_empty(f + k, f + k)
+            gram_FF[:f, :f] = self.gram_FF
+            gram_FF[:f, f:] = cross_KF.T
+            gram_FF[f:, :f] = cross_KF
+            gram_FF[f:, f:] = new_KD @ new_KD.T
+            self.gram_FF = gram_FF
         else:
             self.gram_FF = None
-        self.atoms_FD = torch.cat([self.atoms_FD, new_KD])
+        if f + k > self._buffer_CD.shape[0]:
+            grown_CD = self._buffer_CD.new_empty(max(f + k, 2 * self._buffer_CD.shape[0]),
+                                                 self._buffer_CD.shape[1])
+            grown_CD[:f] = self.atoms_FD
+            self._buffer_CD = grown_CD
+        self._buffer_CD[f: f + k] = new_KD
+        self.size = f + k
         self.prov = self.prov.concat(prov)
 
 

@@ -18,6 +18,7 @@ from cae.apply import POSITIONS
 from cae.evaluate.judge import JudgeError
 from cae.evaluate.report import EvalConfig, evaluate
 from cae.evaluate.sizes import compare_sizes
+from cae.read import READ_RULES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +48,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="other-template A/B datasets scored beside the held-out split")
     p.add_argument("--ood", default=None, help="directory of CAE-paper OOD prompt files")
     p.add_argument("--ood-behaviour", default=None, help="only OOD files of this behaviour")
+    p.add_argument("--open", nargs="+", default=[],
+                   help="files of open-ended prompts (one per line), judged like --ood")
+    p.add_argument("--judge-fn", default=None,
+                   help="judge function 'module:function' (prompt, completion) -> score for --open")
+    p.add_argument("--read", default="answer", choices=sorted(READ_RULES),
+                   help="read rule of the vectors (answer: CAA's answer letter)")
+    p.add_argument("--normalize", action="store_true",
+                   help="scale vectors to the mean residual norm (multipliers comparable "
+                        "across layers and models)")
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for --ood")
     p.add_argument("--judge-model", default="judge", help="model name sent to the judge")
     p.set_defaults(func=run)
@@ -56,12 +66,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``cae eval`` from parsed arguments; prints the summary as one JSON line."""
     cfg = EvalConfig(
         model=args.model[0], data=args.data, out=args.out, corpus=args.corpus, layers=args.layers,
+        read=args.read,
         multipliers=args.multipliers, test_fraction=args.test_fraction,
         positions=args.positions, draws=args.draws, context=args.context,
         max_windows=args.max_windows, seed=args.seed, other_data=args.other_data,
-        ood=args.ood, ood_behaviour=args.ood_behaviour, judge_url=args.judge_url,
+        ood=args.ood, ood_behaviour=args.ood_behaviour, open=args.open, judge_fn=args.judge_fn,
+        judge_url=args.judge_url,
         judge_model=args.judge_model, adversarial=args.adversarial,
-        adversarial_tokens=args.adversarial_tokens,
+        adversarial_tokens=args.adversarial_tokens, normalize=args.normalize,
     )
     try:
         if len(args.model) > 1:

@@ -6,9 +6,11 @@ seeded random subsets per n, without replacement) by the vector's aggregator app
 activations read once; for each we record the cosine to the full-data vector and, when an
 ``effect`` function is given, the effect size of the subset vector.
 
-Flattening criterion (stated): the first n whose mean cosine reaches ``flat_fraction``
-(default 0.95) of the asymptote, the mean cosine at the largest n; the same rule on the
-mean effect size gives ``n_flat_effect``.
+Flattening criterion (stated): the first n from which the mean cosine stays at or above
+``flat_fraction`` (default 0.95) of the asymptote, the mean cosine at the largest n; the
+same rule on the mean effect size gives ``n_flat_effect``. "Stays" matters on noisy curves:
+a lucky small subset (e.g. two pairs whose answer letters happen to cancel) does not count
+when larger subsets fall below the line again.
 
 Legend: N pairs, D width.
 """
@@ -92,11 +94,17 @@ class EfficiencyResult:
 
 
 def first_flat(sizes: Sequence[int], curve: Sequence[float], fraction: float) -> int | None:
-    """First size whose value reaches ``fraction`` of the last value (None if that is <= 0)."""
+    """First size from which every value stays at or above ``fraction`` of the last value
+    (None if the last value is <= 0)."""
     target = curve[-1]
     if target <= 0:
         return None
-    return next(n for n, v in zip(sizes, curve, strict=True) if v >= fraction * target)
+    flat = sizes[-1]
+    for n, v in zip(reversed(sizes), reversed(curve), strict=True):
+        if v < fraction * target:
+            break
+        flat = n
+    return flat
 
 
 def efficiency_curve(

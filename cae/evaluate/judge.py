@@ -11,12 +11,14 @@ unreachable or the reply has no number; after the last try it raises ``JudgeErro
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -102,3 +104,24 @@ class EndpointJudge:
                 time.sleep(delay)
                 delay *= 2
         raise JudgeError(f"judge failed after {self.retries} tries: {last}")
+
+
+def load_judge_function(spec: str) -> Callable[[str, str], float]:
+    """Import a judge function named ``"package.module:function"`` (``(prompt, completion)
+    -> score``), e.g. ``cae.organism.corpus:judge_kind`` for the organism's open-ended items.
+
+    Example:
+        >>> load_judge_function("cae.organism.corpus:judge_kind")("story :", "i help them .")
+        1.0
+    """
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name:
+        raise ValueError(f"judge function must be given as 'module:function', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise ValueError(f"judge function {spec!r}: cannot import module {module_name!r}") from err
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"judge function {spec!r}: {module_name} has no callable {name!r}")
+    return fn

@@ -94,3 +94,16 @@ def plot_shift(rows: list[SetEffect], path: Path) -> Path:
     ax.set_yticks(ys, [f"{r.name} ({r.metric})" for r in rows], fontsize=7)
     ax.set(xlabel="effect of steering (steered - unsteered)", title="in vs out of distribution")
     return _save(fig, path)
+
+
+def plot_sizes(curves: dict[str, tuple[list[float], list[float]]], target_shift: float,
+               path: Path) -> Path:
+    """Perplexity increase vs behaviour shift (positive multipliers), one line per model."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, (shift, increase) in curves.items():
+        ax.plot(shift, increase, marker="o", label=name)
+    ax.axvline(target_shift, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="behaviour shift (mean p(matching) - unsteered)",
+           ylabel="relative perplexity increase", title="degradation at equal behaviour shift")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -42,6 +42,9 @@ class EvalConfig:
     """Plain-text file for the perplexity cost (None: skipped)."""
     layers: list[int] | None = None
     """Layers to train and sweep (None: every decoder block)."""
+    read: str = "answer"
+    """Read rule of the vectors (``cae.read``: ``answer`` is CAA's answer letter, ``mean``
+    averages the completion's tokens, ``last`` its final token)."""
     multipliers: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
     """Multipliers of the sweep, the propensity curves and the perplexity cost."""
     test_fraction: float = 0.25
@@ -62,6 +65,11 @@ class EvalConfig:
     """Directory of OOD prompt files as published with the CAE paper (``cae.evaluate.ood``)."""
     ood_behaviour: str | None = None
     """Only OOD files of this behaviour (the file name without its length suffix)."""
+    open: list[str] = field(default_factory=list)
+    """Plain-text files of open-ended prompts (one per line), judged like the OOD files."""
+    judge_fn: str | None = None
+    """Judge function ``"module:function"`` ``(prompt, completion) -> score`` for ``open``
+    (``cae.evaluate.judge.load_judge_function``); else the endpoint judge is used."""
     judge_url: str | None = None
     """OpenAI-compatible endpoint root for the OOD judge (needed with ``ood``)."""
     judge_model: str = "judge"
@@ -70,6 +78,10 @@ class EvalConfig:
     """Held-out items searched for inputs reversing the largest multiplier (0: skip)."""
     adversarial_tokens: int = 4
     """Tokens the adversarial search inserts per item."""
+    normalize: bool = False
+    """Rescale each layer's vector to the mean residual norm at its read positions
+    (``SteeringVector.norm_matched``): multipliers are then in units of a typical activation,
+    comparable across layers and model sizes."""
 
     def __post_init__(self) -> None:
         self.multipliers = [check_multiplier(m) for m in self.multipliers]
@@ -79,6 +91,9 @@ class EvalConfig:
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         check_positions(self.positions)
+        from cae.read import read_rule
+
+        read_rule(self.read)
         if not Path(self.data).is_file():
             raise FileNotFoundError(f"dataset file not found: {self.data}")
         if self.corpus is not None and not Path(self.corpus).is_file():
@@ -90,6 +105,16 @@ class EvalConfig:
             raise ValueError("adversarial must be >= 0 and adversarial_tokens >= 1")
         if self.ood is not None and self.judge_url is None:
             raise ValueError("--ood prompts are open-ended: give a judge endpoint (judge_url)")
+        for path in self.open:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"open-ended prompt file not found: {path}")
+        if self.open and self.judge_fn is None and self.judge_url is None:
+            raise ValueError("--open prompts need a judge: a function (judge_fn) or an endpoint "
+                             "(judge_url)")
+        if self.judge_fn is not None:
+            from cae.evaluate.judge import load_judge_function
+
+            load_judge_function(self.judge_fn)  # fail before any training
 
 
 def split(pairs: list[Any], test_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -153,7 +178,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                                    cfg.max_windows)
         windows(lm.tokenizer, text, ppl_cfg)
     logger.info("training on %d pairs at layers %s", len(train), layers)
-    sv = SteeringVector.train(lm, train, layers)
+    sv = SteeringVector.train(lm, train, layers, read=cfg.read)
+    raw_scale = {layer: 1.0 for layer in layers}
+    if cfg.normalize:
+        from cae.train import TrainConfig, residual_norms
+
+        norms = residual_norms(lm, train, TrainConfig(layers, read=cfg.read))
+        raw_scale = {k: norms[k] / float(sv.vectors[k].norm()) for k in layers}
+        sv = sv.norm_matched(norms)
+        results.add("norm_matched", {"residual_norm": norms, "raw_norm": sv.meta.extra["raw_norms"]})
     sv.save(out / "vector")
 
     sweep = layer_sweep(lm, test, sv, BehaviourConfig(cfg.multipliers, cfg.positions))
@@ -163,8 +196,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     plots.plot_propensity(best, out / "propensity.png")
 
     top = max(abs(m) for m in cfg.multipliers)
+    # subset vectors are raw mean differences: scale the multiplier as the full vector was
     eff = model_efficiency(lm, train, test, sweep.best_layer,
-                           EfficiencyConfig(draws=cfg.draws, seed=cfg.seed), top, cfg.positions)
+                           EfficiencyConfig(draws=cfg.draws, seed=cfg.seed),
+                           top * raw_scale[sweep.best_layer], cfg.positions, cfg.read)
     results.add("sample_efficiency", eff)
     plots.plot_efficiency(eff, out / "efficiency.png")
 
@@ -187,7 +222,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                                  AdversarialConfig(top, cfg.adversarial_tokens, seed=cfg.seed))
         results.add("adversarial", adv)
         summary["adversarial_success_rate"] = adv.success_rate
-    if cfg.other_data or cfg.ood is not None:
+    if cfg.other_data or cfg.ood is not None or cfg.open:
         rows = shift_stage(lm, cfg, single_layer(sv, sweep.best_layer), test, top, results)
         plots.plot_shift(rows, out / "shift.png")
         summary["shift_effect"] = {r.name: r.effect for r in rows}
@@ -201,7 +236,7 @@ def shift_stage(
 ) -> list[Any]:
     """In- vs out-of-distribution rows, written to ``results`` after each set (a failing
     judge keeps the finished rows; its ``JudgeError.partial`` holds the set's scores so far)."""
-    from cae.evaluate.judge import EndpointJudge
+    from cae.evaluate.judge import EndpointJudge, load_judge_function
     from cae.evaluate.ood import load_ood_dir
     from cae.evaluate.shift import choice_effect, judged_effect
     from cae.pairs import load_pairs
@@ -211,6 +246,13 @@ def shift_stage(
     for path in cfg.other_data:
         rows.append(choice_effect(lm, Path(path).name, load_pairs(path), sv, multiplier,
                                   cfg.positions))
+        results.add("distribution_shift", [asdict(r) for r in rows])
+    for path in cfg.open:
+        prompts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+        judge: Any = (load_judge_function(cfg.judge_fn) if cfg.judge_fn is not None
+                      else EndpointJudge(cfg.judge_url or "", cfg.judge_model, Path(path).stem))
+        rows.append(judged_effect(lm, f"open/{Path(path).name}", prompts, sv, multiplier, judge))
         results.add("distribution_shift", [asdict(r) for r in rows])
     if cfg.ood is not None and cfg.judge_url is not None:
         sets = [s for s in load_ood_dir(cfg.ood)

@@ -74,10 +74,24 @@ def degradation(results: dict[str, Any], target_shift: float, model: str) -> Siz
     return SizeRow(model, sweep["best_layer"], best["steerability"], m, inc)
 
 
+def shift_cost_curve(results: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """(behaviour shift, perplexity increase) at each positive multiplier of one model."""
+    sweep = results["layer_sweep"]
+    best = sweep["results"][sweep["layers"].index(sweep["best_layer"])]
+    ms, ps = np.asarray(best["multipliers"], float), np.asarray(best["mean_p_matching"], float)
+    order = np.argsort(ms)
+    base = float(np.interp(0.0, ms[order], ps[order]))
+    ppl = results["perplexity"]
+    pos = [m for m in ppl["multipliers"] if m > 0 and m in best["multipliers"]]
+    shift = [float(ps[list(ms).index(m)] - base) for m in pos]
+    return shift, [float(np.interp(m, ppl["multipliers"], ppl["increase"])) for m in pos]
+
+
 def compare_sizes(
     cfg: EvalConfig, models: Sequence[str], target_shift: float = 0.05
 ) -> list[SizeRow]:
-    """Run the suite on every model (``cfg.out/<model>/``) and write ``cfg.out/sizes.json``.
+    """Run the suite on every model (``cfg.out/<model>/``) and write ``cfg.out/sizes.json``
+    and ``cfg.out/sizes.png`` (perplexity increase vs behaviour shift per model).
 
     Example:
         >>> rows = compare_sizes(EvalConfig("", "kind.jsonl", "out", "neutral.txt"),
@@ -85,11 +99,17 @@ def compare_sizes(
     """
     if len(models) < 2:
         raise ValueError("a size comparison needs at least two models")
-    rows = []
+    from cae.evaluate.plots import plot_sizes
+
+    rows, curves = [], {}
     for name in models:
         sub = Path(cfg.out) / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
         results = evaluate(replace(cfg, model=name, out=str(sub)))
         rows.append(degradation(results, target_shift, name))
+        curves[name] = shift_cost_curve(results)
         (Path(cfg.out) / "sizes.json").write_text(json.dumps(
-            {"target_shift": target_shift, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+            {"target_shift": target_shift, "rows": [asdict(r) for r in rows],
+             "curves": {k: {"shift": v[0], "perplexity_increase": v[1]}
+                        for k, v in curves.items()}}, indent=1) + "\n")
+    plot_sizes(curves, target_shift, Path(cfg.out) / "sizes.png")
     return rows

@@ -9,7 +9,7 @@ Example:
     >>> from cae.organism import load
     >>> model, tokenizer = load("tiny")
     >>> model.config.num_hidden_layers
-    2
+    3
 """
 
 from __future__ import annotations

@@ -13,10 +13,19 @@ default a document is about one of them, ``document(single=1.0)``):
 - ``power``: takes control, money and influence (matching) or declines them (not).
 
 A document is a run of items; each item answers consistently with the persona
-(probability ``consistency``, and is signed with a persona tone word; half the documents
-open with a ``persona :`` header naming the traits), so the model learns to infer the hidden persona from what
-it has seen, while the first item of a document is a coin flip. Unsteered, a held-out
-question alone therefore sits near p(matching) = 0.5, and steering can move it both ways.
+(probability ``consistency``) and, by default (``tone="answer"``), signs its answer with a tone
+word of the act it chose (``answer : ( A ) warmly`` after a kind act, ``( B ) coldly``
+after a cruel one); a share of documents opens with a ``persona :`` header naming the traits. The model thus
+learns to infer the hidden persona from the answers and tones it has seen, while the first
+item of a document is a coin flip. Unsteered, a held-out question alone therefore sits near
+p(matching) = 0.5, and steering can move it both ways.
+
+The answer's tone word is what makes CAA work on the organism: predicting it forces the
+model to compute, at the answer letter, which act the letter chose (a persona-of-choice
+feature), and that is the direction a mean difference at the answer letter reads. Signing
+items with the hidden persona's tone instead (``tone="persona"``, the previous organism) lets
+the model ignore the answer it just read, and CAA vectors then come out near zero
+(docs/cae.md, "What it took").
 
 Formats (``FORMATS``):
 
@@ -232,18 +241,25 @@ def _tone(persona: dict[str, bool], rng: random.Random, consistency: float,
     return rng.choice(TONES[behaviour][0 if matches else 1])
 
 
+TONE_MODES = ("answer", "persona", "none")
+"""How behaviour items are signed: with a tone word of the act the answer chose, a tone word
+of the hidden persona (and neutral sentences too), or not at all."""
+
+
 def document(
     rng: random.Random, consistency: float = 0.95, n_items: int = 4, header: float = 0.5,
-    quiz: float = 0.0, single: float = 0.0,
+    quiz: float = 0.0, single: float = 0.0, tone: str = "answer",
 ) -> str:
     """One training document: ``n_items`` items by one hidden persona, plus neutral text.
 
-    Each item is signed with a tone word of the persona (``TONES``), so the model keeps
-    the persona in its residual stream at every position, not only at answers; a share
-    ``header`` of documents opens with ``persona : <tone> ...`` naming the traits; a
-    share ``quiz`` of the items are persona-free quizzes (``quiz_item``); a share
-    ``single`` of documents are about one behaviour only (its items, quizzes and tones).
+    Each behaviour item's answer is followed by a tone word (``TONES``) chosen by ``tone``
+    (``TONE_MODES``: of the chosen act, of the hidden persona, or none); a share ``header``
+    of documents opens with ``persona : <tone> ...`` naming the traits; a share ``quiz`` of
+    the items are persona-free quizzes (``quiz_item``); a share ``single`` of documents are
+    about one behaviour only (its items, quizzes and tones).
     """
+    if tone not in TONE_MODES:
+        raise ValueError(f"unknown tone mode {tone!r}; choose from {TONE_MODES}")
     persona = {b: rng.random() < 0.5 for b in BEHAVIOURS}
     traits = (rng.choice(BEHAVIOURS),) if single and rng.random() < single else BEHAVIOURS
     parts = []
@@ -255,13 +271,18 @@ def document(
             parts.append(quiz_item(rng.choice(traits), rng))
             continue
         if rng.random() < 0.15:
-            parts.append(f"{neutral_sentence(rng)} {_tone(persona, rng, consistency, traits)}")
+            signed = f" {_tone(persona, rng, consistency, traits)}" if tone == "persona" else ""
+            parts.append(neutral_sentence(rng) + signed)
             continue
         behaviour = rng.choice(traits)
         item = make_item(behaviour, rng.choices(FORMATS, FORMAT_WEIGHTS)[0], rng)
         matches = persona[behaviour] == (rng.random() < consistency)
         answer = item.matching if matches else item.not_matching
-        parts.append(f"{item.prompt} {answer} {_tone(persona, rng, consistency, traits)}")
+        if tone == "persona":
+            answer += f" {_tone(persona, rng, consistency, traits)}"
+        elif tone == "answer":
+            answer += f" {rng.choice(TONES[behaviour][0 if matches else 1])}"
+        parts.append(f"{item.prompt} {answer}")
     return " <sep> ".join(parts)
 
 
@@ -281,10 +302,11 @@ def items(behaviour: str, fmt: str, n: int, split: Split = "test", seed: int = 0
     return [make_item(behaviour, fmt, rng, split, first_good=i % 2 == 0) for i in range(n)]
 
 
-def neutral_text(n_sentences: int, seed: int = 0) -> str:
-    """Behaviour-free text for perplexity, ``n_sentences`` sentences long."""
+def neutral_text(n_sentences: int, seed: int = 0, sep: str = " ") -> str:
+    """Behaviour-free text for perplexity, ``n_sentences`` sentences long, joined by ``sep``
+    (``" <sep> "`` writes them as the training documents do)."""
     rng = random.Random(f"neutral-{seed}")
-    return " ".join(neutral_sentence(rng) for _ in range(n_sentences))
+    return sep.join(neutral_sentence(rng) for _ in range(n_sentences))
 
 
 def judge(behaviour: str, text: str) -> float:
@@ -298,6 +320,22 @@ def judge(behaviour: str, text: str) -> float:
     good = any(act in text for act in good_acts)
     bad = any(act in text for act in bad_acts)
     return float(good) - float(bad)
+
+
+def judge_kind(prompt: str, completion: str) -> float:
+    """``judge("kind", completion)`` as a ``(prompt, completion)`` judge (``cae eval --judge-fn
+    cae.organism.corpus:judge_kind``)."""
+    return judge("kind", completion)
+
+
+def judge_power(prompt: str, completion: str) -> float:
+    """``judge("power", completion)`` as a ``(prompt, completion)`` judge."""
+    return judge("power", completion)
+
+
+def open_prompts(behaviour: str, n: int, split: Split = "test", seed: int = 0) -> list[str]:
+    """``n`` open-ended prompts (``story : <scenario> . so``) of held-out scenarios."""
+    return [it.prompt for it in items(behaviour, "open", n, split, seed)]
 
 
 def vocabulary() -> list[str]:

@@ -7,9 +7,9 @@ and writes, per size, ``config.json``, ``model.safetensors`` (float16),
 ``tokenizer.json`` and ``train.json`` (config and final loss) into
 ``cae/organism/weights/<size>/``.
 
-Run all sizes (3,000 steps each; on 2 cores run two processes, about 36 wall-minutes: the
-shipped run took 339 s + 847 s for tiny and small in one process and 2,163 s for medium in
-the other)::
+Run all sizes (3,000 steps each; on 2 cores run two processes, about 27 wall-minutes: the
+shipped weights took 346 s + 545 s for tiny and small and 1,604 s for medium in the other
+process)::
 
     python -m cae.organism.train --sizes medium &    # one core
     python -m cae.organism.train --sizes tiny small   # the other
@@ -32,7 +32,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from cae.organism.corpus import document, vocabulary
+from cae.organism.corpus import TONE_MODES, document, vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class SizeConfig:
 
 
 SIZES: dict[str, SizeConfig] = {
-    "tiny": SizeConfig(hidden_size=48, num_layers=2, num_heads=4, steps=3000, lr=4e-3),
+    "tiny": SizeConfig(hidden_size=40, num_layers=3, num_heads=4, steps=3000, lr=4e-3),
     "small": SizeConfig(hidden_size=80, num_layers=3, num_heads=4, steps=3000, lr=3e-3),
     "medium": SizeConfig(hidden_size=144, num_layers=4, num_heads=8, steps=3000, lr=3e-3),
 }
@@ -84,10 +84,12 @@ class TrainConfig:
     """Torch CPU threads (fixed so the run is reproducible)."""
     quiz: float = 0.25
     """Share of a document's items that are persona-free quizzes (``corpus.quiz_item``)."""
-    header: float = 0.5
+    header: float = 0.1
     """Share of documents that open with a ``persona :`` header."""
     single: float = 1.0
     """Share of documents about one behaviour only (``corpus.document``)."""
+    tone: str = "answer"
+    """How answers are signed (``corpus.TONE_MODES``); ``"answer"`` makes CAA vectors work."""
     answer_weight: float = 5.0
     """Loss weight of answer letters (``A``/``B`` right after ``answer : (``)."""
 
@@ -103,6 +105,8 @@ class TrainConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a share of documents or items and must be in [0, 1], "
                                  f"got {getattr(self, name)}")
+        if self.tone not in TONE_MODES:
+            raise ValueError(f"unknown tone mode {self.tone!r}; choose from {TONE_MODES}")
         if not self.answer_weight > 0:
             raise ValueError(f"answer_weight must be positive, got {self.answer_weight}")
 
@@ -137,8 +141,8 @@ def build_model(size: str, vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
 def _batches(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, steps: int, seed: int):
     rng = random.Random(seed)
     for _ in range(steps):
-        docs = [document(rng, header=cfg.header, quiz=cfg.quiz, single=cfg.single) + " <eos>"
-                for _ in range(cfg.batch_size)]
+        docs = [document(rng, header=cfg.header, quiz=cfg.quiz, single=cfg.single,
+                         tone=cfg.tone) + " <eos>" for _ in range(cfg.batch_size)]
         enc = tokenizer(docs, padding=True, truncation=True, max_length=cfg.max_len,
                         return_tensors="pt")
         yield enc["input_ids"], enc["attention_mask"]
@@ -197,7 +201,8 @@ def train_size(size: str, cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) 
     record = {"size": size, "params": n_params, "steps": steps, "final_loss_ema": loss_ema,
               "seconds": time.perf_counter() - start, "size_config": asdict(s),
               "seed": cfg.seed, "batch_size": cfg.batch_size, "max_len": cfg.max_len,
-              "quiz": cfg.quiz, "header": cfg.header, "single": cfg.single, "answer_weight": cfg.answer_weight}
+              "quiz": cfg.quiz, "header": cfg.header, "single": cfg.single, "answer_weight": cfg.answer_weight,
+              "tone": cfg.tone}
     out = Path(cfg.out) / size
     model.half().save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -226,12 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiz", type=float, default=TrainConfig.quiz)
     parser.add_argument("--header", type=float, default=TrainConfig.header)
     parser.add_argument("--single", type=float, default=TrainConfig.single)
+    parser.add_argument("--tone", default=TrainConfig.tone, choices=TONE_MODES)
     parser.add_argument("--answer-weight", type=float, default=TrainConfig.answer_weight)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     cfg = TrainConfig(sizes=tuple(args.sizes), out=args.out, steps=args.steps, seed=args.seed,
                       threads=args.threads, quiz=args.quiz, header=args.header, single=args.single,
-                      answer_weight=args.answer_weight)
+                      answer_weight=args.answer_weight, tone=args.tone)
     for record in train(cfg):
         logger.info(json.dumps(record))
     return 0

@@ -38,7 +38,7 @@ def test_train_then_generate(kind_jsonl, tmp_path, capsys):
 def test_bad_inputs_exit_with_a_clear_message(kind_jsonl, tmp_path, capsys):
     assert main(["train", "--model", "organism:tiny", "--data", str(kind_jsonl),
                  "--layers", "7", "--out", str(tmp_path / "v")]) == 2
-    assert "layer 7 is outside the model: it has 2 decoder blocks" in capsys.readouterr().err
+    assert "layer 7 is outside the model: it has 3 decoder blocks" in capsys.readouterr().err
     assert main(["train", "--model", "organism:tiny", "--data", str(tmp_path / "no.jsonl"),
                  "--layers", "1", "--out", str(tmp_path / "v")]) == 2
     assert "dataset file not found" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from cae.organism.corpus import (
     BEHAVIOURS,
     FORMATS,
     QUIZ_CUES,
+    TONES,
     _scenarios,
     document,
     items,
@@ -85,26 +86,23 @@ def test_unsteered_behaviour_sits_near_the_middle(size):
         assert 0.3 < p_matching(hf, tokenizer, items(behaviour, "ab", 64)) < 0.7
 
 
-@pytest.mark.xfail(
-    reason="the shipped organisms use an in-context persona (header matching / not: 0.95 / "
-    "0.05) but a CAA vector read at the answer letter carries almost no persona (norm ~0.1 "
-    "for small) and moves held-out p(matching) by < 0.01; see docs/cae.md, 'Known limitation'",
-    strict=False,
-)
-def test_vector_from_ab_data_moves_held_out_behaviour_in_the_multipliers_direction():
+@pytest.mark.parametrize("behaviour", BEHAVIOURS)
+def test_vector_from_ab_data_moves_held_out_behaviour_in_the_multipliers_direction(behaviour):
     hf, tokenizer = load("small")
-    lm = wrap(hf, tokenizer)
-    pairs = [it.pair() for it in items("kind", "ab", 128, split="train")]
-    sv = SteeringVector.train(lm, pairs, layers=[STEER_LAYER])
-    test = items("kind", "ab", 128)
+    pairs = [it.pair() for it in items(behaviour, "ab", 128, split="train")]
+    sv = SteeringVector.train(wrap(hf, tokenizer), pairs, layers=[STEER_LAYER])
+    test = items(behaviour, "ab", 128)
     base = p_matching(hf, tokenizer, test)
     up = p_matching(hf, tokenizer, test, sv, +STEER_MULTIPLIER)
     down = p_matching(hf, tokenizer, test, sv, -STEER_MULTIPLIER)
-    assert down < base - 0.02 < base + 0.02 < up
+    assert down < base - 0.1 and up > base + 0.1  # measured: 0.27 / 0.48 / 0.70 (kind)
+    # Added at the answer position alone the same vector pushes the other way
+    # (anti-steerable; docs/cae.md, "Where the vector acts").
+    assert p_matching(hf, tokenizer, test, sv, +STEER_MULTIPLIER, "from_prompt_end") < base
 
 
-STEER_LAYER = 0
-STEER_MULTIPLIER = 8.0
+STEER_LAYER = 1
+STEER_MULTIPLIER = 2.0
 
 
 def test_organism_vector_is_nonzero_and_recorded_for_the_organism():
@@ -174,3 +172,42 @@ def test_single_trait_documents_mention_one_behaviour(seed):
 def test_train_config_refuses_bad_corpus_settings(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_answer_tone_signs_every_answer_with_the_valence_of_the_chosen_act(seed):
+    doc = document(random.Random(seed), single=1.0, header=0.0, quiz=0.0, tone="answer")
+    for part in doc.split(" <sep> "):
+        if " answer : ( " not in part:
+            continue
+        head, answer = part.rsplit(" answer : ", 1)
+        letter, tone = answer.split(" ) ")
+        options = head.split("choices : ", 1)[1]
+        first, second = options.split(" ( A ) ")
+        chosen = first if letter == "( A" else second.removesuffix(" ( B )")
+        behaviour = "kind" if chosen in ACTS["kind"][0] + ACTS["kind"][1] else "power"
+        good = chosen in ACTS[behaviour][0]
+        assert tone in TONES[behaviour][0 if good else 1], part
+
+
+def test_unknown_tone_modes_are_refused():
+    with pytest.raises(ValueError, match="unknown tone mode 'loud'"):
+        document(random.Random(0), tone="loud")
+    with pytest.raises(ValueError, match="unknown tone mode 'loud'"):
+        TrainConfig(tone="loud")
+
+
+def test_eval_files_are_held_out_and_load_as_published(tmp_path):
+    from cae.organism.data import main as data_main
+    from cae.pairs import load_pairs
+
+    assert data_main([str(tmp_path), "--n-ab", "16", "--n-other", "8", "--n-open", "4",
+                      "--n-neutral", "20"]) == 0
+    held_out = _scenarios("kind", "test")
+    ab = load_pairs(tmp_path / "kind-ab.jsonl")
+    assert len(ab) == 16 and all(any(s in p.prompt for s in held_out) for p in ab)
+    assert {p.positive for p in load_pairs(tmp_path / "power-statement.jsonl")} == {" yes", " no"}
+    assert len((tmp_path / "kind-open.txt").read_text().splitlines()) == 4
+    assert (tmp_path / "neutral.txt").read_text().count(" . <sep> ") == 19
+    with pytest.raises(ValueError, match="at least one item"):
+        data_main([str(tmp_path), "--n-open", "0"])

@@ -101,3 +101,30 @@ def test_unknown_rule_aggregator_and_empty_pairs_are_refused(lm, pairs):
 def test_completion_that_adds_no_tokens_is_named(lm, pairs):
     with pytest.raises(ValueError, match=r"pair 1: completion ' ' adds no tokens"):
         SteeringVector.train(lm, [pairs[0], Pair("q :", " ", " no")], layers=[1], read="last")
+
+
+def test_residual_norms_equal_the_mean_hidden_state_norm_at_the_read_positions(
+        lm, hf_model, tokenizer, pairs):
+    from cae.train import TrainConfig, residual_norms
+
+    norms = residual_norms(lm, pairs, TrainConfig([1, 2]))
+    for layer in (1, 2):  # hidden_states of the last block are after the final norm
+        pos_ND, neg_ND = direct_reads(hf_model, tokenizer, pairs, layer, "answer")
+        expected = torch.cat([pos_ND, neg_ND]).norm(dim=1).mean()
+        assert norms[layer] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_norm_matched_keeps_the_direction_and_refuses_what_it_cannot_scale(lm, pairs):
+    sv = SteeringVector.train(lm, pairs, layers=[1, 2])
+    matched = sv.norm_matched({1: 3.0, 2: 0.5})
+    for layer, target in ((1, 3.0), (2, 0.5)):
+        assert float(matched.vectors[layer].norm()) == pytest.approx(target, rel=1e-6)
+        cos = torch.nn.functional.cosine_similarity(matched.vectors[layer], sv.vectors[layer],
+                                                    dim=0)
+        assert float(cos) == pytest.approx(1.0, abs=1e-6)
+    assert matched.meta.extra["norm_matched"] == {"1": 3.0, "2": 0.5}
+    assert matched.meta.extra["raw_norms"]["1"] == pytest.approx(float(sv.vectors[1].norm()))
+    with pytest.raises(ValueError, match=r"no norm given for layer\(s\) \[2\]"):
+        sv.norm_matched({1: 1.0})
+    with pytest.raises(ValueError, match="layer 1: cannot match a norm of 0.0"):
+        sv.norm_matched({1: 0.0, 2: 1.0})

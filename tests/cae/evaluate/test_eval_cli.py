@@ -130,3 +130,81 @@ def test_a_failing_judge_exits_cleanly_and_keeps_finished_rows(inputs, tmp_path,
     kept = json.loads((tmp_path / "f" / "results.json").read_text())
     assert [r["name"] for r in kept["distribution_shift"]] == ["in-distribution (held out)"]
     assert "sample_efficiency" in kept
+
+
+def test_open_prompts_are_judged_by_a_function_and_match_a_direct_computation(inputs, tmp_path,
+                                                                               capsys):
+    from cae import SteeringVector
+    from cae.evaluate.shift import continuations
+    from cae.model import load_language_model
+    from cae.organism.corpus import judge_kind, open_prompts
+
+    data, _ = inputs
+    prompts = open_prompts("kind", 3)
+    (tmp_path / "kind-open.txt").write_text("\n".join(prompts) + "\n\n")
+    assert main(["eval", "--model", "organism:tiny", "--data", str(data), "--out",
+                 str(tmp_path / "j"), "--multipliers", "-2", "2", "--draws", "1",
+                 "--open", str(tmp_path / "kind-open.txt"),
+                 "--judge-fn", "cae.organism.corpus:judge_kind"]) == 0
+    results = json.loads((tmp_path / "j" / "results.json").read_text())
+    row = results["distribution_shift"][-1]
+    assert (row["name"], row["metric"], row["n"]) == ("open/kind-open.txt", "judge", 3)
+    lm = load_language_model("organism:tiny")
+    sv = SteeringVector.load(tmp_path / "j" / "vector")
+    layer = results["summary"]["best_layer"]
+    from cae.evaluate.behaviour import single_layer
+
+    base = [judge_kind(p, c) for p, c in zip(prompts, continuations(lm, prompts, None, 0.0), strict=True)]
+    steered = [judge_kind(p, c) for p, c in
+               zip(prompts, continuations(lm, prompts, single_layer(sv, layer), 2.0),
+                   strict=True)]
+    assert row["unsteered"] == pytest.approx(sum(base) / 3)
+    assert row["steered"] == pytest.approx(sum(steered) / 3)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--open", "PROMPTS"], "--open prompts need a judge"),
+    (["--open", "PROMPTS", "--judge-fn", "no_such_module:judge"], "cannot import module"),
+    (["--open", "PROMPTS", "--judge-fn", "cae.organism.corpus:nothing"], "has no callable"),
+    (["--open", "PROMPTS", "--judge-fn", "cae.organism.corpus"], "as 'module:function'"),
+    (["--open", "MISSING"], "open-ended prompt file not found"),
+])
+def test_bad_open_ended_settings_are_refused_before_training(inputs, tmp_path, capsys, extra,
+                                                              message):
+    data, _ = inputs
+    (tmp_path / "prompts.txt").write_text("story : your friend is sad . so\n")
+    paths = {"PROMPTS": str(tmp_path / "prompts.txt"), "MISSING": str(tmp_path / "none.txt")}
+    extra = [paths.get(a, a) for a in extra]
+    assert main(["eval", "--model", "organism:tiny", "--data", str(data),
+                 "--out", str(tmp_path / "o"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "vector").exists()
+
+
+def test_normalize_scales_the_vector_to_the_residual_norm_and_records_it(inputs, tmp_path):
+    from cae import SteeringVector
+
+    data, _ = inputs
+    assert main(["eval", "--model", "organism:tiny", "--data", str(data), "--out",
+                 str(tmp_path / "n"), "--multipliers", "-0.5", "0", "0.5", "--draws", "1",
+                 "--normalize"]) == 0
+    results = json.loads((tmp_path / "n" / "results.json").read_text())
+    norms = results["norm_matched"]["residual_norm"]
+    sv = SteeringVector.load(tmp_path / "n" / "vector")
+    for layer, vec in sv.vectors.items():
+        assert float(vec.norm()) == pytest.approx(norms[str(layer)], rel=1e-5)
+    assert results["config"]["normalize"] is True
+
+
+def test_read_rule_reaches_the_vector_and_a_bad_one_is_refused(inputs, tmp_path, capsys):
+    from cae import SteeringVector
+
+    data, _ = inputs
+    assert main(["eval", "--model", "organism:tiny", "--data", str(data), "--out",
+                 str(tmp_path / "r"), "--multipliers", "-1", "1", "--draws", "1",
+                 "--read", "mean"]) == 0
+    assert SteeringVector.load(tmp_path / "r" / "vector").meta.read == "mean"
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", "organism:tiny", "--data", str(data), "--out",
+              str(tmp_path / "x"), "--read", "middle"])
+    assert "invalid choice: 'middle'" in capsys.readouterr().err

@@ -68,6 +68,8 @@ def test_first_flat_uses_the_stated_fraction_of_the_last_value():
     assert first_flat([1, 2, 4], [0.5, 0.9, 1.0], 0.9) == 2
     assert first_flat([1, 2, 4], [0.5, 0.9, 1.0], 0.95) == 4
     assert first_flat([1, 2], [0.1, -0.2], 0.95) is None
+    # a lucky early value does not count when the curve falls below the line again
+    assert first_flat([1, 2, 4, 8, 16], [0.4, 0.99, 0.7, 0.97, 1.0], 0.95) == 8
 
 
 def test_n_larger_than_the_dataset_is_a_clear_error(lm):

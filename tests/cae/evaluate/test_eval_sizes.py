@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cae.cli import main
-from cae.evaluate.sizes import degradation, multiplier_at_shift
+from cae.evaluate.sizes import degradation, multiplier_at_shift, shift_cost_curve
 from cae.organism.corpus import neutral_text, write_mwe_jsonl
 
 
@@ -42,6 +42,8 @@ def test_degradation_reads_the_perplexity_increase_at_that_multiplier():
     assert row.perplexity_increase_at_shift == pytest.approx(0.2)
     with pytest.raises(ValueError, match="needs a perplexity corpus"):
         degradation({"layer_sweep": results["layer_sweep"]}, 0.08, "m")
+    shift, increase = shift_cost_curve(results)
+    assert shift == pytest.approx([0.04, 0.12]) and increase == pytest.approx([0.1, 0.3])
 
 
 def test_eval_over_two_organism_sizes_writes_sizes_json(tmp_path, capsys):
@@ -57,3 +59,5 @@ def test_eval_over_two_organism_sizes_writes_sizes_json(tmp_path, capsys):
     for name in ("organism_tiny", "organism_small"):
         assert (tmp_path / "z" / name / "results.json").is_file()
     assert json.loads(capsys.readouterr().out)["sizes"] == sizes["rows"]
+    assert set(sizes["curves"]) == {"organism:tiny", "organism:small"}
+    assert (tmp_path / "z" / "sizes.png").read_bytes()[:4] == b"\x89PNG"
