@@ -187,3 +187,20 @@ def test_target_l0_larger_than_the_built_dictionary_is_refused():
         ValueError, match="target_l0=32 is larger than the dictionary that was built"
     ):
         itda.ITDA.build([x], target_l0=32, loss_threshold=1.0, seed_atoms=8, progress=False)
+
+
+def test_growing_state_keeps_atoms_in_order_and_the_gram_matrix_exact():
+    from itda.build import _State
+    from itda.provenance import Provenance
+
+    gen = torch.Generator().manual_seed(0)
+    chunks = [torch.nn.functional.normalize(torch.randn(n, 12, generator=gen), dim=1)
+              for n in (3, 1, 7, 20, 2)]  # forces several buffer growths
+    state = _State(torch.zeros(12), torch.ones(12), chunks[0], Provenance.empty())
+    for chunk in chunks[1:]:
+        state.add(chunk, Provenance.empty())
+    expected_FD = torch.cat(chunks)
+    assert state.size == len(expected_FD) and state.atoms_FD.is_contiguous()
+    assert torch.equal(state.atoms_FD, expected_FD)
+    assert state.gram_FF is not None and state.gram_FF.is_contiguous()
+    torch.testing.assert_close(state.gram_FF, expected_FD @ expected_FD.T)
