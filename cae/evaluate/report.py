@@ -184,9 +184,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         from cae.train import TrainConfig, residual_norms
 
         norms = residual_norms(lm, train, TrainConfig(layers, read=cfg.read))
-        raw_scale = {k: norms[k] / float(sv.vectors[k].norm()) for k in layers}
-        sv = sv.norm_matched(norms)
-        results.add("norm_matched", {"residual_norm": norms, "raw_norm": sv.meta.extra["raw_norms"]})
+        sv = sv.norm_matched(norms)  # refuses a zero-length direction by name
+        raw_norms = sv.meta.extra["raw_norms"]
+        raw_scale = {k: norms[k] / raw_norms[str(k)] for k in layers}
+        results.add("norm_matched", {"residual_norm": norms, "raw_norm": raw_norms})
     sv.save(out / "vector")
 
     sweep = layer_sweep(lm, test, sv, BehaviourConfig(cfg.multipliers, cfg.positions))
