@@ -216,12 +216,41 @@ def _step_size(num_T: Tensor, den_T: Tensor) -> Tensor:
     return torch.where(den_T > 0, num_T / den_T.clamp(min=1e-30), torch.zeros_like(num_T))
 
 
+ARGMAX_CHUNK = 256
+"""Columns per chunk in ``_extreme``: a values-only reduction per chunk, then an indexed one
+inside the winning chunk. torch's indexed ``max(dim=1)`` is ~10x slower per element than
+``amax`` on CPU (1.7 ms vs 0.13 ms on a 256 x 16,384 block), and the argmax of every pursuit
+step is one such pass."""
+
+
+def _extreme(corr_TF: Tensor, largest: bool) -> tuple[Tensor, Tensor]:
+    """``corr.max(dim=1)`` (or ``min``): value and index of its first occurrence per row."""
+    n, f = corr_TF.shape
+    groups = f // ARGMAX_CHUNK
+    if groups < 2 or corr_TF.stride(1) != 1:
+        return corr_TF.max(dim=1) if largest else corr_TF.min(dim=1)
+    main_TGC = corr_TF[:, : groups * ARGMAX_CHUNK].view(n, groups, ARGMAX_CHUNK)
+    peaks_TG = main_TGC.amax(-1) if largest else main_TGC.amin(-1)
+    g_T = peaks_TG.argmax(-1) if largest else peaks_TG.argmin(-1)  # first winning chunk
+    rows_T = torch.arange(n, device=corr_TF.device)
+    chunk_TC = main_TGC[rows_T, g_T]
+    v_T, j_T = chunk_TC.max(dim=1) if largest else chunk_TC.min(dim=1)
+    k_T = g_T * ARGMAX_CHUNK + j_T
+    if groups * ARGMAX_CHUNK < f:  # the tail wins only when strictly better (first occurrence)
+        tail_TR = corr_TF[:, groups * ARGMAX_CHUNK:]
+        tv_T, tk_T = tail_TR.max(dim=1) if largest else tail_TR.min(dim=1)
+        tail_wins_T = tv_T > v_T if largest else tv_T < v_T
+        v_T = torch.where(tail_wins_T, tv_T, v_T)
+        k_T = torch.where(tail_wins_T, tk_T + groups * ARGMAX_CHUNK, k_T)
+    return v_T, k_T
+
+
 def _best(corr_TF: Tensor, nonneg: bool) -> tuple[Tensor, Tensor]:
     """Index and signed value of the best correlation per row (0 when nothing qualifies)."""
-    vmax_T, kmax_T = corr_TF.max(dim=1)
+    vmax_T, kmax_T = _extreme(corr_TF, largest=True)
     if nonneg:
         return kmax_T, vmax_T.clamp(min=0.0)
-    vmin_T, kmin_T = corr_TF.min(dim=1)
+    vmin_T, kmin_T = _extreme(corr_TF, largest=False)
     use_min_T = -vmin_T > vmax_T
     return torch.where(use_min_T, kmin_T, kmax_T), torch.where(use_min_T, vmin_T, vmax_T)
 

@@ -169,3 +169,21 @@ def test_fewer_candidates_than_steps_is_refused(problem):
     x_ND, dict_FD = problem
     with pytest.raises(ValueError, match="candidates=3 must be at least target_l0=6"):
         matching_pursuit(x_ND, dict_FD, L, candidates=3)
+
+
+@pytest.mark.parametrize("n_atoms", [100, 512, 1000, 4096])
+def test_chunked_argmax_equals_torch_max_and_min_with_first_occurrence_ties(n_atoms):
+    from itda.pursuit import ARGMAX_CHUNK, _best, _extreme
+
+    gen = torch.Generator().manual_seed(n_atoms)
+    corr_TF = torch.randn(9, n_atoms, generator=gen).round(decimals=1)  # many exact ties
+    corr_TF[0, :] = 1.0  # every entry ties: the first index must win
+    corr_TF[1, -1] = 50.0  # the maximum sits in the tail (or the last chunk)
+    corr_TF[2, ARGMAX_CHUNK % n_atoms] = corr_TF[2, 0] = 40.0  # tie across chunks
+    for largest in (True, False):
+        v_T, k_T = _extreme(corr_TF, largest)
+        ref_v, ref_k = corr_TF.max(dim=1) if largest else corr_TF.min(dim=1)
+        assert torch.equal(v_T, ref_v) and torch.equal(k_T, ref_k)
+    k_T, coef_T = _best(corr_TF, nonneg=False)
+    assert torch.equal(coef_T.abs(), corr_TF.abs().amax(dim=1))
+    assert torch.equal(corr_TF[torch.arange(9), k_T], coef_T)
