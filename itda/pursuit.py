@@ -21,9 +21,12 @@ residual. Three strategies:
   ``gram_FF`` or from the gathered candidate atoms). This is an approximation (exact when
   ``M >= F``) that makes a step cost ``O(M)`` instead of ``O(F)``.
 
-Measured choice (``docs/bench/itda.md``): with a Gram matrix on CPU, tokens are encoded in
+Measured choices (``docs/bench/itda.md``): with a Gram matrix on CPU, tokens are encoded in
 blocks whose correlations fit in ``CPU_GRAM_BLOCK_BYTES`` (an L3-sized block); elsewhere tokens
-are only chunked to honour ``max_bytes``.
+are only chunked to honour ``max_bytes``. The per-step argmax is a values-only reduction over
+chunks of ``ARGMAX_CHUNK`` atoms followed by an indexed one inside the winning chunk (exact,
+same first-occurrence tie rule as ``torch.max``), because torch's indexed reduction is an
+order of magnitude slower per element than ``amax``.
 
 Example:
     >>> import torch
