@@ -328,9 +328,8 @@ class _GramRows:
 
     def __call__(self, j_T: Tensor) -> Tensor:
         k_T = self.cand_TM.gather(1, j_T[:, None])
-        if self.gram_FF is not None:
-            flat_TM = k_T * self.gram_FF.shape[0] + self.cand_TM
-            return self.gram_FF.reshape(-1)[flat_TM]
+        if self.gram_FF is not None:  # may be a strided view (a growing build's Gram buffer)
+            return self.gram_FF[k_T, self.cand_TM]
         assert self.atoms_TMD is not None
         chosen_TD = self.atoms_TMD[torch.arange(len(j_T), device=j_T.device), j_T]
         return torch.einsum("tmd,td->tm", self.atoms_TMD, chosen_TD)

@@ -196,11 +196,12 @@ def test_growing_state_keeps_atoms_in_order_and_the_gram_matrix_exact():
     gen = torch.Generator().manual_seed(0)
     chunks = [torch.nn.functional.normalize(torch.randn(n, 12, generator=gen), dim=1)
               for n in (3, 1, 7, 20, 2)]  # forces several buffer growths
-    state = _State(torch.zeros(12), torch.ones(12), chunks[0], Provenance.empty())
+    state = _State(torch.zeros(12), torch.ones(12), chunks[0], Provenance.empty(), max_atoms=40)
     for chunk in chunks[1:]:
         state.add(chunk, Provenance.empty())
     expected_FD = torch.cat(chunks)
     assert state.size == len(expected_FD) and state.atoms_FD.is_contiguous()
     assert torch.equal(state.atoms_FD, expected_FD)
-    assert state.gram_FF is not None and state.gram_FF.is_contiguous()
+    assert state.gram_FF is not None and state.gram_FF.shape == (33, 33)
     torch.testing.assert_close(state.gram_FF, expected_FD @ expected_FD.T)
+    assert state._gram_CC is not None and state._gram_CC.shape[0] <= 40  # capped at max_atoms

@@ -187,3 +187,18 @@ def test_chunked_argmax_equals_torch_max_and_min_with_first_occurrence_ties(n_at
     k_T, coef_T = _best(corr_TF, nonneg=False)
     assert torch.equal(coef_T.abs(), corr_TF.abs().amax(dim=1))
     assert torch.equal(corr_TF[torch.arange(9), k_T], coef_T)
+
+
+@pytest.mark.parametrize("candidates", [None, 8])
+def test_a_strided_gram_view_gives_the_same_pursuit_as_a_contiguous_gram(candidates):
+    gen = torch.Generator().manual_seed(3)
+    atoms_FD = torch.nn.functional.normalize(torch.randn(48, 16, generator=gen), dim=1)
+    x_ND = torch.randn(10, 16, generator=gen)
+    buffer_CC = torch.full((64, 64), float("nan"))  # a growing build's Gram buffer
+    buffer_CC[:48, :48] = gram_matrix(atoms_FD)
+    view_FF = buffer_CC[:48, :48]
+    assert not view_FF.is_contiguous()
+    a = matching_pursuit(x_ND, atoms_FD, 5, gram_FF=view_FF, candidates=candidates)
+    b = matching_pursuit(x_ND, atoms_FD, 5, gram_FF=gram_matrix(atoms_FD), candidates=candidates)
+    assert torch.equal(a.atoms_NL, b.atoms_NL)
+    torch.testing.assert_close(a.residual_ND, b.residual_ND)
