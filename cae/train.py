@@ -164,19 +164,27 @@ def collect(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> Activations:
                        {k: torch.cat(v) for k, v in neg.items()})
 
 
-def train_vectors(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[int, Tensor]:
-    """Per-layer steering directions (float32) from contrastive pairs."""
+def training_activations(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> Activations:
+    """``collect`` on an nnsight ``LanguageModel`` (checked): what training aggregates."""
     if not hasattr(model, "trace"):
         raise TypeError("training needs an nnsight LanguageModel; wrap it with cae.model.wrap")
     hf_module(model)
-    acts = collect(model, pairs, cfg)
-    agg = get_aggregator(cfg.aggregator)
+    return collect(model, pairs, cfg)
+
+
+def aggregate(acts: Activations, aggregator: str) -> dict[int, Tensor]:
+    """Per-layer steering directions from the activations of both completions."""
+    agg = get_aggregator(aggregator)
     return {layer: agg(acts.pos[layer], acts.neg[layer]) for layer in acts.pos}
 
 
-def residual_norms(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[int, float]:
-    """Mean L2 norm of the residual stream at each layer of ``cfg`` over the read positions of
-    both completions of every pair (the scale of ``SteeringVector.norm_matched``)."""
-    acts = collect(model, pairs, cfg)
+def train_vectors(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[int, Tensor]:
+    """Per-layer steering directions (float32) from contrastive pairs."""
+    return aggregate(training_activations(model, pairs, cfg), cfg.aggregator)
+
+
+def mean_norms(acts: Activations) -> dict[int, float]:
+    """Mean L2 norm of the residual stream at each layer over the read positions of both
+    completions of every pair (the scale of ``SteeringVector.norm_matched``)."""
     return {layer: float(torch.cat([acts.pos[layer], acts.neg[layer]]).norm(dim=1).mean())
             for layer in acts.pos}

@@ -113,17 +113,24 @@ class SteeringVector:
         aggregator: str = "mean",
         batch_size: int = 16,
         padding_side: str | None = None,
+        normalize: bool = False,
     ) -> SteeringVector:
-        """Train on an nnsight ``LanguageModel`` from (prompt, positive, negative) pairs."""
+        """Train on an nnsight ``LanguageModel`` from (prompt, positive, negative) pairs.
+
+        ``normalize`` rescales each layer's direction to the mean residual norm at the read
+        positions (``norm_matched`` with ``cae.train.mean_norms`` of the same activations).
+        """
         from cae.pairs import check_pairs, dataset_hash
-        from cae.train import TrainConfig, train_vectors
+        from cae.train import TrainConfig, aggregate, mean_norms, training_activations
 
         cfg = TrainConfig(list(layers), read, aggregator, batch_size, padding_side)
         pairs = check_pairs(pairs)
-        vectors = train_vectors(model, pairs, cfg)
+        acts = training_activations(model, pairs, cfg)
+        vectors = aggregate(acts, aggregator)
         meta = VectorMeta(model_id(model), hidden_size(model), tuple(vectors), read, aggregator,
                           len(pairs), dataset_hash(pairs))
-        return cls(vectors, meta)
+        sv = cls(vectors, meta)
+        return sv.norm_matched(mean_norms(acts)) if normalize else sv
 
     @classmethod
     def random(cls, model: Any, layers: Sequence[int], seed: int = 0, norm: float = 1.0):
@@ -189,7 +196,7 @@ class SteeringVector:
 
     def norm_matched(self, norms: dict[int, float]) -> SteeringVector:
         """Each layer's direction rescaled to ``norms[layer]`` (e.g. the mean residual norm
-        from ``cae.train.residual_norms``), so that multipliers are in units of a typical
+        from ``cae.train.mean_norms``), so that multipliers are in units of a typical
         activation and comparable across layers and models. The norms go in ``meta.extra``.
 
         Example:

@@ -92,6 +92,11 @@ class BuildConfig:
             raise ValueError(f"encoder must be 'mp' or 'gp', got {self.encoder!r}")
 
 
+def _grown(buffer: Tensor, needed: int, limit: int) -> int:
+    """Capacity for ``needed`` rows: double the buffer, capped by ``limit``."""
+    return max(needed, min(2 * buffer.shape[0], limit))
+
+
 class _State:
     """The growing dictionary: unit atoms, their Gram matrix, provenance, statistics.
 
@@ -123,16 +128,12 @@ class _State:
     def gram_FF(self) -> Tensor | None:
         return None if self._gram_CC is None else self._gram_CC[: self.size, : self.size]
 
-    def _grown(self, buffer: Tensor, needed: int, limit: int) -> int:
-        """Capacity for ``needed`` rows: double the buffer, capped by ``limit``."""
-        return max(needed, min(2 * buffer.shape[0], limit))
-
     def add(self, new_KD: Tensor, prov: Provenance) -> None:
         f, n = self.size, self.size + len(new_KD)
         if self._gram_CC is not None and 4 * n**2 <= GRAM_MAX_BYTES:
             if n > self._gram_CC.shape[0]:
                 limit = min(self.max_atoms, math.isqrt(GRAM_MAX_BYTES // 4))
-                cap = self._grown(self._gram_CC, n, limit)
+                cap = _grown(self._gram_CC, n, limit)
                 grown_CC = self._gram_CC.new_empty(cap, cap)
                 grown_CC[:f, :f] = self._gram_CC[:f, :f]
                 self._gram_CC = grown_CC
@@ -143,7 +144,7 @@ class _State:
         else:
             self._gram_CC = None
         if n > self._atoms_CD.shape[0]:
-            grown_CD = self._atoms_CD.new_empty(self._grown(self._atoms_CD, n, self.max_atoms),
+            grown_CD = self._atoms_CD.new_empty(_grown(self._atoms_CD, n, self.max_atoms),
                                                 self._atoms_CD.shape[1])
             grown_CD[:f] = self.atoms_FD
             self._atoms_CD = grown_CD

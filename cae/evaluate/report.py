@@ -178,15 +178,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                                    cfg.max_windows)
         windows(lm.tokenizer, text, ppl_cfg)
     logger.info("training on %d pairs at layers %s", len(train), layers)
-    sv = SteeringVector.train(lm, train, layers, read=cfg.read)
+    sv = SteeringVector.train(lm, train, layers, read=cfg.read, normalize=cfg.normalize)
     raw_scale = {layer: 1.0 for layer in layers}
     if cfg.normalize:
-        from cae.train import TrainConfig, residual_norms
-
-        norms = residual_norms(lm, train, TrainConfig(layers, read=cfg.read))
-        sv = sv.norm_matched(norms)  # refuses a zero-length direction by name
-        raw_norms = sv.meta.extra["raw_norms"]
-        raw_scale = {k: norms[k] / raw_norms[str(k)] for k in layers}
+        norms, raw_norms = sv.meta.extra["norm_matched"], sv.meta.extra["raw_norms"]
+        raw_scale = {k: norms[str(k)] / raw_norms[str(k)] for k in layers}
         results.add("norm_matched", {"residual_norm": norms, "raw_norm": raw_norms})
     sv.save(out / "vector")
 
@@ -248,11 +244,12 @@ def shift_stage(
         rows.append(choice_effect(lm, Path(path).name, load_pairs(path), sv, multiplier,
                                   cfg.positions))
         results.add("distribution_shift", [asdict(r) for r in rows])
+    judge_fn = load_judge_function(cfg.judge_fn) if cfg.judge_fn is not None else None
     for path in cfg.open:
         prompts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()
                    if line.strip()]
-        judge: Any = (load_judge_function(cfg.judge_fn) if cfg.judge_fn is not None
-                      else EndpointJudge(cfg.judge_url or "", cfg.judge_model, Path(path).stem))
+        judge: Any = judge_fn or EndpointJudge(cfg.judge_url or "", cfg.judge_model,
+                                               Path(path).stem)
         rows.append(judged_effect(lm, f"open/{Path(path).name}", prompts, sv, multiplier, judge))
         results.add("distribution_shift", [asdict(r) for r in rows])
     if cfg.ood is not None and cfg.judge_url is not None:

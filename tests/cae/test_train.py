@@ -103,15 +103,17 @@ def test_completion_that_adds_no_tokens_is_named(lm, pairs):
         SteeringVector.train(lm, [pairs[0], Pair("q :", " ", " no")], layers=[1], read="last")
 
 
-def test_residual_norms_equal_the_mean_hidden_state_norm_at_the_read_positions(
+def test_normalized_training_matches_the_mean_hidden_state_norm_at_the_read_positions(
         lm, hf_model, tokenizer, pairs):
-    from cae.train import TrainConfig, residual_norms
-
-    norms = residual_norms(lm, pairs, TrainConfig([1, 2]))
+    raw = SteeringVector.train(lm, pairs, layers=[1, 2])
+    sv = SteeringVector.train(lm, pairs, layers=[1, 2], normalize=True)
     for layer in (1, 2):  # hidden_states of the last block are after the final norm
         pos_ND, neg_ND = direct_reads(hf_model, tokenizer, pairs, layer, "answer")
-        expected = torch.cat([pos_ND, neg_ND]).norm(dim=1).mean()
-        assert norms[layer] == pytest.approx(float(expected), rel=1e-5)
+        expected = float(torch.cat([pos_ND, neg_ND]).norm(dim=1).mean())
+        assert sv.meta.extra["norm_matched"][str(layer)] == pytest.approx(expected, rel=1e-5)
+        assert float(sv.vectors[layer].norm()) == pytest.approx(expected, rel=1e-5)
+        cos = torch.nn.functional.cosine_similarity(sv.vectors[layer], raw.vectors[layer], dim=0)
+        assert float(cos) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_norm_matched_keeps_the_direction_and_refuses_what_it_cannot_scale(lm, pairs):

@@ -112,6 +112,14 @@ def test_resuming_from_a_partial_dictionary_equals_one_uninterrupted_build(acts,
     assert torch.equal(resumed.provenance.columns["token"], whole.provenance.columns["token"])
 
 
+def test_resuming_a_dictionary_already_past_the_size_cap_adds_nothing(acts):
+    kw = dict(target_l0=4, loss_threshold=0.05, progress=False)
+    big = itda.ITDA.build(acts[:512].split(256), max_atoms=150, **kw)
+    resumed = itda.ITDA.build(acts[512:1024].split(256), resume=big, max_atoms=100, **kw)
+    assert resumed.cfg.d_sae == big.cfg.d_sae == 150
+    torch.testing.assert_close(resumed.W_dec, big.W_dec)
+
+
 def test_gradient_pursuit_nonnegative_build_encodes_with_nonnegative_codes(acts):
     d = itda.ITDA.build(
         acts[:1024].split(256),
