@@ -128,7 +128,8 @@ class _State:
     def gram_FF(self) -> Tensor | None:
         return None if self._gram_CC is None else self._gram_CC[: self.size, : self.size]
 
-    def add(self, new_KD: Tensor, prov: Provenance) -> None:
+    def add(self, new_KD: Tensor, prov: Provenance, cross_KF: Tensor | None = None) -> None:
+        """Append unit atoms; ``cross_KF`` = ``new_KD @ atoms_FD.T`` when the caller has it."""
         f, n = self.size, self.size + len(new_KD)
         if self._gram_CC is not None and 4 * n**2 <= GRAM_MAX_BYTES:
             if n > self._gram_CC.shape[0]:
@@ -137,7 +138,8 @@ class _State:
                 grown_CC = self._gram_CC.new_empty(cap, cap)
                 grown_CC[:f, :f] = self._gram_CC[:f, :f]
                 self._gram_CC = grown_CC
-            cross_KF = new_KD @ self.atoms_FD.T
+            if cross_KF is None:
+                cross_KF = new_KD @ self.atoms_FD.T
             self._gram_CC[:f, f:n] = cross_KF.T
             self._gram_CC[f:n, :f] = cross_KF
             self._gram_CC[f:n, f:n] = new_KD @ new_KD.T
@@ -264,9 +266,62 @@ def _seed(batch: ActivationBatch, config: BuildConfig) -> _State:
 def _step(state: _State, batch: ActivationBatch, config: BuildConfig) -> int:
     """Encode one batch and add its badly reconstructed activations; returns how many."""
     x_ND = _normalise(state, batch.acts_ND)
-    encoder = pursuit.matching_pursuit if config.encoder == "mp" else pursuit.gradient_pursuit
     l0 = min(config.target_l0, state.size)
+    cross_KF: Tensor | None = None
+    if config.encoder == "mp" and config.candidates is None and state.gram_FF is not None:
+        chosen, cross_KF = _select_exact_mp(state, x_ND, l0, config)
+    else:
+        chosen = _select(state, x_ND, l0, config)
+    if len(chosen) == 0:
+        return 0
+    new_KD = torch.nn.functional.normalize(x_ND[chosen], dim=1)
+    if cross_KF is None and config.dedup_cosine is not None:
+        cross_KF = new_KD @ state.atoms_FD.T
+    keep = _dedup_mask(new_KD, cross_KF, config)
+    room = max(0, config.max_atoms - state.size)
+    chosen, new_KD = chosen[keep][:room], new_KD[keep][:room]
+    if cross_KF is not None:
+        cross_KF = cross_KF[keep][:room]
+    state.add(new_KD, _batch_prov(batch, state).select(chosen.cpu()), cross_KF)
+    return int(len(chosen))
+
+
+def _select_exact_mp(
+    state: _State, x_ND: Tensor, l0: int, config: BuildConfig
+) -> tuple[Tensor, Tensor]:
+    """Rows to add, with their (unit-normalised) correlations with the current atoms.
+
+    The exact pursuit starts from ``x @ atoms.T``; the rows of the chosen tokens, divided by
+    their norms, are the new atoms' Gram entries with the old ones, so ``_State.add`` does
+    not compute them again (at 16k atoms that was ~15% of a build). A token whose loss has
+    fallen to the threshold is not pursued further: it cannot be added whatever the later
+    steps do (matching pursuit never raises the loss).
+    """
+    atoms_FD = state.atoms_FD
+    rows = max(1, pursuit.DEFAULT_MAX_BYTES // (4 * atoms_FD.shape[0]))
+    chosen, cross = [], []
+    for start in range(0, x_ND.shape[0], rows):
+        x_TD = x_ND[start : start + rows]
+        corr_TF = x_TD @ atoms_FD.T
+        result = pursuit.matching_pursuit(
+            x_TD,
+            atoms_FD,
+            l0,
+            nonnegative=config.nonnegative,
+            gram_FF=state.gram_FF,
+            stop_loss=config.loss_threshold,
+            correlations_NF=corr_TF,
+        )
+        pick = _poorly_reconstructed(x_TD, result.residual_ND, config.loss_threshold)
+        chosen.append(pick + start)
+        cross.append(corr_TF[pick] / x_TD[pick].norm(dim=1, keepdim=True))
+    return torch.cat(chosen), torch.cat(cross)
+
+
+def _select(state: _State, x_ND: Tensor, l0: int, config: BuildConfig) -> Tensor:
+    """Rows to add, encoding with the configured (gradient or screened) pursuit."""
     candidates = None if config.candidates is None else max(config.candidates, l0)
+    encoder = pursuit.matching_pursuit if config.encoder == "mp" else pursuit.gradient_pursuit
     use_gram = config.encoder == "mp" or candidates is not None
     result = encoder(
         x_ND,
@@ -276,28 +331,27 @@ def _step(state: _State, batch: ActivationBatch, config: BuildConfig) -> int:
         gram_FF=state.gram_FF if use_gram else None,
         candidates=candidates,
     )
+    return _poorly_reconstructed(x_ND, result.residual_ND, config.loss_threshold)
+
+
+def _poorly_reconstructed(x_ND: Tensor, residual_ND: Tensor, threshold: float) -> Tensor:
+    """Indices of non-zero rows whose relative loss ``||r||^2 / ||x||^2`` exceeds threshold."""
     norm2_N = (x_ND * x_ND).sum(1)
-    loss_N = (result.residual_ND**2).sum(1) / norm2_N.clamp(min=1e-30)
-    chosen = ((loss_N > config.loss_threshold) & (norm2_N > 0)).nonzero().squeeze(1)
-    if len(chosen) == 0:
-        return 0
-    new_KD = torch.nn.functional.normalize(x_ND[chosen], dim=1)
-    keep = _dedup_mask(new_KD, state.atoms_FD, config)
-    chosen, new_KD = chosen[keep], new_KD[keep]
-    room = max(0, config.max_atoms - state.size)
-    chosen, new_KD = chosen[:room], new_KD[:room]
-    state.add(new_KD, _batch_prov(batch, state).select(chosen.cpu()))
-    return int(len(chosen))
+    loss2_N = (residual_ND * residual_ND).sum(1)
+    return ((loss2_N > threshold * norm2_N) & (norm2_N > 0)).nonzero().squeeze(1)
 
 
-def _dedup_mask(new_KD: Tensor, atoms_FD: Tensor | None, config: BuildConfig) -> Tensor:
-    """Greedy in stream order: keep a candidate unless too close to an atom or a kept one."""
+def _dedup_mask(new_KD: Tensor, cross_KF: Tensor | None, config: BuildConfig) -> Tensor:
+    """Greedy in stream order: keep a candidate unless too close to an atom or a kept one.
+
+    ``cross_KF`` holds the candidates' cosines with the current atoms (None: no atoms yet).
+    """
     keep = torch.ones(len(new_KD), dtype=torch.bool, device=new_KD.device)
     thr = config.dedup_cosine
     if thr is None:
         return keep
-    if atoms_FD is not None and len(atoms_FD):
-        keep &= (new_KD @ atoms_FD.T).abs().amax(dim=1) <= thr
+    if cross_KF is not None and cross_KF.shape[1]:
+        keep &= cross_KF.abs().amax(dim=1) <= thr
     close_KK = (new_KD @ new_KD.T).abs() > thr
     for k in range(len(new_KD)):
         if keep[k] and close_KK[k, k + 1 :].any():

@@ -93,24 +93,39 @@ def matching_pursuit(
     nonnegative: bool = False,
     gram_FF: Tensor | None = None,
     candidates: int | None = None,
+    stop_loss: float | None = None,
+    correlations_NF: Tensor | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Pursuit:
-    """Matching pursuit for exactly ``l0`` steps (an atom may be chosen more than once).
+    """Matching pursuit for ``l0`` steps (an atom may be chosen more than once).
 
     Each step picks the atom with the largest correlation (largest absolute correlation when
     ``nonnegative`` is False) with the residual, adds that correlation to its coefficient and
     removes its projection from the residual. With ``nonnegative`` a token whose best
-    correlation is not positive stops (atom -1, coefficient 0).
+    correlation is not positive stops (atom -1, coefficient 0). With ``stop_loss`` a token
+    also stops once its relative loss ``||r||^2 / ||x||^2`` is at most ``stop_loss`` (the
+    rule of sae_lens's ``residual_threshold``, relative instead of absolute); its remaining
+    steps are atom -1, coefficient 0. Not available with ``candidates``.
+    ``correlations_NF``: ``x @ dict.T`` (fp32) already computed by the caller, used by the
+    Gram path instead of computing it again; it is read, not modified.
     """
     _check_inputs(x_ND, dict_FD, l0, candidates)
+    if stop_loss is not None and candidates is not None:
+        raise ValueError("stop_loss is only implemented for the exact pursuit (candidates=None)")
+    if correlations_NF is not None:
+        _check_correlations(correlations_NF, x_ND, dict_FD, gram_FF, candidates)
     if candidates is not None and candidates < dict_FD.shape[0]:
         return _screened(x_ND, dict_FD, l0, nonnegative, gram_FF, candidates, max_bytes, "mp")
     block = max_bytes
     if gram_FF is not None and x_ND.device.type == "cpu":
         block = min(max_bytes, CPU_GRAM_BLOCK_BYTES)
+    chunks = _token_chunks(x_ND, dict_FD.shape[0], block)
+    corr_chunks: list[Tensor | None] = [None] * len(chunks)
+    if correlations_NF is not None:
+        corr_chunks = list(correlations_NF.split(len(chunks[0])))
     parts = [
-        _mp_chunk(x_TD, dict_FD, l0, nonnegative, gram_FF, max_bytes)
-        for x_TD in _token_chunks(x_ND, dict_FD.shape[0], block)
+        _mp_chunk(x_TD, dict_FD, l0, nonnegative, gram_FF, max_bytes, stop_loss, corr_TF)
+        for x_TD, corr_TF in zip(chunks, corr_chunks, strict=True)
     ]
     return _cat(parts)
 
@@ -149,28 +164,80 @@ def gradient_pursuit(
 
 
 def _mp_chunk(
-    x_TD: Tensor, dict_FD: Tensor, l0: int, nonneg: bool, gram_FF: Tensor | None, max_bytes: int
+    x_TD: Tensor,
+    dict_FD: Tensor,
+    l0: int,
+    nonneg: bool,
+    gram_FF: Tensor | None,
+    max_bytes: int,
+    stop_loss: float | None = None,
+    given_TF: Tensor | None = None,
 ) -> Pursuit:
     r_TD = x_TD.float().clone()
     n = r_TD.shape[0]
     atoms_TL = torch.full((n, l0), -1, dtype=torch.long, device=r_TD.device)
     coefs_TL = torch.zeros(n, l0, dtype=torch.float32, device=r_TD.device)
-    corr_TF = _correlate(r_TD, dict_FD, max_bytes) if gram_FF is not None else None
+    corr_TF = None
+    if gram_FF is not None:
+        corr_TF = given_TF.clone() if given_TF is not None else _correlate(r_TD, dict_FD, max_bytes)
+    live = _Live(r_TD, corr_TF, stop_loss)
     rows_TF = None
-    if corr_TF is not None and corr_TF.device.type != "cpu":
-        rows_TF = torch.empty_like(corr_TF)
+    if live.corr_TF is not None and live.corr_TF.device.type != "cpu":
+        rows_TF = torch.empty_like(live.corr_TF)
     for step in range(l0):
-        if corr_TF is None:
-            k_T, coef_T = _best_streamed(r_TD, dict_FD, nonneg, max_bytes)
+        if live.corr_TF is None:
+            k_T, coef_T = _best_streamed(live.r_TD, dict_FD, nonneg, max_bytes)
         else:
-            k_T, coef_T = _best(corr_TF, nonneg)
-        active_T = coef_T != 0
-        atoms_TL[:, step] = torch.where(active_T, k_T, -1)
-        coefs_TL[:, step] = coef_T
-        r_TD.addcmul_(dict_FD.index_select(0, k_T).float(), coef_T[:, None], value=-1.0)
-        if corr_TF is not None and gram_FF is not None:
-            _subtract_gram_rows(corr_TF, gram_FF, k_T, coef_T, rows_TF)
+            k_T, coef_T = _best(live.corr_TF, nonneg)
+        coef_T = coef_T * live.running_T
+        atoms_TL[live.index_T, step] = torch.where(coef_T != 0, k_T, -1)
+        coefs_TL[live.index_T, step] = coef_T
+        live.r_TD.addcmul_(dict_FD.index_select(0, k_T).float(), coef_T[:, None], value=-1.0)
+        if live.corr_TF is not None and gram_FF is not None:
+            rows = None if rows_TF is None else rows_TF[: len(k_T)]
+            _subtract_gram_rows(live.corr_TF, gram_FF, k_T, coef_T, rows)
+        if stop_loss is not None and step + 1 < l0 and live.stop(r_TD):
+            break
+    live.write_back(r_TD)
     return Pursuit(atoms_TL, coefs_TL, r_TD)
+
+
+class _Live:
+    """The tokens of a block still being pursued, for ``stop_loss``.
+
+    A token whose relative loss falls to ``stop_loss`` stops (its coefficient is masked to 0
+    from then on). Its rows are dropped from the working tensors once a quarter of them have
+    stopped, so the per-step passes shrink with the live set while a compaction (one copy of
+    the live rows) happens at most ~log_{4/3}(T) times per block.
+    """
+
+    def __init__(self, r_TD: Tensor, corr_TF: Tensor | None, stop_loss: float | None):
+        self.r_TD, self.corr_TF = r_TD, corr_TF
+        self.index_T = torch.arange(r_TD.shape[0], device=r_TD.device)
+        self.running_T = torch.ones(r_TD.shape[0], dtype=torch.bool, device=r_TD.device)
+        self.floor_T = None if stop_loss is None else stop_loss * (r_TD * r_TD).sum(1)
+
+    def stop(self, out_TD: Tensor) -> bool:
+        """Mark tokens at or below the loss floor; compact; True when none is left."""
+        assert self.floor_T is not None
+        self.running_T &= (self.r_TD * self.r_TD).sum(1) > self.floor_T
+        left = int(self.running_T.sum())
+        if left > 0.75 * len(self.running_T):
+            return False
+        self.write_back(out_TD)
+        keep_T = self.running_T.nonzero().squeeze(1)
+        self.index_T, self.floor_T = self.index_T[keep_T], self.floor_T[keep_T]
+        self.r_TD = self.r_TD[keep_T]
+        if self.corr_TF is not None:
+            self.corr_TF = self.corr_TF[keep_T]
+        self.running_T = self.running_T[keep_T]
+        return left == 0
+
+    def write_back(self, out_TD: Tensor) -> None:
+        """Copy the live residuals into the block's output (they are one tensor until the
+        first compaction)."""
+        if self.r_TD is not out_TD:
+            out_TD[self.index_T] = self.r_TD
 
 
 def _subtract_gram_rows(
@@ -396,6 +463,19 @@ def _check_inputs(x_ND: Tensor, dict_FD: Tensor, l0: int, candidates: int | None
         )
     if candidates is not None and candidates < l0:
         raise ValueError(f"candidates={candidates} must be at least target_l0={l0}")
+
+
+def _check_correlations(
+    corr_NF: Tensor, x_ND: Tensor, dict_FD: Tensor, gram_FF: Tensor | None, candidates: int | None
+) -> None:
+    if gram_FF is None or candidates is not None:
+        raise ValueError("correlations_NF is only used by the Gram path (gram_FF, no candidates)")
+    want = (x_ND.shape[0], dict_FD.shape[0])
+    if tuple(corr_NF.shape) != want or corr_NF.dtype != torch.float32:
+        raise ValueError(
+            f"correlations_NF must be fp32 of shape {want} (x @ dict.T), got "
+            f"{corr_NF.dtype} {tuple(corr_NF.shape)}"
+        )
 
 
 def _token_chunks(x_ND: Tensor, floats_per_token: int, max_bytes: int) -> list[Tensor]:

@@ -7,6 +7,7 @@ import torch
 from itda_synthetic import planted
 
 import itda
+from itda import pursuit
 from itda.build import ActivationBatch, BuildError
 
 
@@ -112,6 +113,22 @@ def test_resuming_from_a_partial_dictionary_equals_one_uninterrupted_build(acts,
     assert torch.equal(resumed.provenance.columns["token"], whole.provenance.columns["token"])
 
 
+def test_early_stopping_pursuit_builds_the_same_dictionary_as_full_pursuit(acts, monkeypatch):
+    # the build stops pursuing a token once its loss reaches the threshold; the reference
+    # pursues every token for all target_l0 steps and must add exactly the same atoms
+    kw = dict(target_l0=8, loss_threshold=0.15, max_atoms=700, progress=False)
+    fast = itda.ITDA.build(acts[:2048].split(256), **kw)
+    full_mp = pursuit.matching_pursuit
+
+    def without_stop(*args, stop_loss=None, **kwargs):
+        return full_mp(*args, **kwargs)
+
+    monkeypatch.setattr(pursuit, "matching_pursuit", without_stop)
+    reference = itda.ITDA.build(acts[:2048].split(256), **kw)
+    assert 100 < fast.cfg.d_sae < 700
+    assert torch.equal(fast.W_dec, reference.W_dec)
+
+
 def test_resuming_a_dictionary_already_past_the_size_cap_adds_nothing(acts):
     kw = dict(target_l0=4, loss_threshold=0.05, progress=False)
     big = itda.ITDA.build(acts[:512].split(256), max_atoms=150, **kw)
@@ -213,3 +230,17 @@ def test_growing_state_keeps_atoms_in_order_and_the_gram_matrix_exact():
     assert state.gram_FF is not None and state.gram_FF.shape == (33, 33)
     torch.testing.assert_close(state.gram_FF, expected_FD @ expected_FD.T)
     assert state._gram_CC is not None and state._gram_CC.shape[0] <= 40  # capped at max_atoms
+
+
+def test_build_steps_keep_the_gram_matrix_exact_when_reusing_pursuit_correlations(acts):
+    # the exact-MP step hands the pursuit's x @ atoms.T rows of the added tokens to the Gram
+    # matrix instead of recomputing them; the Gram matrix must still equal atoms @ atoms.T
+    from itda.build import BuildConfig, _seed, _step
+
+    config = BuildConfig(target_l0=4, loss_threshold=0.1, max_atoms=500)
+    batches = [ActivationBatch(b) for b in acts[:2048].split(256)]
+    state = _seed(batches[0], config)
+    added = [_step(state, batch, config) for batch in batches]
+    assert sum(added) > 100 and state.gram_FF is not None
+    atoms_FD = state.atoms_FD
+    torch.testing.assert_close(state.gram_FF, atoms_FD @ atoms_FD.T, atol=1e-5, rtol=1e-5)

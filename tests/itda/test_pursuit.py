@@ -11,13 +11,16 @@ from itda.pursuit import gradient_pursuit, gram_matrix, matching_pursuit, to_den
 F, D, N, L = 60, 12, 9, 6
 
 
-def naive_mp(x_ND, dict_FD, l0, nonneg, allowed=None):
-    """Textbook matching pursuit, one token at a time, correlations recomputed each step."""
+def naive_mp(x_ND, dict_FD, l0, nonneg, allowed=None, stop_loss=None):
+    """Textbook matching pursuit, one token at a time, correlations recomputed each step;
+    with ``stop_loss`` a token stops once ``||r||^2 <= stop_loss * ||x||^2``."""
     out = []
     for n, x_D in enumerate(x_ND):
         r_D, z_F = x_D.clone(), torch.zeros(dict_FD.shape[0])
         pool = range(dict_FD.shape[0]) if allowed is None else allowed[n].tolist()
         for _ in range(l0):
+            if stop_loss is not None and float(r_D @ r_D) <= stop_loss * float(x_D @ x_D):
+                break
             corr = {k: float(dict_FD[k] @ r_D) for k in pool}
             k = max(corr, key=lambda j: corr[j] if nonneg else abs(corr[j]))
             c = corr[k]
@@ -80,6 +83,61 @@ def test_matching_pursuit_equals_naive_loop(problem, nonneg, mode):
     torch.testing.assert_close(
         to_dense(got, F), naive_mp(x_ND, dict_FD, L, nonneg), atol=1e-5, rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("mode", ["recompute", "gram", "gram_tiny_memory_budget"])
+def test_matching_pursuit_with_stop_loss_equals_naive_loop_that_stops(nonneg, mode):
+    gen = torch.Generator().manual_seed(1)
+    dict_FD = torch.nn.functional.normalize(torch.randn(F, D, generator=gen), dim=1)
+    # tokens built from 1-3 atoms plus noise stop after different numbers of steps, so the
+    # live set shrinks (and is compacted) several times; a few never reach the floor
+    idx_NK = torch.randint(0, F, (40, 3), generator=gen)
+    weights_NK = torch.rand(40, 3, generator=gen) * (torch.arange(40) % 4 < 3)[:, None]
+    x_ND = (weights_NK[..., None] * dict_FD[idx_NK]).sum(1)
+    x_ND += 0.05 * torch.randn(40, D, generator=gen) + 0.3 * (torch.arange(40) % 7 == 0)[:, None]
+    kw = {"gram_FF": gram_matrix(dict_FD)} if "gram" in mode else {}
+    if "tiny" in mode:
+        kw["max_bytes"] = 1024
+    got = matching_pursuit(x_ND, dict_FD, L, nonnegative=nonneg, stop_loss=0.05, **kw)
+    want = naive_mp(x_ND, dict_FD, L, nonneg, stop_loss=0.05)
+    torch.testing.assert_close(to_dense(got, F), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.residual_ND, x_ND - want @ dict_FD, atol=1e-5, rtol=1e-5)
+    steps_N = (got.atoms_NL >= 0).sum(1)
+    assert len(set(steps_N.tolist())) >= 3  # the test exercises several stopping points
+    loss_N = (got.residual_ND**2).sum(1) / (x_ND**2).sum(1)
+    stopped_N = steps_N < L
+    assert (loss_N[stopped_N] <= 0.05).all()
+    if not nonneg:  # a signed pursuit only stops at the floor
+        assert (loss_N[~stopped_N] > 0.0).all() and stopped_N.any() and (~stopped_N).any()
+
+
+def test_precomputed_correlations_give_the_same_pursuit_and_are_not_modified(problem):
+    x_ND, dict_FD = problem
+    gram_FF = gram_matrix(dict_FD)
+    corr_NF = x_ND @ dict_FD.T
+    before = corr_NF.clone()
+    got = matching_pursuit(x_ND, dict_FD, L, gram_FF=gram_FF, correlations_NF=corr_NF,
+                           max_bytes=1024)  # several token chunks
+    want = matching_pursuit(x_ND, dict_FD, L, gram_FF=gram_FF, max_bytes=1024)
+    assert torch.equal(got.atoms_NL, want.atoms_NL)
+    torch.testing.assert_close(got.coefs_NL, want.coefs_NL)
+    assert torch.equal(corr_NF, before)
+
+
+def test_precomputed_correlations_of_the_wrong_shape_or_path_are_refused(problem):
+    x_ND, dict_FD = problem
+    gram_FF = gram_matrix(dict_FD)
+    with pytest.raises(ValueError, match=r"must be fp32 of shape \(9, 60\)"):
+        matching_pursuit(x_ND, dict_FD, L, gram_FF=gram_FF, correlations_NF=torch.zeros(9, 59))
+    with pytest.raises(ValueError, match="only used by the Gram path"):
+        matching_pursuit(x_ND, dict_FD, L, correlations_NF=x_ND @ dict_FD.T)
+
+
+def test_stop_loss_with_candidates_is_refused(problem):
+    x_ND, dict_FD = problem
+    with pytest.raises(ValueError, match="stop_loss is only implemented for the exact"):
+        matching_pursuit(x_ND, dict_FD, L, candidates=20, stop_loss=0.1)
 
 
 @pytest.mark.parametrize("nonneg", [False, True])
