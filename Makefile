@@ -24,6 +24,7 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy sae_flux itda cae
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q --doctest-modules sae_flux itda cae
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow

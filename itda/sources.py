@@ -63,8 +63,10 @@ def build_from_cache(
     """Build an ITDA from a Flux activation cache (``sae-flux cache``), in cache order.
 
     Example:
-        >>> d = build_from_cache("cache", BuildConfig(target_l0=32, loss_threshold=0.3))
-        >>> d.describe(0)   # AtomSource(source='sha256:...', prompt=0, step=0, h=3, w=5, ...)
+        >>> config = BuildConfig(target_l0=32, loss_threshold=0.3)
+        >>> d = build_from_cache("cache", config)  # doctest: +SKIP
+        >>> d.describe(0)  # doctest: +SKIP
+        AtomSource(source='sha256:...', prompt=0, step=0, h=3, w=5, ...)
     """
     batches, meta = cache_batches(path, hook, batch_size)
     batches = _skip_seen(batches, resume)
@@ -156,9 +158,10 @@ def build_from_lm(
 
     Example:
         >>> import nnsight
-        >>> lm = nnsight.LanguageModel("gpt2", dispatch=True)
-        >>> d = build_from_lm(lm, texts, layer=6, config=BuildConfig(target_l0=32))
-        >>> d.describe(0)   # AtomSource(source='texts', prompt=..., token=..., hook='layers.6.output')
+        >>> lm = nnsight.LanguageModel("gpt2", dispatch=True)  # doctest: +SKIP
+        >>> d = build_from_lm(lm, texts, layer=6, config=BuildConfig(target_l0=32))  # doctest: +SKIP
+        >>> d.describe(0)  # doctest: +SKIP
+        AtomSource(source='texts', prompt=..., token=..., hook='layers.6.output')
     """
     if not texts:
         raise ValueError("empty activation stream: no texts were given")

@@ -16,10 +16,11 @@ manifest that lists only complete shards, and ``resume=True`` regenerates exactl
 ones (prompt ``j`` always uses seed ``seed + j``, so the result is byte-identical).
 
 Example:
-    >>> cfg = CacheConfig(model="tiny", prompts="prompts.txt", hooks=["double.1.img"], out="cache")
-    >>> write_cache(cfg)
-    >>> reader = CacheReader("cache")
-    >>> for batch_BD in reader.batches(batch_size=256):
+    >>> cfg = CacheConfig(model="tiny", prompts="prompts.txt",  # doctest: +SKIP
+    ...                   hooks=["double.1.img"], out="cache")
+    >>> write_cache(cfg)  # doctest: +SKIP
+    >>> reader = CacheReader("cache")  # doctest: +SKIP
+    >>> for batch_BD in reader.batches(batch_size=256):  # doctest: +SKIP
     ...     ...
 """
 
@@ -326,10 +327,12 @@ class CacheReader:
     """Streams a cache's activations: in order with provenance, or as shuffled batches.
 
     Example:
-        >>> reader = CacheReader("cache")            # a one-hook cache; else CacheReader(p, hook=...)
-        >>> reader.manifest.d_model, reader.num_tokens
-        >>> for acts_ND, prov in reader.iter_shards(): ...
-        >>> batches = reader.batches(batch_size=4096, seed=0, epochs=None)   # for SAETrainer
+        >>> reader = CacheReader(  # doctest: +SKIP
+        ...     "cache")            # a one-hook cache; else CacheReader(p, hook=...)
+        >>> reader.manifest.d_model, reader.num_tokens  # doctest: +SKIP
+        >>> for acts_ND, prov in reader.iter_shards(): ...  # doctest: +SKIP
+        >>> batches = reader.batches(  # doctest: +SKIP
+        ...     batch_size=4096, seed=0, epochs=None)   # for SAETrainer
     """
 
     def __init__(self, path: str | Path, hook: str | None = None) -> None:

@@ -21,8 +21,9 @@ steps run from the patched trajectory, so the velocity metric includes compoundi
 Legend: B batch, T tokens, D width.
 
 Example:
-    >>> result = downstream(Flux.tiny(), SAE.load_from_disk("sae"), "double.1.img", prompts)
-    >>> result.velocity_recovered, result.image_recovered
+    >>> result = downstream(Flux.tiny(), SAE.load_from_disk("sae"),  # doctest: +SKIP
+    ...                     "double.1.img", prompts)
+    >>> result.velocity_recovered, result.image_recovered  # doctest: +SKIP
 """
 
 from __future__ import annotations

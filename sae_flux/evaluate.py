@@ -5,8 +5,9 @@ over a window of raw activations from a cache or a Flux stream, and optionally t
 "recovered" metric (:mod:`sae_flux.downstream`) on a few prompts.
 
 Example:
-    >>> report = evaluate_dictionary(EvalConfig(dictionary="sae", cache="cache", tokens=65536))
-    >>> report["fvu"], report["dead_fraction"]
+    >>> report = evaluate_dictionary(  # doctest: +SKIP
+    ...     EvalConfig(dictionary="sae", cache="cache", tokens=65536))
+    >>> report["fvu"], report["dead_fraction"]  # doctest: +SKIP
 """
 
 from __future__ import annotations

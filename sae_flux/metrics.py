@@ -16,9 +16,10 @@ the SAE trains in; these are computed here, on raw activations, for any dictiona
 Legend: N tokens, D model width, F latents.
 
 Example:
-    >>> sae = SAE.load_from_disk("sae")
-    >>> m = evaluate(sae, CacheReader("cache").batches(4096, epochs=1), max_tokens=65536)
-    >>> m.fvu, m.l0, m.dead_fraction
+    >>> sae = SAE.load_from_disk("sae")  # doctest: +SKIP
+    >>> m = evaluate(sae, CacheReader("cache").batches(4096, epochs=1),  # doctest: +SKIP
+    ...              max_tokens=65536)
+    >>> m.fvu, m.l0, m.dead_fraction  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ the saved SAE reads and reconstructs RAW activations, for any plain sae_lens use
 Legend: N tokens, D model width.
 
 Example:
-    >>> whitening = estimate("whiten", acts_ND)      # None for "none"
-    >>> z_ND = (acts_ND - whitening.mean) @ whitening.matrix
+    >>> whitening = estimate("whiten", acts_ND)      # None for "none"  # doctest: +SKIP
+    >>> z_ND = (acts_ND - whitening.mean) @ whitening.matrix  # doctest: +SKIP
 """
 
 from __future__ import annotations

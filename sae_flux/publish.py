@@ -13,8 +13,11 @@ The upload goes through huggingface_hub's own ``HfApi.create_repo`` and ``HfApi.
 (one commit for all dictionaries and the card), so LFS/Xet, retries and auth are the library's.
 
 Example:
-    >>> publish(["runs/double.18.img"], repo="me/flux-saes")       # after `hf auth login`
-    >>> SAE.from_pretrained("me/flux-saes", "double.18.img")
+    >>> cfg = PublishConfig(dictionaries=["runs/double.18.img"], repo="me/flux-saes")
+    >>> publish(cfg)  # doctest: +SKIP
+    >>> SAE.from_pretrained("me/flux-saes", "double.18.img")  # doctest: +SKIP
+
+(after ``hf auth login``, or with ``token=``).
 """
 
 from __future__ import annotations
@@ -171,7 +174,7 @@ def publish(cfg: PublishConfig, token: str | None = None) -> str:
     """Upload ``cfg.dictionaries`` to ``cfg.repo`` in one commit; returns the commit URL.
 
     Example:
-        >>> publish(PublishConfig(dictionaries=["sae"], repo="me/flux-saes"))
+        >>> publish(PublishConfig(dictionaries=["sae"], repo="me/flux-saes"))  # doctest: +SKIP
     """
     entries = collect(cfg.dictionaries)
     token = resolve_token(token)

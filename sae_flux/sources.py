@@ -10,6 +10,7 @@ tokens of one hook point, generated prompt by prompt from pure noise.
 Legend: N tokens, D model width.
 
 Example:
+    >>> from sae_flux.flux import Flux
     >>> source = FluxStream(Flux.tiny(), ["a red circle"] * 64, "double.1.img")
     >>> batch_BD = next(source.batches(batch_size=256, seed=0))
 """

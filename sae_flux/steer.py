@@ -21,9 +21,10 @@ ITDA keeps ``W_dec = atom * act_std``, so a decoder row is the raw-space directi
 Legend: B batch, T image tokens, D model width, F dictionary features, h/w token rows/cols.
 
 Example:
-    >>> flux = Flux.tiny()
+    >>> flux = Flux.tiny()                                              # doctest: +SKIP
     >>> sae = SAE.load_from_disk("dictionaries/sae-topk")               # doctest: +SKIP
-    >>> edit = add_feature(sae, 12, scale=0.8, relative=True, steps=range(5), region=(0, 0, 4, 4))
+    >>> edit = add_feature(sae, 12, scale=0.8, relative=True,           # doctest: +SKIP
+    ...                    steps=range(5), region=(0, 0, 4, 4))
     >>> with steering(flux, "double.1.img", [edit]):                    # doctest: +SKIP
     ...     images = flux.generate(["a red circle at the left"])
 """
@@ -353,6 +354,7 @@ def steering(
     guidance (two transformer calls per step) edits both calls of a step.
 
     Example:
+        >>> from sae_flux.flux import Flux
         >>> flux = Flux.tiny()
         >>> edit = add(torch.randn(flux.d_model), scale=0.8, relative=True, steps=[0, 1])
         >>> with steering(flux, "double.1.img", [edit]):
@@ -382,8 +384,9 @@ def steer_trace(model: Any, plan: Steering, step: int, n_steps: int | None = Non
     """Edit ``plan.hook`` at denoising ``step`` inside your own nnsight trace of ``flux.model``.
 
     Example:
-        >>> plan = make_steering(flux, "double.1.img", [edit])
-        >>> with flux.model.generate(["a red circle"], **flux.generation_kwargs()) as tracer:
+        >>> plan = make_steering(flux, "double.1.img", [edit])  # doctest: +SKIP
+        >>> with flux.model.generate(["a red circle"],  # doctest: +SKIP
+        ...                          **flux.generation_kwargs()) as tracer:
         ...     for step in tracer.iter[:]:
         ...         steer_trace(flux.model, plan, step)
     """

@@ -23,10 +23,10 @@ Output directory::
     checkpoints/step-XXXXXXXX/          # sae_lens checkpoint + train_config.json (for resume)
 
 Example:
-    >>> cfg = TrainConfig(out="sae", data=DataConfig(cache="cache"),
+    >>> cfg = TrainConfig(out="sae", data=DataConfig(cache="cache"),  # doctest: +SKIP
     ...                   optim=OptimConfig(total_tokens=2_000_000, batch_size=4096))
-    >>> result = train_sae(cfg)
-    >>> result.metrics.fvu
+    >>> result = train_sae(cfg)  # doctest: +SKIP
+    >>> result.metrics.fvu  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ def train_sae(
     naming the step; the checkpoints already written are kept.
 
     Example:
-        >>> train_sae(TrainConfig(out="sae", data=DataConfig(cache="cache")))
+        >>> train_sae(TrainConfig(out="sae", data=DataConfig(cache="cache")))  # doctest: +SKIP
     """
     data = _data_for(cfg, source)
     sae = build_sae(cfg, data.source.d_model, data.hook, data.model_id)

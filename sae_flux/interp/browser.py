@@ -5,7 +5,8 @@ selected top images with heatmaps (:func:`sae_flux.interp.select.render_card`), 
 and its scores. The page is static (no JavaScript), so it opens from disk.
 
 Example:
-    >>> write_browser("demo-out/interp", [Card("sae", 3, "cards/sae-3.png", "red", {"iou": 0.7})])
+    >>> write_browser("demo-out/interp",  # doctest: +SKIP
+    ...               [Card("sae", 3, "cards/sae-3.png", "red", {"iou": 0.7})])
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ backoff, and every answer is cached on disk by a hash of the request, so a rerun
 nothing. Only the standard library is used.
 
 Example:
-    >>> chat = OpenAIChat(ChatConfig(base_url="http://127.0.0.1:8000/v1", model="qwen2.5-vl"))
-    >>> chat.ask("Answer in JSON.", 'Reply {"colour": "..."}', [image], keys=("colour",))
+    >>> chat = OpenAIChat(  # doctest: +SKIP
+    ...     ChatConfig(base_url="http://127.0.0.1:8000/v1", model="qwen2.5-vl"))
+    >>> chat.ask("Answer in JSON.", 'Reply {"colour": "..."}',  # doctest: +SKIP
+    ...          [image], keys=("colour",))
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ the best concept as the explanation, so the same detection scorer can be compare
 Legend: F = features, C = concepts, R = image-token rows of a shard, M = kept records.
 
 Example:
-    >>> labels = world_labels(prompts(512, seed=0), seed=0)
-    >>> result = dissect(IndexReader("idx-sae"), labels)
-    >>> result.summary(), result.best_concept[:5]
+    >>> labels = world_labels(prompts(512, seed=0), seed=0)  # doctest: +SKIP
+    >>> result = dissect(IndexReader("idx-sae"), labels)  # doctest: +SKIP
+    >>> result.summary(), result.best_concept[:5]  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ Everything goes through one small interface, :class:`Interpreter` (``explain`` a
   the image shows (:mod:`sae_flux.interp.dissect`).
 
 Example:
-    >>> interpreter = VLMInterpreter(OpenAIChat(ChatConfig(model="gpt-4o-mini")))
-    >>> results = interpret(index, interpreter, features=[3, 9], out="explanations.jsonl")
+    >>> interpreter = VLMInterpreter(OpenAIChat(ChatConfig(model="gpt-4o-mini")))  # doctest: +SKIP
+    >>> results = interpret(index, interpreter, features=[3, 9],  # doctest: +SKIP
+    ...                     out="explanations.jsonl")
 """
 
 from __future__ import annotations

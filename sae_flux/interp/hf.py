@@ -8,8 +8,9 @@ images and the text; generation is greedy; the first JSON object of the answer i
 cache as the HTTP backend.
 
 Example:
-    >>> chat = HFChat.from_pretrained("/models/Qwen2.5-VL-3B-Instruct", cache_dir="vlm-cache")
-    >>> VLMInterpreter(chat, name="qwen2.5-vl-3b")
+    >>> chat = HFChat.from_pretrained(  # doctest: +SKIP
+    ...     "/models/Qwen2.5-VL-3B-Instruct", cache_dir="vlm-cache")
+    >>> VLMInterpreter(chat, name="qwen2.5-vl-3b")  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -28,9 +28,10 @@ Legend: I = images in a batch, T = tokens per image, D = activation width, F = f
 N = top images kept per feature, M = kept (token, feature) records.
 
 Example:
-    >>> source = dictionary_source("demo-out/dictionaries/sae-topk")
-    >>> index = build_index(IndexConfig(out="idx-sae"), source, cache_images("demo-out/cache"))
-    >>> index.top_images(feature=3)          # (peaks, image ids), best first
+    >>> source = dictionary_source("demo-out/dictionaries/sae-topk")  # doctest: +SKIP
+    >>> index = build_index(IndexConfig(out="idx-sae"), source,  # doctest: +SKIP
+    ...                     cache_images("demo-out/cache"))
+    >>> index.top_images(feature=3)          # (peaks, image ids), best first  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -259,7 +260,8 @@ def build_index(
     ``extra`` is stored in ``index.json`` (e.g. the cache and generation settings).
 
     Example:
-        >>> reader = build_index(IndexConfig(out="idx"), neuron_source("double.1.mlp", 512),
+        >>> reader = build_index(IndexConfig(out="idx"),  # doctest: +SKIP
+        ...                      neuron_source("double.1.mlp", 512),
         ...                      cache_images("mlp-cache"), hook="double.1.mlp")
     """
     record = {"config": asdict(cfg), "source": source.record(), "extra": extra or {}}
@@ -334,9 +336,9 @@ class IndexReader:
     """Read access to an index directory: top images, token maps, images on disk.
 
     Example:
-        >>> index = IndexReader("idx")
-        >>> peaks, images = index.top_images(12)
-        >>> maps_IHW = index.maps(12, images[:5])
+        >>> index = IndexReader("idx")  # doctest: +SKIP
+        >>> peaks, images = index.top_images(12)  # doctest: +SKIP
+        >>> maps_IHW = index.maps(12, images[:5])  # doctest: +SKIP
     """
 
     def __init__(self, path: str | Path) -> None:

@@ -9,9 +9,9 @@ activation) and a colour bar, side by side.
 Legend: I = selected images, h/w = token rows/columns.
 
 Example:
-    >>> index = IndexReader("idx-sae")
-    >>> chosen = select(index, feature=7, cfg=SelectConfig(min_tokens=2))
-    >>> render_card(index, chosen).save("feature-7.png")
+    >>> index = IndexReader("idx-sae")  # doctest: +SKIP
+    >>> chosen = select(index, feature=7, cfg=SelectConfig(min_tokens=2))  # doctest: +SKIP
+    >>> render_card(index, chosen).save("feature-7.png")  # doctest: +SKIP
 """
 
 from __future__ import annotations

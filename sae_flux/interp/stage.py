@@ -8,9 +8,10 @@ the same scorer a VLM would use (:mod:`sae_flux.interp.explain`), then reported 
 histograms side by side and an HTML feature browser. No network is needed.
 
 Example:
-    >>> result = compare({"sae": IndexReader("idx-sae"), "neurons": IndexReader("idx-mlp")},
-    ...                  world_labels(prompts), out="interp-out", flux=Flux.organism(), prompts=prompts)
-    >>> result.rows
+    >>> result = compare(  # doctest: +SKIP
+    ...     {"sae": IndexReader("idx-sae"), "neurons": IndexReader("idx-mlp")},
+    ...     world_labels(prompts), out="interp-out", flux=Flux.organism(), prompts=prompts)
+    >>> result.rows  # doctest: +SKIP
 """
 
 from __future__ import annotations
