@@ -298,10 +298,8 @@ def _select_exact_mp(
     steps do (matching pursuit never raises the loss).
     """
     atoms_FD = state.atoms_FD
-    rows = max(1, pursuit.DEFAULT_MAX_BYTES // (4 * atoms_FD.shape[0]))
-    chosen, cross = [], []
-    for start in range(0, x_ND.shape[0], rows):
-        x_TD = x_ND[start : start + rows]
+    chosen, cross, start = [], [], 0
+    for x_TD in pursuit.token_chunks(x_ND, atoms_FD.shape[0], pursuit.DEFAULT_MAX_BYTES):
         corr_TF = x_TD @ atoms_FD.T
         result = pursuit.matching_pursuit(
             x_TD,
@@ -315,22 +313,33 @@ def _select_exact_mp(
         pick = _poorly_reconstructed(x_TD, result.residual_ND, config.loss_threshold)
         chosen.append(pick + start)
         cross.append(corr_TF[pick] / x_TD[pick].norm(dim=1, keepdim=True))
+        start += x_TD.shape[0]
     return torch.cat(chosen), torch.cat(cross)
 
 
 def _select(state: _State, x_ND: Tensor, l0: int, config: BuildConfig) -> Tensor:
-    """Rows to add, encoding with the configured (gradient or screened) pursuit."""
+    """Rows to add, encoding with the configured pursuit (gradient, screened, or exact MP
+    without a Gram matrix, which also stops at the threshold)."""
     candidates = None if config.candidates is None else max(config.candidates, l0)
-    encoder = pursuit.matching_pursuit if config.encoder == "mp" else pursuit.gradient_pursuit
-    use_gram = config.encoder == "mp" or candidates is not None
-    result = encoder(
-        x_ND,
-        state.atoms_FD,
-        l0,
-        nonnegative=config.nonnegative,
-        gram_FF=state.gram_FF if use_gram else None,
-        candidates=candidates,
-    )
+    if config.encoder == "mp":
+        result = pursuit.matching_pursuit(
+            x_ND,
+            state.atoms_FD,
+            l0,
+            nonnegative=config.nonnegative,
+            gram_FF=state.gram_FF,
+            candidates=candidates,
+            stop_loss=config.loss_threshold if candidates is None else None,
+        )
+    else:
+        result = pursuit.gradient_pursuit(
+            x_ND,
+            state.atoms_FD,
+            l0,
+            nonnegative=config.nonnegative,
+            gram_FF=state.gram_FF if candidates is not None else None,
+            candidates=candidates,
+        )
     return _poorly_reconstructed(x_ND, result.residual_ND, config.loss_threshold)
 
 

@@ -112,6 +112,8 @@ def matching_pursuit(
     _check_inputs(x_ND, dict_FD, l0, candidates)
     if stop_loss is not None and candidates is not None:
         raise ValueError("stop_loss is only implemented for the exact pursuit (candidates=None)")
+    if stop_loss is not None and not 0.0 <= stop_loss <= 1.0:
+        raise ValueError(f"stop_loss is a relative loss in [0, 1], got {stop_loss}")
     if correlations_NF is not None:
         _check_correlations(correlations_NF, x_ND, dict_FD, gram_FF, candidates)
     if candidates is not None and candidates < dict_FD.shape[0]:
@@ -119,7 +121,7 @@ def matching_pursuit(
     block = max_bytes
     if gram_FF is not None and x_ND.device.type == "cpu":
         block = min(max_bytes, CPU_GRAM_BLOCK_BYTES)
-    chunks = _token_chunks(x_ND, dict_FD.shape[0], block)
+    chunks = token_chunks(x_ND, dict_FD.shape[0], block)
     corr_chunks: list[Tensor | None] = [None] * len(chunks)
     if correlations_NF is not None:
         corr_chunks = list(correlations_NF.split(len(chunks[0])))
@@ -155,7 +157,7 @@ def gradient_pursuit(
     per_token = max(dict_FD.shape[0], l0 * dict_FD.shape[1])
     parts = [
         _gp_chunk(x_TD, dict_FD, l0, nonnegative, max_bytes)
-        for x_TD in _token_chunks(x_ND, per_token, max_bytes)
+        for x_TD in token_chunks(x_ND, per_token, max_bytes)
     ]
     return _cat(parts)
 
@@ -370,7 +372,7 @@ def _screened(
 ) -> Pursuit:
     per_token = dict_FD.shape[0] + l0 * m + (0 if gram_FF is not None else m * dict_FD.shape[1])
     parts = []
-    for x_TD in _token_chunks(x_ND, per_token, max_bytes):
+    for x_TD in token_chunks(x_ND, per_token, max_bytes):
         x32_TD = x_TD.float()
         corr_TF = _correlate(x32_TD, dict_FD, max_bytes)
         score_TF = corr_TF if nonneg else corr_TF.abs()
@@ -478,7 +480,9 @@ def _check_correlations(
         )
 
 
-def _token_chunks(x_ND: Tensor, floats_per_token: int, max_bytes: int) -> list[Tensor]:
+def token_chunks(x_ND: Tensor, floats_per_token: int, max_bytes: int) -> list[Tensor]:
+    """Consecutive row slices of ``x_ND`` whose ``floats_per_token`` fp32 values per row fit
+    in ``max_bytes`` (at least one row each)."""
     size = max(1, max_bytes // (4 * max(1, floats_per_token)))
     return list(x_ND.split(size)) if x_ND.shape[0] else [x_ND]
 

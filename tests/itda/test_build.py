@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from itda_synthetic import planted
@@ -113,9 +115,14 @@ def test_resuming_from_a_partial_dictionary_equals_one_uninterrupted_build(acts,
     assert torch.equal(resumed.provenance.columns["token"], whole.provenance.columns["token"])
 
 
-def test_early_stopping_pursuit_builds_the_same_dictionary_as_full_pursuit(acts, monkeypatch):
+@pytest.mark.parametrize("with_gram", [True, False])
+def test_early_stopping_pursuit_builds_the_same_dictionary_as_full_pursuit(
+    acts, monkeypatch, with_gram
+):
     # the build stops pursuing a token once its loss reaches the threshold; the reference
     # pursues every token for all target_l0 steps and must add exactly the same atoms
+    if not with_gram:  # no Gram matrix fits: the pursuit recomputes correlations every step
+        monkeypatch.setattr(sys.modules["itda.build"], "GRAM_MAX_BYTES", 0)
     kw = dict(target_l0=8, loss_threshold=0.15, max_atoms=700, progress=False)
     fast = itda.ITDA.build(acts[:2048].split(256), **kw)
     full_mp = pursuit.matching_pursuit

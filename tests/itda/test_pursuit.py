@@ -140,6 +140,13 @@ def test_stop_loss_with_candidates_is_refused(problem):
         matching_pursuit(x_ND, dict_FD, L, candidates=20, stop_loss=0.1)
 
 
+@pytest.mark.parametrize("stop_loss", [-0.1, 1.5])
+def test_stop_loss_outside_the_unit_interval_is_refused(problem, stop_loss):
+    x_ND, dict_FD = problem
+    with pytest.raises(ValueError, match=f"relative loss in \\[0, 1\\], got {stop_loss}"):
+        matching_pursuit(x_ND, dict_FD, L, stop_loss=stop_loss)
+
+
 @pytest.mark.parametrize("nonneg", [False, True])
 @pytest.mark.parametrize("max_bytes", [pursuit.DEFAULT_MAX_BYTES, 512])
 def test_gradient_pursuit_equals_naive_loop(problem, nonneg, max_bytes):
@@ -202,7 +209,7 @@ def test_gram_matrix_in_chunks_equals_dense_product(problem):
 def test_memory_budget_splits_large_problems_into_bounded_chunks():
     # 50,000 atoms x 3,072 dims with 4,096 tokens: each token chunk's correlations fit the budget
     budget = pursuit.DEFAULT_MAX_BYTES
-    chunks = pursuit._token_chunks(torch.empty(4096, 1), 50_000, budget)
+    chunks = pursuit.token_chunks(torch.empty(4096, 1), 50_000, budget)
     assert sum(len(c) for c in chunks) == 4096
     assert all(4 * len(c) * 50_000 <= budget for c in chunks)
     atom_chunk = pursuit._atom_chunk(torch.empty(50_000, 3072), budget)
