@@ -2,15 +2,21 @@
 
 CAA (Rimsky et al. 2024) adds the vector "at all token positions after the end of the
 instruction", including every generated token. With a key-value cache, generation runs a
-prefill forward over the whole prompt and then one-token forwards, so the positions are
-decided per forward from two facts read at the model's entry: whether the cache is empty
-(prefill) and the 2-D attention mask (which columns are real tokens):
+prompt forward over the whole prompt and then one-token forwards, so the positions are
+decided per forward from facts every supported transformers version provides at the model's
+entry (:func:`forward_facts`): how many tokens the cache already holds (``cache_position``,
+else the cache object's ``get_seq_length()`` whether it is passed as ``past_key_values``,
+``cache`` or positionally, else the 2-D attention mask's length minus the input length) and
+the 2-D attention mask (which columns are real tokens). A forward is a *decoding step* when
+the cache is non-empty and it reads one token; any other forward reads *prompt* tokens: the
+prefill, and also a multi-token forward on a non-empty cache (a second chat turn, a prompt
+continuation).
 
 - ``all``: every position of every forward;
-- ``from_prompt_end``: in the prefill, the last real token of each row (left or right
-  padding); every later one-token step;
-- ``generated``: only the one-token steps after the prefill (the tokens generated so far
-  are re-read as inputs; a plain forward has none).
+- ``from_prompt_end``: in a prompt forward, the last real token of each row (left or right
+  padding; in a continuation, the last token of the new chunk); every decoding step;
+- ``generated``: only the decoding steps (the tokens generated so far are re-read as
+  inputs); a prompt forward, continuation included, has none.
 
 Two forms share ``position_mask``:
 
@@ -27,10 +33,11 @@ Legend: B rows, T tokens of this forward, S tokens including the cache, D width.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -79,19 +86,84 @@ def check_compatible(sv: SteeringVector, model: Any, force: bool = False) -> Non
         raise ValueError(f"vector layers {bad} are outside the model's {len(blocks)} blocks")
 
 
+@dataclass(frozen=True)
+class ForwardFacts:
+    """What a forward's inputs say about where it sits in a generation.
+
+    Attributes:
+        past: tokens the key-value cache held before this forward (0 without a cache).
+        mask_BS: the 2-D attention mask over cached and new tokens, or None.
+    """
+
+    past: int = 0
+    mask_BS: Tensor | None = None
+
+    def decoding_step(self, n_tokens: int) -> bool:
+        """A one-token forward on a non-empty cache; anything else reads prompt tokens."""
+        return self.past > 0 and n_tokens == 1
+
+
+_CACHE_NAMES = ("cache", "past_key_values")  # transformers >= 5.24 / earlier 5.x
+_INPUT_NAMES = ("input_ids", "inputs_embeds")
+
+
+def _bound(module: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The forward's arguments by name, positional ones included."""
+    if not args:
+        return dict(kwargs)
+    try:
+        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
+    except TypeError:
+        return dict(kwargs)
+    named = dict(bound.arguments)
+    named.update(named.pop("kwargs", None) or {})
+    return named
+
+
+def _past_length(named: dict[str, Any], n_new: int | None, mask_BS: Tensor | None) -> int:
+    position = named.get("cache_position")
+    if isinstance(position, Tensor) and position.numel():
+        return int(position.reshape(-1)[0])
+    for name in _CACHE_NAMES:
+        cache = named.get(name)
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+    if mask_BS is not None and n_new is not None:
+        return max(int(mask_BS.shape[1]) - n_new, 0)
+    return 0
+
+
+def forward_facts(module: Any, args: tuple, kwargs: dict) -> ForwardFacts:
+    """Read :class:`ForwardFacts` from the arguments of a causal LM's ``forward``.
+
+    Example:
+        >>> import torch
+        >>> from cae.organism import load
+        >>> hf, _ = load("tiny")
+        >>> forward_facts(hf, (torch.tensor([[5, 6, 7]]),), {}).past
+        0
+    """
+    named = _bound(module, args, kwargs)
+    mask = named.get("attention_mask")
+    mask_BS = mask if isinstance(mask, Tensor) and mask.ndim == 2 else None
+    inputs = next((named[n] for n in _INPUT_NAMES if isinstance(named.get(n), Tensor)), None)
+    n_new = int(inputs.shape[1]) if inputs is not None and inputs.ndim >= 2 else None
+    return ForwardFacts(_past_length(named, n_new, mask_BS), mask_BS)
+
+
 def position_mask(
-    positions: str, prefill: bool, n_tokens: int, mask_BS: Tensor | None, batch: int
+    positions: str, facts: ForwardFacts, n_tokens: int, batch: int
 ) -> Bool[Tensor, "B T"] | None:
     """Where to add in this forward; None means everywhere (the cheap broadcast)."""
-    if positions == "all" or (not prefill and positions in ("from_prompt_end", "generated")):
+    if positions == "all" or (facts.decoding_step(n_tokens) and positions != "all"):
         return None
     out_BT = torch.zeros(batch, n_tokens, dtype=torch.bool)
     if positions == "generated":
         return out_BT
-    if mask_BS is None:
+    if facts.mask_BS is None:
         out_BT[:, -1] = True
         return out_BT
-    real_BT = mask_BS[:, -n_tokens:].to(torch.bool)
+    real_BT = facts.mask_BS[:, -n_tokens:].to(torch.bool)
     last_B = n_tokens - 1 - real_BT.flip(-1).to(torch.int8).argmax(-1)
     out_BT[torch.arange(batch), last_B] = True
     return out_BT
@@ -120,20 +192,6 @@ def combined(
     return total
 
 
-@dataclass
-class _ForwardState:
-    """What the entry hook learned about the current forward."""
-
-    prefill: bool = True
-    mask_BS: Tensor | None = None
-    calls: int = field(default=0)
-
-
-def _is_prefill(kwargs: dict) -> bool:
-    cache = kwargs.get("past_key_values")
-    return cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0
-
-
 @contextmanager
 def steering(
     model: Any,
@@ -155,18 +213,15 @@ def steering(
     vectors = combined(steers, model, force)
     module = hf_module(model)
     _, blocks = decoder_layers(model)
-    state = _ForwardState()
+    facts = [ForwardFacts()]  # of the forward in progress
 
-    def on_entry(_mod: Any, args: tuple, kwargs: dict) -> None:
-        state.prefill = _is_prefill(kwargs)
-        mask = kwargs.get("attention_mask")
-        state.mask_BS = mask if isinstance(mask, Tensor) and mask.ndim == 2 else None
+    def on_entry(mod: Any, args: tuple, kwargs: dict) -> None:
+        facts[0] = forward_facts(mod, args, kwargs)
 
     def on_block(vec_D: Tensor):
         def hook(_mod: Any, _args: tuple, output: Any) -> Any:
             hidden_BTD = block_output(output)
-            where = position_mask(positions, state.prefill, hidden_BTD.shape[1], state.mask_BS,
-                                  hidden_BTD.shape[0])
+            where = position_mask(positions, facts[0], hidden_BTD.shape[1], hidden_BTD.shape[0])
             new = added(hidden_BTD, vec_D, where)
             return (new, *output[1:]) if isinstance(output, tuple) else new
         return hook
@@ -191,7 +246,7 @@ def steer(
 
     Call it first in the trace (or first in each ``for step in tracer.iter[:]`` of a
     ``generate``), before any other read of the model: it reads the model's inputs to
-    tell the prefill from one-token steps. ``sv`` may be a list of (vector, multiplier).
+    tell prompt forwards from one-token decoding steps. ``sv`` may be a list of (vector, multiplier).
 
     Example:
         >>> from cae.organism import load
@@ -212,12 +267,10 @@ def steer(
     blocks = model
     for part in path.split("."):
         blocks = getattr(blocks, part)
-    _, kwargs = model.inputs
-    prefill = _is_prefill(kwargs)
-    mask = kwargs.get("attention_mask")
-    mask_BS = mask if isinstance(mask, Tensor) and mask.ndim == 2 else None
+    args, kwargs = model.inputs
+    facts = forward_facts(hf_module(model), tuple(args), dict(kwargs))
     for layer in sorted(vectors):
         out = blocks[layer].output
         hidden_BTD = block_output(out)
-        where = position_mask(positions, prefill, hidden_BTD.shape[1], mask_BS, hidden_BTD.shape[0])
+        where = position_mask(positions, facts, hidden_BTD.shape[1], hidden_BTD.shape[0])
         hidden_BTD[:] = added(hidden_BTD, vectors[layer], where)

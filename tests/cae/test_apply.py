@@ -3,12 +3,15 @@ nnsight traces; identical to a plain PyTorch forward hook doing the same additio
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from cae import SteeringVector, steer, steering
+from cae.apply import POSITIONS, forward_facts
 from tests.cae.conftest import tiny_llama
 
 PROMPTS = ["story : your friend is sad . so", "q : your guest is cold ."]
@@ -187,3 +190,85 @@ def test_unknown_positions_are_refused(hf_model):
     with pytest.raises(ValueError, match="unknown positions 'prompt'"):
         with sv.apply(hf_model, 1.0, positions="prompt"):
             pass
+
+
+def cache_kwarg(hf) -> str:
+    """The forward's name for the key-value cache (``cache`` from transformers 5.24 on)."""
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+
+def first_turn(hf, enc):
+    """A cache holding the first turn's prompt, and the mask over it."""
+    cache = DynamicCache(config=hf.config)
+    with torch.no_grad():
+        hf(**enc, use_cache=True, **{cache_kwarg(hf): cache})
+    return cache, enc["attention_mask"]
+
+
+def test_forward_facts_read_the_cache_however_it_is_passed(hf_model, tokenizer):
+    enc = encode(tokenizer, "left")
+    cache, mask_BS = first_turn(hf_model, enc)
+    past = enc["input_ids"].shape[1]
+    step = {"input_ids": torch.tensor([[5], [6]]),
+            "attention_mask": torch.cat([mask_BS, torch.ones(2, 1, dtype=mask_BS.dtype)], 1)}
+    name = cache_kwarg(hf_model)
+    positional = [step["input_ids"], step["attention_mask"], None, cache]  # Llama's order
+    assert forward_facts(hf_model, tuple(positional), {}).past == past
+    assert forward_facts(hf_model, (), {**step, name: cache}).past == past
+    assert forward_facts(hf_model, (), {**step, "past_key_values": cache}).past == past
+    assert forward_facts(hf_model, (), step).past == past  # the mask alone tells
+    assert forward_facts(hf_model, (), {"input_ids": step["input_ids"],
+                                        "cache_position": torch.tensor([9])}).past == 9
+    assert forward_facts(hf_model, (enc["input_ids"],), {}).past == 0
+    assert forward_facts(hf_model, (), {**step, name: cache}).decoding_step(1)
+    assert not forward_facts(hf_model, (), {**step, name: cache}).decoding_step(3)
+
+
+def second_turn(hf, lm, steer_fn, chunk_BT):
+    """Block 2's input in a second-turn forward of ``chunk_BT`` new tokens and then in one
+    decoding step after it, with ``steer_fn(inputs)`` running each forward."""
+    cache, mask_BS = first_turn(hf, encode(lm.tokenizer, "left"))
+    seen = []
+    for ids_BT in (chunk_BT, torch.tensor([[7], [8]])):
+        mask_BS = torch.cat([mask_BS, torch.ones_like(ids_BT)], 1)
+        inputs = {"input_ids": ids_BT, "attention_mask": mask_BS, cache_kwarg(hf): cache}
+        with torch.no_grad(), recording(hf, 1) as (_, after):
+            steer_fn(inputs)
+        seen.append(after[0])
+    return seen
+
+
+def hook_form(hf, sv, positions):
+    def run(inputs):
+        with sv.apply(hf, 3.0, positions=positions):
+            hf(**inputs, use_cache=True)
+    return run
+
+
+def nnsight_form(lm, sv, positions):
+    """nnsight edits a block's output in place before torch's forward hooks see it, so what
+    was added is read as block 2's input against an unsteered run."""
+    def run(inputs):
+        with lm.trace(inputs, use_cache=True):
+            steer(lm, sv, 3.0, positions=positions)
+    return run
+
+
+@pytest.mark.parametrize("form", ["hook", "nnsight"])
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_a_second_turn_is_a_prompt_continuation(hf_model, lm, positions, form):
+    sv = SteeringVector.random(hf_model, [1], seed=10, norm=1.0)
+    chunk_BT = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    form_fn = hook_form(hf_model, sv, positions) if form == "hook" else nnsight_form(lm, sv, positions)
+    steered = second_turn(hf_model, lm, form_fn, chunk_BT)
+    plain = second_turn(hf_model, lm, lambda inputs: hf_model(**inputs, use_cache=True), chunk_BT)
+    turn_BTD, step_BTD = (a - b for a, b in zip(steered, plain, strict=True))
+    expected_BT = torch.zeros(2, 3, dtype=torch.bool)
+    if positions == "all":
+        expected_BT[:] = True
+    if positions == "from_prompt_end":
+        expected_BT[:, -1] = True
+    v_D = 3.0 * sv.vectors[1]
+    torch.testing.assert_close(turn_BTD[expected_BT], v_D.expand(int(expected_BT.sum()), -1))
+    assert torch.count_nonzero(turn_BTD[~expected_BT]) == 0
+    torch.testing.assert_close(step_BTD[:, 0], v_D.expand(2, -1))  # every rule steers a step
