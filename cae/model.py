@@ -42,6 +42,16 @@ def hidden_size(model: Any) -> int:
     return int(getattr(config, "hidden_size", None) or config.n_embd)
 
 
+def input_device(model: Any) -> torch.device:
+    """Where the model's inputs go: the device of its input embeddings (the first device of
+    a ``device_map``-split model)."""
+    module = hf_module(model)
+    embeddings = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
+        return embeddings.weight.device
+    return next(module.parameters()).device
+
+
 def model_id(model: Any) -> str:
     """The model's Hub id or directory as recorded in its config ('' if built in memory)."""
     return str(getattr(hf_module(model).config, "name_or_path", "") or "")
@@ -61,6 +71,21 @@ def check_layers(model: Any, layers: list[int]) -> list[int]:
             )
         out.append(layer % len(blocks))
     return sorted(set(out))
+
+
+def cache_argument(model: Any) -> str:
+    """The forward's keyword for the key-value cache: ``cache`` (transformers >= 5.24) or
+    ``past_key_values`` (earlier versions)."""
+    import inspect
+
+    params = inspect.signature(hf_module(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The key-value cache a forward returned (``cache`` or ``past_key_values``)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 def block_output(output: Any) -> torch.Tensor:

@@ -9,8 +9,9 @@ are, position by position, replaced by the candidate token that minimises
     sign(m) * propensity_steered(x') + fluency * CE_unsteered(x')
 
 where ``propensity`` is ``logit(matching) - logit(not matching)`` at the answer position
-(``cae.evaluate.behaviour``) and ``CE`` the mean next-token cross-entropy of the input
-under the unsteered model. An item is *reversed* when the steered propensity has the
+(``cae.evaluate.behaviour``), steered with the run's position rule (``cfg.positions``:
+the inserted tokens are steered too under ``all``), and ``CE`` the mean next-token
+cross-entropy of the input under the unsteered model. An item is *reversed* when the steered propensity has the
 opposite sign of ``m``: the steered model prefers the answer steering pushes away from.
 
 Legend: C candidates, T tokens, V vocabulary.
@@ -29,7 +30,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from cae.apply import check_multiplier
-from cae.evaluate.behaviour import AnswerItem, answer_items
+from cae.evaluate.behaviour import AnswerItem, answer_items, check_scoring_positions
 from cae.model import hf_module
 from cae.pairs import Pair
 from cae.vector import SteeringVector
@@ -53,8 +54,12 @@ class AdversarialConfig:
     """Seed of the initial tokens."""
     batch_size: int = 128
     """Candidates per forward pass."""
+    positions: str = "from_prompt_end"
+    """Where the vector is added while scoring (the run's rule; ``cae.apply.POSITIONS``
+    except ``generated``, which adds nothing to an answer-scoring forward)."""
 
     def __post_init__(self) -> None:
+        check_scoring_positions(self.positions)
         if check_multiplier(self.multiplier) == 0.0:
             raise ValueError("multiplier must be non-zero: there is no steered behaviour at 0")
         if self.n_tokens < 1 or self.rounds < 1 or self.batch_size < 1:
@@ -101,7 +106,7 @@ def _scores(
     for start in range(0, len(ids_CT), cfg.batch_size):
         chunk_CT = ids_CT[start:start + cfg.batch_size]
         with torch.no_grad():
-            with sv.apply(model, cfg.multiplier, positions="from_prompt_end", force=True):
+            with sv.apply(model, cfg.multiplier, positions=cfg.positions, force=True):
                 last_CV = hf(input_ids=chunk_CT).logits[:, -1].float()
             logits_CTV = hf(input_ids=chunk_CT).logits[:, :-1].float()
         props.append(last_CV[:, item.matching_id] - last_CV[:, item.not_matching_id])

@@ -14,9 +14,11 @@ the first token where they differ is the answer token (``A`` of ``" ( A )"``); t
 is run on the shared prefix before it (``prompt + " ("``) and the two answer tokens'
 logits at its last position are compared. Note ``p(m) / (p(A) + p(B)) = sigmoid(propensity)``.
 
-Steering uses ``cae.apply.steering`` on the underlying ``transformers`` model; with the
-default ``positions="from_prompt_end"`` the vector is added at the last prefix token (the
-position that predicts the answer), as CAA adds it from the end of the instruction on.
+Steering uses ``cae.apply.steering`` on the underlying ``transformers`` model with the
+run's position rule: ``from_prompt_end`` (default) adds the vector at the last prefix token
+(the position that predicts the answer), as CAA adds it from the end of the instruction on;
+``all`` adds it at every prefix token. Scoring an answer token generates nothing, so
+``generated`` would add nothing at all and is refused (``check_scoring_positions``).
 
 Legend: I items, M multipliers, B rows, T tokens, V vocabulary.
 """
@@ -40,6 +42,17 @@ from cae.train import completion_tokens
 from cae.vector import SteeringVector
 
 logger = logging.getLogger(__name__)
+
+
+def check_scoring_positions(positions: str) -> str:
+    """A position rule that steers the forward scoring an answer token, or a ValueError.
+
+    ``generated`` steers decoding steps only, and an A/B answer is scored in a prompt forward.
+    """
+    if check_positions(positions) == "generated":
+        raise ValueError("positions='generated' adds nothing when an answer token is scored "
+                         "(no token is generated before it); use 'all' or 'from_prompt_end'")
+    return positions
 
 
 class AnswerItem(NamedTuple):
@@ -108,7 +121,9 @@ def steered_propensities(
     model: Any, tokenizer: Any, items: Sequence[AnswerItem], sv: SteeringVector | None,
     multiplier: float, positions: str = "from_prompt_end", batch_size: int = 32,
 ) -> Float[Tensor, " I"]:
-    """Propensities with ``multiplier * sv`` added (``sv=None`` or multiplier 0: unsteered)."""
+    """Propensities with ``multiplier * sv`` added at ``positions`` (``sv=None`` or multiplier
+    0: unsteered)."""
+    check_scoring_positions(positions)
     if sv is None or check_multiplier(multiplier) == 0.0:
         return propensities(model, tokenizer, items, batch_size)
     with sv.apply(model, multiplier, positions=positions, force=True):
@@ -133,7 +148,7 @@ class BehaviourConfig:
     multipliers: list[float]
     """Multipliers of the propensity curve (at least two distinct values)."""
     positions: str = "from_prompt_end"
-    """Where the vector is added (``cae.apply.POSITIONS``)."""
+    """Where the vector is added (``cae.apply.POSITIONS`` except ``generated``)."""
     batch_size: int = 32
     """Items per forward pass."""
 
@@ -141,7 +156,7 @@ class BehaviourConfig:
         self.multipliers = [check_multiplier(m) for m in self.multipliers]
         if len(set(self.multipliers)) < 2:
             raise ValueError(f"need at least two distinct multipliers, got {self.multipliers}")
-        check_positions(self.positions)
+        check_scoring_positions(self.positions)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 

@@ -8,6 +8,11 @@ open-ended prompts by a pluggable judge scoring greedy steered continuations (a 
 ``(prompt, completion) -> score``; a classifier or an LLM behind an OpenAI-compatible
 endpoint can be wrapped as one). Each effect has a normal-approximation 95% confidence
 interval over items (the paired per-item differences).
+
+Every function takes the run's position rule (``cae.apply.POSITIONS``): A/B sets are scored
+in a prompt forward (``all`` or ``from_prompt_end``); continuations are generated with the
+vector added by the same rule (``from_prompt_end``: the last prompt token and every
+generated token; ``generated``: the generated tokens only; ``all``: everything).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 import torch
 
-from cae.apply import check_multiplier
+from cae.apply import check_multiplier, check_positions
 from cae.evaluate.behaviour import answer_items, steered_propensities
 from cae.model import hf_module
 from cae.pairs import Pair
@@ -81,7 +86,8 @@ def continuations(
     model: Any, prompts: Sequence[str], sv: SteeringVector | None, multiplier: float,
     max_new_tokens: int = 12, positions: str = "from_prompt_end",
 ) -> list[str]:
-    """Greedy continuations of each prompt, steered when ``sv`` is given."""
+    """Greedy continuations of each prompt, steered at ``positions`` when ``sv`` is given."""
+    check_positions(positions)
     hf, tok = hf_module(model), model.tokenizer
     out = []
     for prompt in prompts:
@@ -117,15 +123,16 @@ def score_all(
 
 def judged_effect(
     model: Any, name: str, prompts: Sequence[str], sv: SteeringVector, multiplier: float,
-    judge: Judge, max_new_tokens: int = 12,
+    judge: Judge, max_new_tokens: int = 12, positions: str = "from_prompt_end",
 ) -> SetEffect:
-    """Mean judge score of steered vs unsteered greedy continuations (open-ended set)."""
+    """Mean judge score of greedy continuations steered at ``positions`` vs unsteered ones
+    (open-ended set)."""
     if not prompts:
         raise ValueError(f"set {name!r} has no prompts")
     m = check_multiplier(multiplier)
     base = score_all(judge, prompts, continuations(model, prompts, None, 0.0, max_new_tokens))
-    steer = score_all(judge, prompts, continuations(model, prompts, sv, m, max_new_tokens),
-                      done=base)
+    steer = score_all(judge, prompts,
+                      continuations(model, prompts, sv, m, max_new_tokens, positions), done=base)
     effect, ci = mean_ci([s - b for s, b in zip(steer, base, strict=True)])
     return SetEffect(name, "judge", len(prompts), sum(base) / len(base),
                      sum(steer) / len(steer), effect, ci)
@@ -135,8 +142,10 @@ def distribution_shift(
     model: Any, sv: SteeringVector, multiplier: float,
     choice_sets: Mapping[str, Sequence[Pair]],
     open_sets: Mapping[str, Sequence[str]] | None = None, judge: Judge | None = None,
+    positions: str = "from_prompt_end",
 ) -> list[SetEffect]:
-    """Effects on every named set, A/B-style sets first (side by side, same vector).
+    """Effects on every named set, A/B-style sets first (side by side, same vector, the same
+    position rule ``positions`` everywhere).
 
     Example:
         >>> from cae.model import load_language_model
@@ -151,7 +160,9 @@ def distribution_shift(
     """
     if open_sets and judge is None:
         raise ValueError("open-ended sets need a judge: a function (prompt, completion) -> score")
-    rows = [choice_effect(model, name, pairs, sv, multiplier) for name, pairs in choice_sets.items()]
+    rows = [choice_effect(model, name, pairs, sv, multiplier, positions)
+            for name, pairs in choice_sets.items()]
     for name, prompts in (open_sets or {}).items():
-        rows.append(judged_effect(model, name, prompts, sv, multiplier, judge))  # type: ignore[arg-type]
+        rows.append(judged_effect(model, name, prompts, sv, multiplier, judge,  # type: ignore[arg-type]
+                                  positions=positions))
     return rows

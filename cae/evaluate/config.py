@@ -1,0 +1,103 @@
+"""The ``cae eval`` configuration: one dataclass that is the CLI, the API and
+``results.json['config']`` (``cae.evaluate.report.evaluate`` runs it).
+
+Importing this module imports no torch; validation in ``__post_init__`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``cae eval`` needs (the CLI, the API and ``results.json['config']``)."""
+
+    model: str
+    """Hub id, local directory or ``organism:<size>``."""
+    data: str
+    """A/B dataset: MWE ``.jsonl`` or CAA ``.json`` (``cae.pairs.load_pairs``)."""
+    out: str
+    """Output directory."""
+    corpus: str | None = None
+    """Plain-text file for the perplexity cost (None: skipped)."""
+    layers: list[int] | None = None
+    """Layers to train and sweep (None: every decoder block)."""
+    read: str = "answer"
+    """Read rule of the vectors (``cae.read``: ``answer`` is CAA's answer letter, ``mean``
+    averages the completion's tokens, ``last`` its final token)."""
+    multipliers: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
+    """Multipliers of the sweep, the propensity curves and the perplexity cost."""
+    test_fraction: float = 0.25
+    """Share of the dataset held out for evaluation."""
+    positions: str = "from_prompt_end"
+    """Where the vector is added, in every stage (``cae.apply.POSITIONS`` except
+    ``generated``: the A/B stages score an answer token and generate nothing)."""
+    draws: int = 5
+    """Random subsets per sample size in the sample-efficiency curve."""
+    context: int = 64
+    """Tokens per perplexity window."""
+    max_windows: int | None = 32
+    """Perplexity windows scored at most."""
+    seed: int = 0
+    """Seed of the train/test split and the subset draws."""
+    other_data: list[str] = field(default_factory=list)
+    """Other-template A/B datasets, scored beside the held-out split (out of distribution)."""
+    ood: str | None = None
+    """Directory of OOD prompt files as published with the CAE paper (``cae.evaluate.ood``)."""
+    ood_behaviour: str | None = None
+    """Only OOD files of this behaviour (the file name without its length suffix)."""
+    open: list[str] = field(default_factory=list)
+    """Plain-text files of open-ended prompts (one per line), judged like the OOD files."""
+    judge_fn: str | None = None
+    """Judge function ``"module:function"`` ``(prompt, completion) -> score`` for ``open``
+    (``cae.evaluate.judge.load_judge_function``); else the endpoint judge is used."""
+    judge_url: str | None = None
+    """OpenAI-compatible endpoint root for the OOD judge (needed with ``ood``)."""
+    judge_model: str = "judge"
+    """Model name sent to the judge endpoint."""
+    adversarial: int = 0
+    """Held-out items searched for inputs reversing the largest multiplier (0: skip)."""
+    adversarial_tokens: int = 4
+    """Tokens the adversarial search inserts per item."""
+    normalize: bool = False
+    """Rescale each layer's vector to the mean residual norm at its read positions
+    (``SteeringVector.norm_matched``): multipliers are then in units of a typical activation,
+    comparable across layers and model sizes."""
+
+    def __post_init__(self) -> None:
+        from cae.apply import check_multiplier
+        from cae.evaluate.behaviour import check_scoring_positions
+        from cae.read import read_rule
+
+        self.multipliers = [check_multiplier(m) for m in self.multipliers]
+        if len(set(self.multipliers)) < 2 or not any(self.multipliers):
+            raise ValueError("multipliers need at least two distinct values, one non-zero; "
+                             f"got {self.multipliers}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        check_scoring_positions(self.positions)
+
+        read_rule(self.read)
+        if not Path(self.data).is_file():
+            raise FileNotFoundError(f"dataset file not found: {self.data}")
+        if self.corpus is not None and not Path(self.corpus).is_file():
+            raise FileNotFoundError(f"corpus file not found: {self.corpus}")
+        for path in self.other_data:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"dataset file not found: {path}")
+        if self.adversarial < 0 or self.adversarial_tokens < 1:
+            raise ValueError("adversarial must be >= 0 and adversarial_tokens >= 1")
+        if self.ood is not None and self.judge_url is None:
+            raise ValueError("--ood prompts are open-ended: give a judge endpoint (judge_url)")
+        for path in self.open:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"open-ended prompt file not found: {path}")
+        if self.open and self.judge_fn is None and self.judge_url is None:
+            raise ValueError("--open prompts need a judge: a function (judge_fn) or an endpoint "
+                             "(judge_url)")
+        if self.judge_fn is not None:
+            from cae.evaluate.judge import load_judge_function
+
+            load_judge_function(self.judge_fn)  # fail before any training
