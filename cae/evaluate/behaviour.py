@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from cae.apply import check_multiplier, check_positions
-from cae.model import hf_module
+from cae.model import hf_module, input_device
 from cae.pairs import Pair, check_pairs
 from cae.train import completion_tokens
 from cae.vector import SteeringVector
@@ -84,36 +84,44 @@ def answer_items(tokenizer: Any, pairs: Sequence[Pair]) -> list[AnswerItem]:
     return [answer_item(tokenizer, p, i) for i, p in enumerate(check_pairs(pairs))]
 
 
-def _left_padded(items: Sequence[AnswerItem], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
-    width = max(len(it.prefix_ids) for it in items)
-    ids_BT = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask_BT = torch.zeros((len(items), width), dtype=torch.long)
-    for b, it in enumerate(items):
-        ids_BT[b, width - len(it.prefix_ids):] = torch.tensor(it.prefix_ids)
-        mask_BT[b, width - len(it.prefix_ids):] = 1
-    return ids_BT, mask_BT, (mask_BT.cumsum(-1) - 1).clamp_min(0)
+def left_padded(
+    rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str
+) -> tuple[Int[Tensor, "B T"], Int[Tensor, "B T"], Int[Tensor, "B T"]]:
+    """Token rows left-padded on ``device``: (input ids, attention mask, position ids from
+    the mask, so a padded row sees the positions it would see alone)."""
+    width = max(len(ids) for ids in rows)
+    ids_BT = torch.full((len(rows), width), pad_id, dtype=torch.long, device="cpu")
+    mask_BT = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
+    for b, ids in enumerate(rows):
+        ids_BT[b, width - len(ids):] = torch.tensor(list(ids), dtype=torch.long, device="cpu")
+        mask_BT[b, width - len(ids):] = 1
+    pos_BT = (mask_BT.cumsum(-1) - 1).clamp_min(0)
+    return ids_BT.to(device), mask_BT.to(device), pos_BT.to(device)
 
 
 def propensities(
     model: Any, tokenizer: Any, items: Sequence[AnswerItem], batch_size: int = 32
 ) -> Float[Tensor, " I"]:
-    """Logit difference (matching - not matching) at the answer position of each item.
+    """Logit difference (matching - not matching) at the answer position of each item (on
+    the CPU, whatever the model's device).
 
     Runs the model as is: wrap the call in ``sv.apply(...)`` to score a steered model.
     """
     hf = hf_module(model)
+    device = input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[Tensor] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        ids_BT, mask_BT, pos_BT = _left_padded(chunk, pad)
+        ids_BT, mask_BT, pos_BT = left_padded([it.prefix_ids for it in chunk], pad, device)
         with torch.no_grad():
             logits_BV = hf(input_ids=ids_BT, attention_mask=mask_BT,
                            position_ids=pos_BT).logits[:, -1].float()
-        rows = torch.arange(len(chunk))
-        match_B: Int[Tensor, " B"] = torch.tensor([it.matching_id for it in chunk])
-        other_B: Int[Tensor, " B"] = torch.tensor([it.not_matching_id for it in chunk])
-        out.append(logits_BV[rows, match_B] - logits_BV[rows, other_B])
+        at = logits_BV.device
+        rows = torch.arange(len(chunk), device=at)
+        match_B: Int[Tensor, " B"] = torch.tensor([it.matching_id for it in chunk], device=at)
+        other_B: Int[Tensor, " B"] = torch.tensor([it.not_matching_id for it in chunk], device=at)
+        out.append((logits_BV[rows, match_B] - logits_BV[rows, other_B]).cpu())
     return torch.cat(out)
 
 
@@ -203,7 +211,7 @@ def behaviour(
                for m in tqdm(cfg.multipliers, desc="multipliers", disable=len(cfg.multipliers) < 4)]
     prop_IM = torch.stack(columns, dim=1)
     p_IM = torch.sigmoid(prop_IM)
-    slopes_I = least_squares_slopes(torch.tensor(cfg.multipliers), prop_IM)
+    slopes_I = least_squares_slopes(torch.tensor(cfg.multipliers, device=prop_IM.device), prop_IM)
     return BehaviourResult(
         multipliers=list(cfg.multipliers),
         propensity=prop_IM.tolist(),

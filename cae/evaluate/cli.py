@@ -15,8 +15,9 @@ import sys
 from dataclasses import asdict
 
 from cae.apply import POSITIONS
+from cae.evaluate.config import EvalConfig, Placement
 from cae.evaluate.judge import JudgeError
-from cae.evaluate.report import EvalConfig, evaluate
+from cae.evaluate.report import evaluate
 from cae.evaluate.sizes import compare_sizes
 from cae.read import READ_RULES
 
@@ -36,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="decoder blocks to sweep (default: all)")
     p.add_argument("--multipliers", type=float, nargs="+", default=[-4.0, -2.0, 0.0, 2.0, 4.0])
     p.add_argument("--test-fraction", type=float, default=0.25)
-    p.add_argument("--positions", default="from_prompt_end", choices=list(POSITIONS))
+    p.add_argument("--positions", default="from_prompt_end",
+                   help=f"where the vector is added in every stage: {', '.join(POSITIONS)} "
+                        "(generated is refused: the A/B stages generate nothing)")
     p.add_argument("--draws", type=int, default=5, help="random subsets per sample size")
     p.add_argument("--context", type=int, default=64, help="tokens per perplexity window")
     p.add_argument("--max-windows", type=int, default=32)
@@ -44,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--adversarial", type=int, default=0,
                    help="held-out items to search for reversing inputs (0: skip)")
     p.add_argument("--adversarial-tokens", type=int, default=4)
+    p.add_argument("--adversarial-top-k", type=int, default=32,
+                   help="gradient-ranked candidates per search step (0: whole vocabulary)")
+    p.add_argument("--adversarial-budget", type=int, default=None,
+                   help="most forward rows per searched item (reported per item)")
     p.add_argument("--other-data", nargs="+", default=[],
                    help="other-template A/B datasets scored beside the held-out split")
     p.add_argument("--ood", default=None, help="directory of CAE-paper OOD prompt files")
@@ -57,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", action="store_true",
                    help="scale vectors to the mean residual norm (multipliers comparable "
                         "across layers and models)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--dtype", default="float32",
+                   help="float32, bfloat16 or float16: the model's weights and activations")
+    p.add_argument("--device-map", default=None,
+                   help="accelerate device map instead of --device: auto, balanced, "
+                        "sequential or a JSON object")
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for --ood")
     p.add_argument("--judge-model", default="judge", help="model name sent to the judge")
     p.set_defaults(func=run)
@@ -73,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
         ood=args.ood, ood_behaviour=args.ood_behaviour, open=args.open, judge_fn=args.judge_fn,
         judge_url=args.judge_url,
         judge_model=args.judge_model, adversarial=args.adversarial,
-        adversarial_tokens=args.adversarial_tokens, normalize=args.normalize,
+        adversarial_tokens=args.adversarial_tokens,
+        adversarial_top_k=args.adversarial_top_k or None,
+        adversarial_budget=args.adversarial_budget, normalize=args.normalize,
+        placement=Placement(args.device, args.dtype, args.device_map),
     )
     try:
         if len(args.model) > 1:

@@ -11,6 +11,38 @@ from pathlib import Path
 
 
 @dataclass
+class Placement:
+    """Where and in what precision the model is loaded (``cae.model.load_language_model``)."""
+
+    device: str | None = None
+    """``cpu``, ``cuda``, ``cuda:1``, ``mps`` (None: transformers' default, the CPU)."""
+    dtype: str = "float32"
+    """``float32``, ``bfloat16`` or ``float16`` (``cae.model.DTYPES``)."""
+    device_map: str | None = None
+    """accelerate's ``auto`` / ``balanced`` / ``sequential``, or a JSON module -> device map;
+    instead of ``device``."""
+
+    def __post_init__(self) -> None:
+        from cae.model import check_device, check_dtype_on, resolve_dtype
+
+        if self.device is not None and self.device_map is not None:
+            raise ValueError("give a device or a device_map, not both")
+        dev = check_device(self.device) if self.device is not None else None
+        check_dtype_on(resolve_dtype(self.dtype), dev)
+
+    def device_map_value(self) -> str | dict | None:
+        """``device_map`` as accelerate takes it (a JSON object string becomes a dict)."""
+        if self.device_map is not None and self.device_map.lstrip().startswith("{"):
+            import json
+
+            try:
+                return dict(json.loads(self.device_map))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"device_map is not valid JSON ({err.msg})") from None
+        return self.device_map
+
+
+@dataclass
 class EvalConfig:
     """Everything ``cae eval`` needs (the CLI, the API and ``results.json['config']``)."""
 
@@ -61,10 +93,24 @@ class EvalConfig:
     """Held-out items searched for inputs reversing the largest multiplier (0: skip)."""
     adversarial_tokens: int = 4
     """Tokens the adversarial search inserts per item."""
+    adversarial_top_k: int | None = 32
+    """Gradient-ranked candidates per search step (None: the whole vocabulary)."""
+    adversarial_budget: int | None = None
+    """Most forward rows per searched item (None: no cap)."""
     normalize: bool = False
     """Rescale each layer's vector to the mean residual norm at its read positions
     (``SteeringVector.norm_matched``): multipliers are then in units of a typical activation,
     comparable across layers and model sizes."""
+    placement: Placement = field(default_factory=Placement)
+    """Device, dtype and device map of the model."""
+
+    def adversarial_config(self):  # -> cae.evaluate.adversarial.AdversarialConfig
+        """The search's settings: the largest multiplier, the run's positions and seed."""
+        from cae.evaluate.adversarial import AdversarialConfig
+
+        return AdversarialConfig(max(abs(m) for m in self.multipliers), self.adversarial_tokens,
+                                 seed=self.seed, positions=self.positions,
+                                 top_k=self.adversarial_top_k, budget=self.adversarial_budget)
 
     def __post_init__(self) -> None:
         from cae.apply import check_multiplier
@@ -78,8 +124,10 @@ class EvalConfig:
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         check_scoring_positions(self.positions)
-
         read_rule(self.read)
+        if isinstance(self.placement, dict):  # read back from results.json
+            self.placement = Placement(**self.placement)
+        self.placement.device_map_value()
         if not Path(self.data).is_file():
             raise FileNotFoundError(f"dataset file not found: {self.data}")
         if self.corpus is not None and not Path(self.corpus).is_file():
@@ -89,6 +137,8 @@ class EvalConfig:
                 raise FileNotFoundError(f"dataset file not found: {path}")
         if self.adversarial < 0 or self.adversarial_tokens < 1:
             raise ValueError("adversarial must be >= 0 and adversarial_tokens >= 1")
+        if self.adversarial:
+            self.adversarial_config()  # a budget too small to run fails before any training
         if self.ood is not None and self.judge_url is None:
             raise ValueError("--ood prompts are open-ended: give a judge endpoint (judge_url)")
         for path in self.open:

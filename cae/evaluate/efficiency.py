@@ -133,7 +133,7 @@ def efficiency_curve(
     for n in tqdm(sizes, desc="sample sizes", disable=len(sizes) < 4):
         cos_row, eff_row = [], []
         for _ in range(1 if n == n_pairs else cfg.draws):
-            idx = torch.randperm(n_pairs, generator=gen)[:n]
+            idx = torch.randperm(n_pairs, generator=gen, device="cpu")[:n].to(pos_ND.device)
             vec_D = agg(pos_ND[idx], neg_ND[idx]).float()
             cos_row.append(float(torch.nn.functional.cosine_similarity(vec_D, full_D, dim=0)))
             if effect is not None:

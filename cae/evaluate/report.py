@@ -79,7 +79,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out, cfg)
     train, test = split(load_pairs(cfg.data), cfg.test_fraction, cfg.seed)
-    lm = load_language_model(cfg.model)
+    place = cfg.placement
+    lm = load_language_model(cfg.model, place.dtype, place.device, place.device_map_value())
     layers = cfg.layers if cfg.layers is not None else list(range(len(decoder_layers(lm)[1])))
     layers = check_layers(lm, layers)
     text, ppl_cfg = None, None
@@ -124,11 +125,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         plots.plot_perplexity(ppl, out / "perplexity.png")
         summary["perplexity_increase"] = dict(zip(map(str, ppl.multipliers), ppl.increase, strict=True))
     if cfg.adversarial > 0:
-        from cae.evaluate.adversarial import AdversarialConfig, adversarial_search
+        from cae.evaluate.adversarial import adversarial_search
 
         adv = adversarial_search(lm, test[:cfg.adversarial], single_layer(sv, sweep.best_layer),
-                                 AdversarialConfig(top, cfg.adversarial_tokens, seed=cfg.seed,
-                                                   positions=cfg.positions))
+                                 cfg.adversarial_config())
         results.add("adversarial", adv)
         summary["adversarial_success_rate"] = adv.success_rate
     if cfg.other_data or cfg.ood is not None or cfg.open:

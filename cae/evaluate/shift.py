@@ -27,7 +27,7 @@ import torch
 
 from cae.apply import check_multiplier, check_positions
 from cae.evaluate.behaviour import answer_items, steered_propensities
-from cae.model import hf_module
+from cae.model import hf_module, input_device
 from cae.pairs import Pair
 from cae.vector import SteeringVector
 
@@ -89,9 +89,10 @@ def continuations(
     """Greedy continuations of each prompt, steered at ``positions`` when ``sv`` is given."""
     check_positions(positions)
     hf, tok = hf_module(model), model.tokenizer
+    device = input_device(model)
     out = []
     for prompt in prompts:
-        enc = tok(prompt, return_tensors="pt")
+        enc = tok(prompt, return_tensors="pt").to(device)
         settings = {"max_new_tokens": max_new_tokens, "do_sample": False,
                     "pad_token_id": tok.pad_token_id}
         with torch.no_grad():
