@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -234,24 +234,46 @@ def single_layer(sv: SteeringVector, layer: int) -> SteeringVector:
 
 @dataclass
 class LayerSweep:
-    """Behaviour per layer; the chosen layer has the largest steerability."""
+    """Behaviour per layer; the chosen layer steers most strongly, either way."""
 
     layers: list[int]
     """Layers evaluated, each applied alone."""
     results: list[BehaviourResult]
     """One result per layer."""
     best_layer: int
-    """Layer with the largest steerability (ties: the earliest)."""
+    """Layer with the largest |steerability| (ties: the earliest)."""
+    ranking: list[int] = field(default_factory=list)
+    """Layers by |steerability|, largest first."""
+    anti_steerable_layers: list[int] = field(default_factory=list)
+    """Layers whose steerability is negative: adding the vector lowers p(matching)."""
+    reversed: bool = False
+    """Whether the chosen layer is anti-steerable (its sign is the opposite of the vector's)."""
+    warnings: list[str] = field(default_factory=list)
+    """What a reader must know about the choice (a reversed sign)."""
 
 
 def layer_sweep(
     model: Any, pairs: Sequence[Pair], sv: SteeringVector, cfg: BehaviourConfig
 ) -> LayerSweep:
-    """Layer x multiplier sweep: each layer of ``sv`` applied alone; pick the steerest."""
+    """Layer x multiplier sweep: each layer of ``sv`` applied alone; rank by |steerability|.
+
+    A layer whose steerability is negative is anti-steerable: there the vector works in
+    reverse. It is reported (``anti_steerable_layers``) and, when it is the chosen layer,
+    warned about (``warnings`` and the log); it is not flipped.
+    """
     layers = list(sv.vectors)
     results = [behaviour(model, pairs, single_layer(sv, layer), cfg)
                for layer in tqdm(layers, desc="layer sweep", disable=len(layers) < 2)]
     scores = [r.steerability for r in results]
-    best = layers[scores.index(max(scores))]
+    ranking = sorted(layers, key=lambda layer: (-abs(scores[layers.index(layer)]),
+                                                layers.index(layer)))
+    best = ranking[0]
+    anti = [layer for layer, s in zip(layers, scores, strict=True) if s < 0]
+    warnings = []
+    if best in anti:
+        warnings.append(f"the chosen layer {best} is anti-steerable: adding the vector lowers "
+                        f"p(matching) (steerability {scores[layers.index(best)]:.3g}); "
+                        "positive multipliers push away from the behaviour there")
+        logger.warning(warnings[-1])
     logger.info("layer sweep steerability %s -> layer %d", dict(zip(layers, scores, strict=True)), best)
-    return LayerSweep(layers, results, best)
+    return LayerSweep(layers, results, best, ranking, anti, best in anti, warnings)

@@ -36,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, nargs="+", default=None,
                    help="decoder blocks to sweep (default: all)")
     p.add_argument("--multipliers", type=float, nargs="+", default=[-4.0, -2.0, 0.0, 2.0, 4.0])
-    p.add_argument("--test-fraction", type=float, default=0.25)
+    p.add_argument("--test-fraction", type=float, default=0.25,
+                   help="share held out as the test split (every reported number)")
+    p.add_argument("--val-fraction", type=float, default=0.25,
+                   help="share held out as the validation split (the layer choice)")
     p.add_argument("--positions", default="from_prompt_end",
                    help=f"where the vector is added in every stage: {', '.join(POSITIONS)} "
                         "(generated is refused: the A/B stages generate nothing)")
@@ -44,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--context", type=int, default=64, help="tokens per perplexity window")
     p.add_argument("--max-windows", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[],
+                   help="several seeds (splits and draws): DIR/seed-<s>/ and DIR/seeds.json "
+                        "with intervals over seeds")
     p.add_argument("--adversarial", type=int, default=0,
                    help="held-out items to search for reversing inputs (0: skip)")
     p.add_argument("--adversarial-tokens", type=int, default=4)
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model[0], data=args.data, out=args.out, corpus=args.corpus, layers=args.layers,
         read=args.read,
         multipliers=args.multipliers, test_fraction=args.test_fraction,
+        val_fraction=args.val_fraction, seeds=args.seeds,
         positions=args.positions, draws=args.draws, context=args.context,
         max_windows=args.max_windows, seed=args.seed, other_data=args.other_data,
         ood=args.ood, ood_behaviour=args.ood_behaviour, open=args.open, judge_fn=args.judge_fn,

@@ -62,7 +62,9 @@ class EvalConfig:
     multipliers: list[float] = field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
     """Multipliers of the sweep, the propensity curves and the perplexity cost."""
     test_fraction: float = 0.25
-    """Share of the dataset held out for evaluation."""
+    """Share of the dataset held out for evaluation (the test split: every reported number)."""
+    val_fraction: float = 0.25
+    """Share of the dataset held out for choosing the layer (the validation split)."""
     positions: str = "from_prompt_end"
     """Where the vector is added, in every stage (``cae.apply.POSITIONS`` except
     ``generated``: the A/B stages score an answer token and generate nothing)."""
@@ -73,7 +75,10 @@ class EvalConfig:
     max_windows: int | None = 32
     """Perplexity windows scored at most."""
     seed: int = 0
-    """Seed of the train/test split and the subset draws."""
+    """Seed of the train/validation/test split and the subset draws."""
+    seeds: list[int] = field(default_factory=list)
+    """Several seeds: the whole run once per seed (``DIR/seed-<s>/``) and ``DIR/seeds.json``
+    with the mean and a 95% interval over seeds of every summary number (empty: ``seed``)."""
     other_data: list[str] = field(default_factory=list)
     """Other-template A/B datasets, scored beside the held-out split (out of distribution)."""
     ood: str | None = None
@@ -104,6 +109,10 @@ class EvalConfig:
     placement: Placement = field(default_factory=Placement)
     """Device, dtype and device map of the model."""
 
+    def seed_list(self) -> list[int]:
+        """The seeds the run covers."""
+        return list(self.seeds) or [self.seed]
+
     def adversarial_config(self):  # -> cae.evaluate.adversarial.AdversarialConfig
         """The search's settings: the largest multiplier, the run's positions and seed."""
         from cae.evaluate.adversarial import AdversarialConfig
@@ -121,8 +130,12 @@ class EvalConfig:
         if len(set(self.multipliers)) < 2 or not any(self.multipliers):
             raise ValueError("multipliers need at least two distinct values, one non-zero; "
                              f"got {self.multipliers}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 < self.test_fraction < 1.0 or not 0.0 < self.val_fraction < 1.0 \
+                or self.test_fraction + self.val_fraction >= 1.0:
+            raise ValueError("test_fraction and val_fraction must be in (0, 1) and leave pairs "
+                             f"to train on; got {self.test_fraction} and {self.val_fraction}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
         check_scoring_positions(self.positions)
         read_rule(self.read)
         if isinstance(self.placement, dict):  # read back from results.json

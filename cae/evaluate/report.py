@@ -1,14 +1,18 @@
 """One-command evaluation of a steering vector: the CAE paper's measurements, written out.
 
 Runs the checks of the CAE paper (Hao et al. 2025, arXiv 2505.03189) that this package
-implements so far on a user's model and A/B dataset: a CAA vector (Rimsky et al. 2024) is
-trained on a seeded train split; a layer x multiplier sweep on the held-out split picks
-the layer (largest steerability, Tan et al. 2024); at that layer the behaviour metrics,
-the sample-efficiency curve and the perplexity cost on a text corpus are measured.
+implements on a user's model and A/B dataset: a CAA vector (Rimsky et al. 2024) is trained
+on a seeded train split; a layer x multiplier sweep on a validation split picks the layer
+(largest |steerability|, Tan et al. 2024; an anti-steerable choice is warned about); on the
+test split, at that layer, the behaviour metrics, the sample-efficiency curve (disjoint
+reference, length-matched subset vectors), the perplexity cost on a text corpus and the
+optional stages are measured, every one with the run's position rule.
 
 ``DIR/results.json`` holds every number (rewritten after each stage, so a failure keeps
 the finished stages), ``DIR/*.png`` the plots, ``DIR/index.html`` a summary and
-``DIR/vector`` the trained vector. The same seed gives the same JSON.
+``DIR/vector`` the trained vector. The same seed gives the same JSON. With several seeds
+each run goes to ``DIR/seed-<s>/`` and ``DIR/seeds.json`` holds the intervals over seeds
+(``cae.evaluate.seeds``).
 """
 
 from __future__ import annotations
@@ -28,15 +32,22 @@ from cae.evaluate.config import EvalConfig
 logger = logging.getLogger(__name__)
 
 
-def split(pairs: list[Any], test_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """Seeded shuffle, then (train, test); both must be non-empty."""
+def split(
+    pairs: list[Any], test_fraction: float, seed: int, val_fraction: float = 0.0
+) -> tuple[list[Any], ...]:
+    """Seeded shuffle, then (train, test), or (train, validation, test) with
+    ``val_fraction``; every part must be non-empty."""
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     n_test = round(len(pairs) * test_fraction)
-    if n_test < 1 or n_test >= len(pairs):
-        raise ValueError(f"cannot split {len(pairs)} pairs with test_fraction={test_fraction}: "
-                         "train and test both need at least one pair")
-    return [pairs[i] for i in order[n_test:]], [pairs[i] for i in order[:n_test]]
+    n_val = round(len(pairs) * val_fraction)
+    if n_test < 1 or (val_fraction and n_val < 1) or n_test + n_val >= len(pairs):
+        raise ValueError(f"cannot split {len(pairs)} pairs with test_fraction={test_fraction} "
+                         f"and val_fraction={val_fraction}: every split needs at least one pair")
+    test = [pairs[i] for i in order[:n_test]]
+    val = [pairs[i] for i in order[n_test:n_test + n_val]]
+    train = [pairs[i] for i in order[n_test + n_val:]]
+    return (train, val, test) if val_fraction else (train, test)
 
 
 class Results:
@@ -55,89 +66,200 @@ class Results:
         self.path.write_text(json.dumps(self.data, indent=1) + "\n")
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Run every implemented measurement and write ``cfg.out``; returns the results dict.
+def evaluate(cfg: EvalConfig, lm: Any = None) -> dict[str, Any]:
+    """Run every measurement and write ``cfg.out``; returns the results dict (with several
+    ``cfg.seeds``: the per-seed results and the intervals over seeds, ``evaluate_seeds``).
 
     Example:
         >>> from cae.organism.corpus import write_mwe_jsonl
         >>> write_mwe_jsonl("/tmp/kind.jsonl", "kind", n=32)
         >>> res = evaluate(EvalConfig("organism:tiny", "/tmp/kind.jsonl", "/tmp/eval",
         ...                           multipliers=[-4.0, 0.0, 4.0], draws=2))
-        >>> sorted(res["summary"])[:2]
-        ['anti_steerable_fraction', 'best_layer']
+        >>> res["summary"]["n_train"], res["summary"]["n_val"], res["summary"]["n_test"]
+        (16, 8, 8)
     """
-    from cae.evaluate import plots
-    from cae.evaluate.behaviour import BehaviourConfig, layer_sweep, single_layer
-    from cae.evaluate.efficiency import EfficiencyConfig, model_efficiency
-    from cae.evaluate.perplexity import PerplexityConfig, perplexity_cost, windows
-    from cae.model import check_layers, decoder_layers, load_language_model
+    if len(cfg.seed_list()) > 1:
+        return evaluate_seeds(cfg, lm)
+    from cae.evaluate.perplexity import PerplexityConfig, windows
     from cae.pairs import load_pairs
-    from cae.vector import SteeringVector
 
-    torch.manual_seed(cfg.seed)
+    seed = cfg.seed_list()[0]
+    torch.manual_seed(seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out, cfg)
-    train, test = split(load_pairs(cfg.data), cfg.test_fraction, cfg.seed)
-    place = cfg.placement
-    lm = load_language_model(cfg.model, place.dtype, place.device, place.device_map_value())
-    layers = cfg.layers if cfg.layers is not None else list(range(len(decoder_layers(lm)[1])))
-    layers = check_layers(lm, layers)
+    train, val, test = split(load_pairs(cfg.data), cfg.test_fraction, seed, cfg.val_fraction)
+    lm = lm if lm is not None else load_model(cfg)
+    layers = model_layers(lm, cfg)
     text, ppl_cfg = None, None
     if cfg.corpus is not None:  # checked before the expensive stages
         text = Path(cfg.corpus).read_text(encoding="utf-8")
         ppl_cfg = PerplexityConfig([m for m in cfg.multipliers if m != 0], cfg.context,
                                    cfg.max_windows, positions=cfg.positions)
         windows(lm.tokenizer, text, ppl_cfg)
-    logger.info("training on %d pairs at layers %s", len(train), layers)
-    sv = SteeringVector.train(lm, train, layers, read=cfg.read, normalize=cfg.normalize)
-    raw_scale = {layer: 1.0 for layer in layers}
-    if cfg.normalize:
-        norms, raw_norms = sv.meta.extra["norm_matched"], sv.meta.extra["raw_norms"]
-        raw_scale = {k: norms[str(k)] / raw_norms[str(k)] for k in layers}
-        results.add("norm_matched", {"residual_norm": norms, "raw_norm": raw_norms})
-    sv.save(out / "vector")
-
-    sweep = layer_sweep(lm, test, sv, BehaviourConfig(cfg.multipliers, cfg.positions))
-    results.add("layer_sweep", sweep)
-    best = sweep.results[sweep.layers.index(sweep.best_layer)]
-    plots.plot_layer_sweep(sweep, out / "layer_sweep.png")
-    plots.plot_propensity(best, out / "propensity.png")
-
-    top = max(abs(m) for m in cfg.multipliers)
-    # subset vectors are raw mean differences: scale the multiplier as the full vector was
-    eff = model_efficiency(lm, train, test, sweep.best_layer,
-                           EfficiencyConfig(draws=cfg.draws, seed=cfg.seed),
-                           top * raw_scale[sweep.best_layer], cfg.positions, cfg.read)
-    results.add("sample_efficiency", eff)
-    plots.plot_efficiency(eff, out / "efficiency.png")
-
-    summary: dict[str, Any] = {
-        "n_train": len(train), "n_test": len(test), "best_layer": sweep.best_layer,
-        "steerability": best.steerability,
-        "anti_steerable_fraction": best.anti_steerable_fraction,
-        "mean_p_matching": dict(zip(map(str, best.multipliers), best.mean_p_matching, strict=True)),
-        "n_flat_cosine": eff.n_flat_cosine, "n_flat_effect": eff.n_flat_effect,
-    }
+    sv = train_stage(lm, cfg, train, layers, results)
+    summary: dict[str, Any] = {"n_train": len(train), "n_val": len(val), "n_test": len(test)}
+    best_sv = behaviour_stage(lm, cfg, sv, val, test, results, summary)
+    efficiency_stage(lm, cfg, best_sv, train, test, results, summary)
     if text is not None and ppl_cfg is not None:
-        ppl = perplexity_cost(lm, text, single_layer(sv, sweep.best_layer), ppl_cfg)
-        results.add("perplexity", ppl)
-        plots.plot_perplexity(ppl, out / "perplexity.png")
-        summary["perplexity_increase"] = dict(zip(map(str, ppl.multipliers), ppl.increase, strict=True))
+        perplexity_stage(lm, best_sv, text, ppl_cfg, results, summary)
     if cfg.adversarial > 0:
-        from cae.evaluate.adversarial import adversarial_search
-
-        adv = adversarial_search(lm, test[:cfg.adversarial], single_layer(sv, sweep.best_layer),
-                                 cfg.adversarial_config())
-        results.add("adversarial", adv)
-        summary["adversarial_success_rate"] = adv.success_rate
+        adversarial_stage(lm, cfg, best_sv, test, results, summary)
     if cfg.other_data or cfg.ood is not None or cfg.open:
-        rows = shift_stage(lm, cfg, single_layer(sv, sweep.best_layer), test, top, results)
-        plots.plot_shift(rows, out / "shift.png")
+        top = max(abs(m) for m in cfg.multipliers)
+        rows = shift_stage(lm, cfg, best_sv, test, top, results)
+        _plots().plot_shift(rows, out / "shift.png")
         summary["shift_effect"] = {r.name: r.effect for r in rows}
+        summary["shift_ci95"] = {r.name: list(r.ci95) for r in rows}
     results.add("summary", summary)
     (out / "index.html").write_text(summary_html(results.data))
     return results.data
+
+
+def _plots() -> Any:
+    from cae.evaluate import plots
+
+    return plots
+
+
+def load_model(cfg: EvalConfig) -> Any:
+    """The model named by ``cfg``, on its device and in its dtype."""
+    from cae.model import load_language_model
+
+    place = cfg.placement
+    return load_language_model(cfg.model, place.dtype, place.device, place.device_map_value())
+
+
+def model_layers(lm: Any, cfg: EvalConfig) -> list[int]:
+    """``cfg.layers`` checked against the model (default: every decoder block)."""
+    from cae.model import check_layers, decoder_layers
+
+    layers = cfg.layers if cfg.layers is not None else list(range(len(decoder_layers(lm)[1])))
+    return check_layers(lm, layers)
+
+
+def train_stage(lm: Any, cfg: EvalConfig, train: list[Any], layers: list[int],
+                results: Results) -> Any:
+    """The CAA vector on the train split (normalised when asked), saved to ``out/vector``."""
+    from cae.vector import SteeringVector
+
+    logger.info("training on %d pairs at layers %s", len(train), layers)
+    sv = SteeringVector.train(lm, train, layers, read=cfg.read, normalize=cfg.normalize)
+    if cfg.normalize:
+        results.add("norm_matched", {"residual_norm": sv.meta.extra["norm_matched"],
+                                     "raw_norm": sv.meta.extra["raw_norms"]})
+    sv.save(Path(cfg.out) / "vector")
+    return sv
+
+
+def behaviour_stage(lm: Any, cfg: EvalConfig, sv: Any, val: list[Any], test: list[Any],
+                    results: Results, summary: dict[str, Any]) -> Any:
+    """Layer sweep on the validation split; behaviour of the chosen layer on the test split.
+    Returns the chosen layer's vector."""
+    from cae.evaluate.behaviour import BehaviourConfig, behaviour, layer_sweep, single_layer
+    from cae.evaluate.shift import mean_ci
+
+    out = Path(cfg.out)
+    bcfg = BehaviourConfig(cfg.multipliers, cfg.positions)
+    sweep = layer_sweep(lm, val, sv, bcfg)
+    results.add("layer_sweep", sweep)
+    if sweep.warnings:
+        results.add("warnings", [*results.data.get("warnings", []), *sweep.warnings])
+    best_sv = single_layer(sv, sweep.best_layer)
+    res = behaviour(lm, test, best_sv, bcfg)
+    results.add("behaviour", res)
+    _plots().plot_layer_sweep(sweep, out / "layer_sweep.png")
+    _plots().plot_propensity(res, out / "propensity.png")
+    keys = list(map(str, res.multipliers))
+    summary.update({
+        "best_layer": sweep.best_layer, "layer_ranking": sweep.ranking,
+        "sweep_steerability": {str(k): r.steerability
+                               for k, r in zip(sweep.layers, sweep.results, strict=True)},
+        "anti_steerable_layers": sweep.anti_steerable_layers, "reversed": sweep.reversed,
+        "steerability": res.steerability,
+        "anti_steerable_fraction": res.anti_steerable_fraction,
+        "mean_p_matching": dict(zip(keys, res.mean_p_matching, strict=True)),
+        "p_matching_ci95": {k: list(mean_ci([row[i] for row in res.p_matching])[1])
+                            for i, k in enumerate(keys)},
+    })
+    return best_sv
+
+
+def efficiency_stage(lm: Any, cfg: EvalConfig, best_sv: Any, train: list[Any],
+                     test: list[Any], results: Results, summary: dict[str, Any]) -> None:
+    """Subsets of one half of the train split against a vector of the other half; every
+    subset vector at the evaluated vector's length, effect at the largest multiplier."""
+    from cae.evaluate.efficiency import EfficiencyConfig, model_efficiency
+
+    layer = next(iter(best_sv.vectors))
+    top = max(abs(m) for m in cfg.multipliers)
+    eff = model_efficiency(lm, train, test, layer,
+                           EfficiencyConfig(draws=cfg.draws, seed=cfg.seed_list()[0]), top,
+                           cfg.positions, cfg.read, length=float(best_sv.vectors[layer].norm()))
+    results.add("sample_efficiency", eff)
+    _plots().plot_efficiency(eff, Path(cfg.out) / "efficiency.png")
+    sizes = list(map(str, eff.sizes))
+    summary.update({
+        "n_flat_cosine": eff.n_flat_cosine, "n_flat_effect": eff.n_flat_effect,
+        "efficiency_cosine": dict(zip(sizes, eff.mean_cosine, strict=True)),
+        "efficiency_effect": dict(zip(sizes, eff.mean_effect, strict=True)),
+        "efficiency_length_ratio": {n: sum(r) / len(r)
+                                    for n, r in zip(sizes, eff.length_ratio, strict=True)},
+        "efficiency_reference_cosine": eff.reference_cosine,
+    })
+
+
+def perplexity_stage(lm: Any, best_sv: Any, text: str, ppl_cfg: Any, results: Results,
+                     summary: dict[str, Any]) -> None:
+    """Perplexity of the corpus at every multiplier, the vector added at the run's rule."""
+    from cae.evaluate.perplexity import perplexity_cost
+
+    ppl = perplexity_cost(lm, text, best_sv, ppl_cfg)
+    results.add("perplexity", ppl)
+    _plots().plot_perplexity(ppl, Path(results.path).parent / "perplexity.png")
+    summary["perplexity_baseline"] = ppl.baseline
+    summary["perplexity_increase"] = dict(zip(map(str, ppl.multipliers), ppl.increase,
+                                              strict=True))
+
+
+def adversarial_stage(lm: Any, cfg: EvalConfig, best_sv: Any, test: list[Any],
+                      results: Results, summary: dict[str, Any]) -> None:
+    """The search on the first ``cfg.adversarial`` test items at the largest multiplier."""
+    from cae.evaluate.adversarial import adversarial_search
+
+    adv_cfg = cfg.adversarial_config()
+    adv = adversarial_search(lm, test[:cfg.adversarial], best_sv, adv_cfg)
+    results.add("adversarial", adv)
+    n = len(adv.reversed)
+    sign = 1.0 if adv_cfg.multiplier > 0 else -1.0
+    summary["adversarial"] = {
+        "success_rate": adv.success_rate,
+        "reversed_before_search": sum(sign * p < 0 for p in adv.propensity_before) / n,
+        "cross_entropy_before": sum(adv.cross_entropy_before) / n,
+        "cross_entropy_after": sum(adv.cross_entropy_after) / n,
+        "forward_rows_per_item": sum(adv.forward_rows) / n,
+    }
+
+
+def evaluate_seeds(cfg: EvalConfig, lm: Any = None) -> dict[str, Any]:
+    """The run once per seed into ``cfg.out/seed-<s>/`` and ``cfg.out/seeds.json``: every
+    summary number's mean and Student-t 95% interval over the seeds
+    (``cae.evaluate.seeds.over_seeds``); the model is loaded once."""
+    from dataclasses import replace
+
+    from cae.evaluate.seeds import over_seeds
+
+    lm = lm if lm is not None else load_model(cfg)
+    per_seed = []
+    for seed in cfg.seed_list():
+        sub = replace(cfg, seed=seed, seeds=[], out=str(Path(cfg.out) / f"seed-{seed}"))
+        per_seed.append(evaluate(sub, lm))
+    data = {"config": asdict(cfg), "seeds": cfg.seed_list(),
+            "summary": over_seeds([d["summary"] for d in per_seed]),
+            "warnings": {str(s): d.get("warnings", [])
+                         for s, d in zip(cfg.seed_list(), per_seed, strict=True)}}
+    Path(cfg.out, "seeds.json").write_text(json.dumps(data, indent=1) + "\n")
+    return {**data, "per_seed": per_seed}
 
 
 def shift_stage(
