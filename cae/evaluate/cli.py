@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 
 from cae.apply import POSITIONS
-from cae.evaluate.config import EvalConfig, Placement
+from cae.evaluate.config import EvalConfig, Placement, PromptBaseline
 from cae.evaluate.judge import JudgeError
 from cae.evaluate.report import evaluate
 from cae.evaluate.sizes import compare_sizes
@@ -70,6 +70,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", action="store_true",
                    help="scale vectors to the mean residual norm (multipliers comparable "
                         "across layers and models)")
+    p.add_argument("--prompt-instruction", default=None,
+                   help="prompting baseline: text before every prompt asking for the behaviour")
+    p.add_argument("--prompt-instruction-not", default=None,
+                   help="the same asking for the opposite (needed with --prompt-instruction)")
+    p.add_argument("--prompt-examples", type=int, default=0,
+                   help="prompting baseline: K in-context training items answered the asked way")
+    p.add_argument("--prompt-separator", default="\n\n",
+                   help="between the instruction, the examples and the prompt")
+    p.add_argument("--side-data", nargs="+", default=[],
+                   help="A/B datasets of unrelated behaviours (side effects of steering)")
+    p.add_argument("--capability", nargs="+", default=[],
+                   help="A/B datasets with a correct answer (accuracy under steering)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cpu)")
     p.add_argument("--dtype", default="float32",
                    help="float32, bfloat16 or float16: the model's weights and activations")
@@ -97,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         adversarial_top_k=args.adversarial_top_k or None,
         adversarial_budget=args.adversarial_budget, normalize=args.normalize,
         placement=Placement(args.device, args.dtype, args.device_map),
+        prompting=PromptBaseline(args.prompt_instruction, args.prompt_instruction_not,
+                                 args.prompt_examples, args.prompt_separator),
+        side_data=args.side_data, capability=args.capability,
     )
     try:
         if len(args.model) > 1:

@@ -43,6 +43,33 @@ class Placement:
 
 
 @dataclass
+class PromptBaseline:
+    """The prompting baseline (``cae.evaluate.baselines``): asking for the behaviour instead
+    of steering, scored on the same items."""
+
+    instruction: str | None = None
+    """Text written before every prompt asking for the behaviour (organism: ``persona :
+    warmly``); needs ``instruction_not``."""
+    instruction_not: str | None = None
+    """The same asking for the opposite (organism: ``persona : coldly``)."""
+    examples: int = 0
+    """In-context training items answered the asked-for way, written before every prompt."""
+    separator: str = "\n\n"
+    """Between the instruction, the examples and the prompt (organism: `` <sep> ``)."""
+
+    def __post_init__(self) -> None:
+        if (self.instruction is None) != (self.instruction_not is None):
+            raise ValueError("a prompting instruction needs its opposite: give both "
+                             "--prompt-instruction and --prompt-instruction-not")
+        if self.examples < 0:
+            raise ValueError(f"prompt examples must be >= 0, got {self.examples}")
+
+    def active(self) -> bool:
+        """Whether any baseline is asked for."""
+        return self.instruction is not None or self.examples > 0
+
+
+@dataclass
 class EvalConfig:
     """Everything ``cae eval`` needs (the CLI, the API and ``results.json['config']``)."""
 
@@ -108,6 +135,12 @@ class EvalConfig:
     comparable across layers and model sizes."""
     placement: Placement = field(default_factory=Placement)
     """Device, dtype and device map of the model."""
+    prompting: PromptBaseline = field(default_factory=PromptBaseline)
+    """Prompting baseline, reported beside steering (none by default)."""
+    side_data: list[str] = field(default_factory=list)
+    """A/B datasets of unrelated behaviours: the vector's side effects on them."""
+    capability: list[str] = field(default_factory=list)
+    """A/B datasets with a correct answer (positive): accuracy under steering."""
 
     def seed_list(self) -> list[int]:
         """The seeds the run covers."""
@@ -140,6 +173,11 @@ class EvalConfig:
         read_rule(self.read)
         if isinstance(self.placement, dict):  # read back from results.json
             self.placement = Placement(**self.placement)
+        if isinstance(self.prompting, dict):
+            self.prompting = PromptBaseline(**self.prompting)
+        for path in [*self.side_data, *self.capability]:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"dataset file not found: {path}")
         self.placement.device_map_value()
         if not Path(self.data).is_file():
             raise FileNotFoundError(f"dataset file not found: {self.data}")

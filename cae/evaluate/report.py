@@ -21,6 +21,7 @@ import html
 import json
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -97,9 +98,14 @@ def evaluate(cfg: EvalConfig, lm: Any = None) -> dict[str, Any]:
         ppl_cfg = PerplexityConfig([m for m in cfg.multipliers if m != 0], cfg.context,
                                    cfg.max_windows, positions=cfg.positions)
         windows(lm.tokenizer, text, ppl_cfg)
+    baselines = prompting(cfg, train)
     sv = train_stage(lm, cfg, train, layers, results)
     summary: dict[str, Any] = {"n_train": len(train), "n_val": len(val), "n_test": len(test)}
     best_sv = behaviour_stage(lm, cfg, sv, val, test, results, summary)
+    if baselines:
+        prompt_stage(lm, baselines, test, results, summary)
+    if cfg.side_data or cfg.capability:
+        side_stage(lm, cfg, best_sv, results, summary)
     efficiency_stage(lm, cfg, best_sv, train, test, results, summary)
     if text is not None and ppl_cfg is not None:
         perplexity_stage(lm, best_sv, text, ppl_cfg, results, summary)
@@ -107,10 +113,15 @@ def evaluate(cfg: EvalConfig, lm: Any = None) -> dict[str, Any]:
         adversarial_stage(lm, cfg, best_sv, test, results, summary)
     if cfg.other_data or cfg.ood is not None or cfg.open:
         top = max(abs(m) for m in cfg.multipliers)
-        rows = shift_stage(lm, cfg, best_sv, test, top, results)
+        rows = shift_stage(lm, cfg, best_sv, test, top, results, baselines)
         _plots().plot_shift(rows, out / "shift.png")
-        summary["shift_effect"] = {r.name: r.effect for r in rows}
-        summary["shift_ci95"] = {r.name: list(r.ci95) for r in rows}
+        steering = [r for r in rows if r.method == "steering"]
+        summary["shift_effect"] = {r.name: r.effect for r in steering}
+        summary["shift_ci95"] = {r.name: list(r.ci95) for r in steering}
+        for b in baselines:
+            mine = [r for r in rows if r.method == f"prompt:{b.name}"]
+            summary[f"shift_effect_prompt_{b.name}"] = {r.name: r.effect for r in mine}
+            summary[f"shift_ci95_prompt_{b.name}"] = {r.name: list(r.ci95) for r in mine}
     results.add("summary", summary)
     (out / "index.html").write_text(summary_html(results.data))
     return results.data
@@ -183,6 +194,56 @@ def behaviour_stage(lm: Any, cfg: EvalConfig, sv: Any, val: list[Any], test: lis
                             for i, k in enumerate(keys)},
     })
     return best_sv
+
+
+def prompting(cfg: EvalConfig, train: list[Any]) -> list[Any]:
+    """The prompting baselines ``cfg`` asks for (examples: the first train pairs)."""
+    from cae.evaluate.baselines import prompting_baselines
+
+    p = cfg.prompting
+    if p.examples > len(train):
+        raise ValueError(f"{p.examples} prompt examples asked for but the train split has "
+                         f"{len(train)} pairs")
+    return prompting_baselines(p.instruction, p.instruction_not, train[:p.examples], p.separator)
+
+
+def prompt_stage(lm: Any, baselines: list[Any], test: list[Any], results: Results,
+                 summary: dict[str, Any]) -> None:
+    """Every prompting baseline toward and away from the behaviour on the test split (no
+    vector), beside the steered p(matching) of every multiplier."""
+    from cae.evaluate.baselines import prompted_choice
+
+    rows = [prompted_choice(lm, "in-distribution (held out)", test, b, toward)
+            for b in baselines for toward in (True, False)]
+    results.add("prompt_baseline", [asdict(r) for r in rows])
+    summary["prompt_p_matching"] = {
+        b.name: {d: r.steered for d, r in zip(("toward", "away"), rows[2 * i:2 * i + 2],
+                                               strict=True)}
+        for i, b in enumerate(baselines)}
+    summary["prompt_ci95"] = {
+        b.name: {d: list(r.ci95) for d, r in zip(("toward", "away"), rows[2 * i:2 * i + 2],
+                                                 strict=True)}
+        for i, b in enumerate(baselines)}
+
+
+def side_stage(lm: Any, cfg: EvalConfig, best_sv: Any, results: Results,
+               summary: dict[str, Any]) -> None:
+    """The vector on unrelated behaviours and capability probes at every multiplier."""
+    from cae.evaluate.baselines import side_effects
+    from cae.evaluate.behaviour import BehaviourConfig
+    from cae.pairs import load_pairs
+
+    rows = side_effects(lm, best_sv, BehaviourConfig(cfg.multipliers, cfg.positions),
+                        {Path(p).name: load_pairs(p) for p in cfg.side_data},
+                        {Path(p).name: load_pairs(p) for p in cfg.capability})
+    results.add("side_effects", [asdict(r) for r in rows])
+    summary["side_effects"] = {
+        r.name: {"metric": r.metric, "steerability": r.steerability,
+                 "shift_at_top": r.shift_at_top, "shift_ci95": list(r.shift_ci95),
+                 "mean_p_matching": dict(zip(map(str, r.multipliers), r.mean_p_matching,
+                                             strict=True)),
+                 "accuracy": dict(zip(map(str, r.multipliers), r.accuracy, strict=True))}
+        for r in rows}
 
 
 def efficiency_stage(lm: Any, cfg: EvalConfig, best_sv: Any, train: list[Any],
@@ -263,30 +324,41 @@ def evaluate_seeds(cfg: EvalConfig, lm: Any = None) -> dict[str, Any]:
 
 
 def shift_stage(
-    lm: Any, cfg: EvalConfig, sv: Any, test: list[Any], multiplier: float, results: Results
+    lm: Any, cfg: EvalConfig, sv: Any, test: list[Any], multiplier: float, results: Results,
+    baselines: Sequence[Any] = (),
 ) -> list[Any]:
-    """In- vs out-of-distribution rows, written to ``results`` after each set (a failing
+    """In- vs out-of-distribution rows, each set's steering row followed by its prompting
+    baselines' rows (toward the behaviour), written to ``results`` after each set (a failing
     judge keeps the finished rows; its ``JudgeError.partial`` holds the set's scores so far)."""
+    from cae.evaluate.baselines import prompted_choice, prompted_open
     from cae.evaluate.judge import EndpointJudge, load_judge_function
     from cae.evaluate.ood import load_ood_dir
     from cae.evaluate.shift import choice_effect, judged_effect
     from cae.pairs import load_pairs
 
-    rows = [choice_effect(lm, "in-distribution (held out)", test, sv, multiplier, cfg.positions)]
-    results.add("distribution_shift", [asdict(r) for r in rows])
-    for path in cfg.other_data:
-        rows.append(choice_effect(lm, Path(path).name, load_pairs(path), sv, multiplier,
-                                  cfg.positions))
+    rows: list[Any] = []
+
+    def choice_rows(name: str, pairs: list[Any]) -> None:
+        rows.append(choice_effect(lm, name, pairs, sv, multiplier, cfg.positions))
+        rows.extend(prompted_choice(lm, name, pairs, b) for b in baselines)
         results.add("distribution_shift", [asdict(r) for r in rows])
+
+    def open_rows(name: str, prompts: list[str], judge: Any) -> None:
+        rows.append(judged_effect(lm, name, prompts, sv, multiplier, judge,
+                                  positions=cfg.positions))
+        rows.extend(prompted_open(lm, name, prompts, b, judge) for b in baselines)
+        results.add("distribution_shift", [asdict(r) for r in rows])
+
+    choice_rows("in-distribution (held out)", test)
+    for path in cfg.other_data:
+        choice_rows(Path(path).name, load_pairs(path))
     judge_fn = load_judge_function(cfg.judge_fn) if cfg.judge_fn is not None else None
     for path in cfg.open:
         prompts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()
                    if line.strip()]
         judge: Any = judge_fn or EndpointJudge(cfg.judge_url or "", cfg.judge_model,
                                                Path(path).stem)
-        rows.append(judged_effect(lm, f"open/{Path(path).name}", prompts, sv, multiplier, judge,
-                                  positions=cfg.positions))
-        results.add("distribution_shift", [asdict(r) for r in rows])
+        open_rows(f"open/{Path(path).name}", prompts, judge)
     if cfg.ood is not None and cfg.judge_url is not None:
         sets = [s for s in load_ood_dir(cfg.ood)
                 if cfg.ood_behaviour is None or s.behaviour == cfg.ood_behaviour]
@@ -295,10 +367,8 @@ def shift_stage(
         for ood_set in sets:
             judge = EndpointJudge(cfg.judge_url, cfg.judge_model, ood_set.behaviour,
                                   ood_set.prompts[0].criteria or "")
-            name = f"{ood_set.kind}/{ood_set.behaviour}-{ood_set.length}"
-            rows.append(judged_effect(lm, name, [p.prompt for p in ood_set.prompts], sv,
-                                      multiplier, judge, positions=cfg.positions))
-            results.add("distribution_shift", [asdict(r) for r in rows])
+            open_rows(f"{ood_set.kind}/{ood_set.behaviour}-{ood_set.length}",
+                      [p.prompt for p in ood_set.prompts], judge)
     return rows
 
 

@@ -56,6 +56,10 @@ class SetEffect:
     """steered - unsteered (mean of the per-item differences)."""
     ci95: tuple[float, float]
     """Normal-approximation 95% interval of ``effect`` (equal ends when n = 1)."""
+    method: str = "steering"
+    """``steering`` (``steered`` = with the vector), or a prompting baseline
+    (``prompt:instruction`` / ``prompt:examples``: ``steered`` = with the prompt, no vector;
+    ``cae.evaluate.baselines``)."""
 
 
 def mean_ci(diffs: Sequence[float]) -> tuple[float, tuple[float, float]]:

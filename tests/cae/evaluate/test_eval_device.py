@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 import cae
 from cae.cli import main
 from cae.model import check_device, input_device, load_language_model, resolve_dtype
-from cae.organism.corpus import neutral_text, open_prompts, write_mwe_jsonl
+from cae.organism.corpus import write_mwe_jsonl
 
 CAE_DIR = str(Path(cae.__file__).parent)
 FACTORIES = {torch.tensor, torch.zeros, torch.ones, torch.full, torch.empty, torch.arange,
@@ -48,17 +48,21 @@ class FactoryDevices(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def eval_inputs(tmp_path):
-    data, other = tmp_path / "kind.jsonl", tmp_path / "option.jsonl"
-    write_mwe_jsonl(str(data), "kind", n=16)
-    write_mwe_jsonl(str(other), "kind", fmt="option", n=4)
-    (tmp_path / "corpus.txt").write_text(neutral_text(30))
-    (tmp_path / "open.txt").write_text("\n".join(open_prompts("kind", 2)) + "\n")
-    return ["--model", "organism:tiny", "--data", str(data), "--corpus",
-            str(tmp_path / "corpus.txt"), "--context", "8", "--max-windows", "2",
-            "--multipliers", "-2", "0", "2", "--draws", "1", "--positions", "all",
-            "--adversarial", "1", "--adversarial-tokens", "1", "--other-data", str(other),
-            "--open", str(tmp_path / "open.txt"), "--judge-fn", "cae.organism.corpus:judge_kind"]
+def eval_inputs(tmp_path, positions="all"):
+    """Every stage of ``cae eval`` on small organism files (shared with the positions test)."""
+    from cae.organism.data import write_eval_files
+
+    d = tmp_path / "data"
+    write_eval_files(d, n_ab=16, n_other=4, n_open=2, n_neutral=30)
+    return ["--model", "organism:tiny", "--data", str(d / "kind-ab.jsonl"), "--corpus",
+            str(d / "neutral.txt"), "--context", "8", "--max-windows", "2",
+            "--multipliers", "-2", "0", "2", "--draws", "1", "--positions", positions,
+            "--adversarial", "1", "--adversarial-tokens", "1", "--adversarial-top-k", "4",
+            "--other-data", str(d / "kind-option.jsonl"), "--open", str(d / "kind-open.txt"),
+            "--judge-fn", "cae.organism.corpus:judge_kind",
+            "--prompt-instruction", "persona : warmly", "--prompt-instruction-not",
+            "persona : coldly", "--prompt-examples", "1", "--prompt-separator", " <sep> ",
+            "--side-data", str(d / "power-ab.jsonl"), "--capability", str(d / "quiz.jsonl")]
 
 
 def test_every_stage_runs_in_bfloat16_and_names_the_device_of_what_it_creates(tmp_path):
@@ -71,7 +75,9 @@ def test_every_stage_runs_in_bfloat16_and_names_the_device_of_what_it_creates(tm
     assert res["config"]["placement"] == {"device": "cpu", "dtype": "bfloat16", "device_map": None}
     numbers = [res["summary"]["steerability"], *res["summary"]["mean_p_matching"].values(),
                *res["perplexity"]["perplexity"], *res["adversarial"]["propensity_after"],
-               *[r["effect"] for r in res["distribution_shift"]]]
+               *[r["effect"] for r in res["distribution_shift"]],
+               *[r["steerability"] for r in res["side_effects"]],
+               *[r["effect"] for r in res["prompt_baseline"]]]
     assert all(torch.isfinite(torch.tensor(x)) for x in numbers)
     assert all(0.0 <= p <= 1.0 for p in res["summary"]["mean_p_matching"].values())
 

@@ -203,24 +203,14 @@ def test_a_whole_eval_run_adds_the_vector_only_where_its_rule_says(tmp_path, mon
     organism: every forward of the run, inspected."""
     import cae.model
     from cae.cli import main
-    from cae.organism.corpus import open_prompts, write_mwe_jsonl
+    from tests.cae.evaluate.test_eval_device import eval_inputs
 
     lm = cae.model.load_language_model("organism:tiny")
     monkeypatch.setattr(cae.model, "load_language_model", lambda *_a, **_k: lm)
-    data, other = tmp_path / "kind.jsonl", tmp_path / "option.jsonl"
-    write_mwe_jsonl(str(data), "kind", n=16)
-    write_mwe_jsonl(str(other), "kind", fmt="option", n=4)
-    (tmp_path / "corpus.txt").write_text(neutral_text(30))
-    (tmp_path / "open.txt").write_text("\n".join(open_prompts("kind", 2)) + "\n")
     hf = cae.model.hf_module(lm)
+    flags = eval_inputs(tmp_path, rule)
     with recording(hf, [1]) as forwards:
-        assert main(["eval", "--model", "organism:tiny", "--data", str(data), "--out",
-                     str(tmp_path / "e"), "--corpus", str(tmp_path / "corpus.txt"),
-                     "--context", "8", "--max-windows", "2", "--layers", "1",
-                     "--multipliers", "-2", "2", "--draws", "1", "--positions", rule,
-                     "--adversarial", "1", "--adversarial-tokens", "1",
-                     "--other-data", str(other), "--open", str(tmp_path / "open.txt"),
-                     "--judge-fn", "cae.organism.corpus:judge_kind"]) == 0
+        assert main(["eval", *flags, "--out", str(tmp_path / "e"), "--layers", "1"]) == 0
     assert check_forwards(forwards, rule) > 10
     decoding = [f for f in forwards if f.steering[1] and f.past > 0 and f.n_tokens == 1]
     assert decoding, "the open-ended and perplexity stages steer decoding steps"
