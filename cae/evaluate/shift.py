@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,13 +114,22 @@ def score_all(
     judge: Judge, prompts: Sequence[str], completions: Sequence[str],
     done: Sequence[float] = (),
 ) -> list[float]:
-    """Judge every (prompt, completion); a ``JudgeError`` carries ``done`` + the scores so far."""
+    """Judge every (prompt, completion); a ``JudgeError`` carries ``done`` + the scores so far.
+
+    A judge must return a finite real number; anything else (text, None, NaN) is a
+    ``JudgeError`` naming the value and the prompt.
+    """
     from cae.evaluate.judge import JudgeError
 
     scores: list[float] = []
-    for prompt, completion in zip(prompts, completions, strict=True):
+    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
         try:
-            scores.append(float(judge(prompt, completion)))
+            value = judge(prompt, completion)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not math.isfinite(value):
+                raise JudgeError(f"judge returned {value!r} for prompt {i} ({prompt[:40]!r}), "
+                                 "not a finite number")
+            scores.append(float(value))
         except JudgeError as err:
             err.partial = [*done, *scores]
             raise
