@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from cae.evaluate.behaviour import BehaviourConfig, answer_items, behaviour, steered_propensities
 from cae.evaluate.shift import Judge, SetEffect, continuations, mean_ci, score_all
@@ -72,10 +73,14 @@ def prefixed(pairs: Sequence[Pair], prefix: str) -> list[Pair]:
 
 def prompted_choice(
     model: Any, name: str, pairs: Sequence[Pair], prompting: Prompting, toward: bool = True,
+    unsteered: Tensor | None = None,
 ) -> SetEffect:
-    """Mean p(matching) with the baseline's prefix vs without, on an A/B-style set (no vector)."""
+    """Mean p(matching) with the baseline's prefix vs without, on an A/B-style set (no vector;
+    ``unsteered``: the items' propensities without the prefix, if already known)."""
     tok = model.tokenizer
-    base = torch.sigmoid(steered_propensities(model, tok, answer_items(tok, pairs), None, 0.0))
+    if unsteered is None:
+        unsteered = steered_propensities(model, tok, answer_items(tok, pairs), None, 0.0)
+    base = torch.sigmoid(unsteered)
     asked = prefixed(pairs, prompting.toward if toward else prompting.away)
     with_prefix = torch.sigmoid(steered_propensities(model, tok, answer_items(tok, asked), None,
                                                      0.0))
@@ -87,11 +92,13 @@ def prompted_choice(
 
 def prompted_open(
     model: Any, name: str, prompts: Sequence[str], prompting: Prompting, judge: Judge,
-    max_new_tokens: int = 12,
+    max_new_tokens: int = 12, unsteered: Sequence[float] | None = None,
 ) -> SetEffect:
     """Mean judge score of continuations with the baseline's prefix vs without (the judge
-    sees the original prompt and the continuation only)."""
-    base = score_all(judge, prompts, continuations(model, prompts, None, 0.0, max_new_tokens))
+    sees the original prompt and the continuation only; ``unsteered``: the scores without
+    the prefix, if already known)."""
+    base = list(unsteered) if unsteered is not None else score_all(
+        judge, prompts, continuations(model, prompts, None, 0.0, max_new_tokens))
     asked = continuations(model, [prompting.toward + p for p in prompts], None, 0.0,
                           max_new_tokens)
     scores = score_all(judge, prompts, asked, done=base)

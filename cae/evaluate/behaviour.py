@@ -99,6 +99,14 @@ def left_padded(
     return ids_BT.to(device), mask_BT.to(device), pos_BT.to(device)
 
 
+def last_logits_only(hf: Any) -> dict[str, int]:
+    """``logits_to_keep=1`` where the model's forward takes it (no vocabulary projection of
+    positions nobody reads)."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(hf.forward).parameters else {}
+
+
 def propensities(
     model: Any, tokenizer: Any, items: Sequence[AnswerItem], batch_size: int = 32
 ) -> Float[Tensor, " I"]:
@@ -115,8 +123,8 @@ def propensities(
         chunk = items[start:start + batch_size]
         ids_BT, mask_BT, pos_BT = left_padded([it.prefix_ids for it in chunk], pad, device)
         with torch.no_grad():
-            logits_BV = hf(input_ids=ids_BT, attention_mask=mask_BT,
-                           position_ids=pos_BT).logits[:, -1].float()
+            logits_BV = hf(input_ids=ids_BT, attention_mask=mask_BT, position_ids=pos_BT,
+                           **last_logits_only(hf)).logits[:, -1].float()
         at = logits_BV.device
         rows = torch.arange(len(chunk), device=at)
         match_B: Int[Tensor, " B"] = torch.tensor([it.matching_id for it in chunk], device=at)
@@ -190,9 +198,11 @@ class BehaviourResult:
 
 
 def behaviour(
-    model: Any, pairs: Sequence[Pair], sv: SteeringVector | None, cfg: BehaviourConfig
+    model: Any, pairs: Sequence[Pair], sv: SteeringVector | None, cfg: BehaviourConfig,
+    unsteered: Tensor | None = None,
 ) -> BehaviourResult:
-    """Propensity, p(matching) and steerability of ``sv`` over ``cfg.multipliers``.
+    """Propensity, p(matching) and steerability of ``sv`` over ``cfg.multipliers``
+    (``unsteered``: the items' unsteered propensities, if already known, for multiplier 0).
 
     Example:
         >>> from cae.model import load_language_model
@@ -207,7 +217,8 @@ def behaviour(
     """
     tokenizer = model.tokenizer
     items = answer_items(tokenizer, pairs)
-    columns = [steered_propensities(model, tokenizer, items, sv, m, cfg.positions, cfg.batch_size)
+    columns = [unsteered if m == 0.0 and unsteered is not None else
+               steered_propensities(model, tokenizer, items, sv, m, cfg.positions, cfg.batch_size)
                for m in tqdm(cfg.multipliers, desc="multipliers", disable=len(cfg.multipliers) < 4)]
     prop_IM = torch.stack(columns, dim=1)
     p_IM = torch.sigmoid(prop_IM)
@@ -262,7 +273,9 @@ def layer_sweep(
     warned about (``warnings`` and the log); it is not flipped.
     """
     layers = list(sv.vectors)
-    results = [behaviour(model, pairs, single_layer(sv, layer), cfg)
+    base = (propensities(model, model.tokenizer, answer_items(model.tokenizer, pairs),
+                         cfg.batch_size) if 0.0 in cfg.multipliers else None)
+    results = [behaviour(model, pairs, single_layer(sv, layer), cfg, base)
                for layer in tqdm(layers, desc="layer sweep", disable=len(layers) < 2)]
     scores = [r.steerability for r in results]
     ranking = sorted(layers, key=lambda layer: (-abs(scores[layers.index(layer)]),

@@ -212,8 +212,10 @@ def prompt_stage(lm: Any, baselines: list[Any], test: list[Any], results: Result
     """Every prompting baseline toward and away from the behaviour on the test split (no
     vector), beside the steered p(matching) of every multiplier."""
     from cae.evaluate.baselines import prompted_choice
+    from cae.evaluate.behaviour import answer_items, propensities
 
-    rows = [prompted_choice(lm, "in-distribution (held out)", test, b, toward)
+    base = propensities(lm, lm.tokenizer, answer_items(lm.tokenizer, test))
+    rows = [prompted_choice(lm, "in-distribution (held out)", test, b, toward, base)
             for b in baselines for toward in (True, False)]
     results.add("prompt_baseline", [asdict(r) for r in rows])
     summary["prompt_p_matching"] = {
@@ -331,22 +333,26 @@ def shift_stage(
     baselines' rows (toward the behaviour), written to ``results`` after each set (a failing
     judge keeps the finished rows; its ``JudgeError.partial`` holds the set's scores so far)."""
     from cae.evaluate.baselines import prompted_choice, prompted_open
+    from cae.evaluate.behaviour import answer_items, propensities
     from cae.evaluate.judge import EndpointJudge, load_judge_function
     from cae.evaluate.ood import load_ood_dir
-    from cae.evaluate.shift import choice_effect, judged_effect
+    from cae.evaluate.shift import choice_effect, continuations, judged_effect, score_all
     from cae.pairs import load_pairs
 
     rows: list[Any] = []
 
     def choice_rows(name: str, pairs: list[Any]) -> None:
-        rows.append(choice_effect(lm, name, pairs, sv, multiplier, cfg.positions))
-        rows.extend(prompted_choice(lm, name, pairs, b) for b in baselines)
+        base = propensities(lm, lm.tokenizer, answer_items(lm.tokenizer, pairs))
+        rows.append(choice_effect(lm, name, pairs, sv, multiplier, cfg.positions, base))
+        rows.extend(prompted_choice(lm, name, pairs, b, unsteered=base) for b in baselines)
         results.add("distribution_shift", [asdict(r) for r in rows])
 
     def open_rows(name: str, prompts: list[str], judge: Any) -> None:
+        base = score_all(judge, prompts, continuations(lm, prompts, None, 0.0))
         rows.append(judged_effect(lm, name, prompts, sv, multiplier, judge,
-                                  positions=cfg.positions))
-        rows.extend(prompted_open(lm, name, prompts, b, judge) for b in baselines)
+                                  positions=cfg.positions, unsteered=base))
+        rows.extend(prompted_open(lm, name, prompts, b, judge, unsteered=base)
+                    for b in baselines)
         results.add("distribution_shift", [asdict(r) for r in rows])
 
     choice_rows("in-distribution (held out)", test)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from cae.apply import check_multiplier, check_positions
 from cae.evaluate.behaviour import answer_items, steered_propensities
@@ -75,11 +76,14 @@ def mean_ci(diffs: Sequence[float]) -> tuple[float, tuple[float, float]]:
 
 def choice_effect(
     model: Any, name: str, pairs: Sequence[Pair], sv: SteeringVector, multiplier: float,
-    positions: str = "from_prompt_end",
+    positions: str = "from_prompt_end", unsteered: Tensor | None = None,
 ) -> SetEffect:
-    """Mean p(matching) steered vs unsteered on an A/B-style set."""
+    """Mean p(matching) steered vs unsteered on an A/B-style set (``unsteered``: the items'
+    unsteered propensities, if already known)."""
     items = answer_items(model.tokenizer, pairs)
-    base = torch.sigmoid(steered_propensities(model, model.tokenizer, items, None, 0.0))
+    if unsteered is None:
+        unsteered = steered_propensities(model, model.tokenizer, items, None, 0.0)
+    base = torch.sigmoid(unsteered)
     steered = torch.sigmoid(steered_propensities(model, model.tokenizer, items, sv,
                                                  check_multiplier(multiplier), positions))
     effect, ci = mean_ci((steered - base).tolist())
@@ -89,24 +93,30 @@ def choice_effect(
 
 def continuations(
     model: Any, prompts: Sequence[str], sv: SteeringVector | None, multiplier: float,
-    max_new_tokens: int = 12, positions: str = "from_prompt_end",
+    max_new_tokens: int = 12, positions: str = "from_prompt_end", batch_size: int = 32,
 ) -> list[str]:
-    """Greedy continuations of each prompt, steered at ``positions`` when ``sv`` is given."""
+    """Greedy continuations of each prompt (left-padded batches), steered at ``positions``
+    when ``sv`` is given."""
+    from cae.evaluate.behaviour import left_padded
+
     check_positions(positions)
     hf, tok = hf_module(model), model.tokenizer
     device = input_device(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    settings = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": pad}
     out = []
-    for prompt in prompts:
-        enc = tok(prompt, return_tensors="pt").to(device)
-        settings = {"max_new_tokens": max_new_tokens, "do_sample": False,
-                    "pad_token_id": tok.pad_token_id}
+    for start in range(0, len(prompts), batch_size):
+        rows = [tok(p)["input_ids"] for p in prompts[start:start + batch_size]]
+        ids_BT, mask_BT, _ = left_padded(rows, pad, device)
         with torch.no_grad():
             if sv is None or multiplier == 0.0:
-                ids = hf.generate(**enc, **settings)  # type: ignore[operator]
+                ids = hf.generate(input_ids=ids_BT, attention_mask=mask_BT,  # type: ignore[operator]
+                                  **settings)
             else:
                 with sv.apply(model, multiplier, positions=positions, force=True):
-                    ids = hf.generate(**enc, **settings)  # type: ignore[operator]
-        out.append(tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+                    ids = hf.generate(input_ids=ids_BT, attention_mask=mask_BT,  # type: ignore[operator]
+                                      **settings)
+        out += [tok.decode(row[ids_BT.shape[1]:], skip_special_tokens=True) for row in ids]
     return out
 
 
@@ -139,13 +149,15 @@ def score_all(
 def judged_effect(
     model: Any, name: str, prompts: Sequence[str], sv: SteeringVector, multiplier: float,
     judge: Judge, max_new_tokens: int = 12, positions: str = "from_prompt_end",
+    unsteered: Sequence[float] | None = None,
 ) -> SetEffect:
     """Mean judge score of greedy continuations steered at ``positions`` vs unsteered ones
-    (open-ended set)."""
+    (open-ended set; ``unsteered``: the unsteered scores, if already known)."""
     if not prompts:
         raise ValueError(f"set {name!r} has no prompts")
     m = check_multiplier(multiplier)
-    base = score_all(judge, prompts, continuations(model, prompts, None, 0.0, max_new_tokens))
+    base = list(unsteered) if unsteered is not None else score_all(
+        judge, prompts, continuations(model, prompts, None, 0.0, max_new_tokens))
     steer = score_all(judge, prompts,
                       continuations(model, prompts, sv, m, max_new_tokens, positions), done=base)
     effect, ci = mean_ci([s - b for s, b in zip(steer, base, strict=True)])
