@@ -10,7 +10,9 @@ tokens are a prompt forward, and every later token is fed as a one-token decodin
 the key-value cache (teacher-forced: the window's own tokens, not sampled ones). So ``all``
 steers every position; ``from_prompt_end`` the last prompt token and every later token
 (with the default one-token prompt: every window token); ``generated`` every token after
-the prompt. Every token of the window after the first is scored.
+the prompt. Every token of the window after the first is scored. (Under ``all`` every
+position of every forward is steered, so the window is read in one forward, which adds the
+vector at the same positions and costs one forward instead of one per token.)
 
 BOS: when the tokenizer starts its encodings with a BOS token (Llama, Gemma, the organism),
 every window is read after that token, as the model saw text in training, and then the
@@ -96,14 +98,21 @@ def _nll_sum(logits_BTV: Tensor, targets_BT: Tensor) -> float:
         reduction="sum"))
 
 
-def read_as_generated(model: Any, ids_BT: Int[Tensor, "B T"], prompt_len: int) -> float:
+def read_as_generated(
+    model: Any, ids_BT: Int[Tensor, "B T"], prompt_len: int, one_forward: bool = False
+) -> float:
     """Summed next-token NLL of ``ids_BT[:, 1:]``: a prompt forward over the first
-    ``prompt_len`` tokens, then one decoding step per later token on the key-value cache."""
+    ``prompt_len`` tokens, then one decoding step per later token on the key-value cache
+    (``one_forward``: the whole window in one forward, for the ``all`` rule)."""
     hf = hf_module(model)
     cache_kw = cache_argument(model)
+    if one_forward:
+        prompt_len = ids_BT.shape[1]
     with torch.no_grad():
         out = hf(input_ids=ids_BT[:, :prompt_len], use_cache=True)
         total = _nll_sum(out.logits[:, :-1], ids_BT[:, 1:prompt_len])
+        if prompt_len == ids_BT.shape[1]:
+            return total
         total += _nll_sum(out.logits[:, -1:], ids_BT[:, prompt_len:prompt_len + 1])
         for t in range(prompt_len, ids_BT.shape[1] - 1):
             out = hf(input_ids=ids_BT[:, t:t + 1], use_cache=True,
@@ -114,7 +123,7 @@ def read_as_generated(model: Any, ids_BT: Int[Tensor, "B T"], prompt_len: int) -
 
 def mean_nll(
     model: Any, windows_WT: Int[Tensor, "W T"], batch_size: int, prompt_tokens: int = 1,
-    bos: list[int] | None = None,
+    bos: list[int] | None = None, one_forward: bool = False,
 ) -> float:
     """Mean next-token negative log-likelihood over every scored token of the windows (read
     after ``bos``; see the module doc)."""
@@ -126,7 +135,7 @@ def mean_nll(
         if head:
             ids_BT = torch.cat([torch.tensor(head, device=device).expand(len(ids_BT), -1),
                                 ids_BT], dim=1)
-        total += read_as_generated(model, ids_BT, len(head) + prompt_tokens)
+        total += read_as_generated(model, ids_BT, len(head) + prompt_tokens, one_forward)
         count += ids_BT[:, 1:].numel()
     return total / count
 
@@ -179,10 +188,11 @@ def perplexity_cost(
     ppl = []
     for m in tqdm(multipliers, desc="perplexity", disable=len(multipliers) < 4):
         if m == 0.0:
-            nll = mean_nll(model, windows_WT, cfg.batch_size, cfg.prompt_tokens, bos)
+            nll = mean_nll(model, windows_WT, cfg.batch_size, cfg.prompt_tokens, bos, True)
         else:
             with sv.apply(model, m, positions=cfg.positions, force=True):
-                nll = mean_nll(model, windows_WT, cfg.batch_size, cfg.prompt_tokens, bos)
+                nll = mean_nll(model, windows_WT, cfg.batch_size, cfg.prompt_tokens, bos,
+                               cfg.positions == "all")
         ppl.append(math.exp(nll))
     base = ppl[multipliers.index(0.0)]
     n_tokens = len(windows_WT) * (cfg.context - 1 + len(bos))
