@@ -33,20 +33,31 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy sae_flux itda cae
 
-# The CAE paper's five findings on the LM organism (docs/cae-findings.md): about 15 minutes.
+# The CAE paper's five findings on the LM organism (docs/cae-findings.md): both behaviours side
+# by side (one core each), three sizes, five seeds (splits and draws), every stage adding the
+# vector at every position; the tables: python benchmarks/cae_findings.py $(FINDINGS).
 FINDINGS ?= findings-out
 CAE_MULTIPLIERS ?= -0.5 -0.25 -0.1 0 0.1 0.25 0.5
+CAE_SEEDS ?= 0 1 2 3 4
+CAE_EVAL = OMP_NUM_THREADS=1 $(VENV)/bin/cae eval \
+	--model organism:tiny organism:small organism:medium --read mean --normalize --positions all \
+	--multipliers $(CAE_MULTIPLIERS) --seeds $(CAE_SEEDS) --draws 3 --max-windows 8 \
+	--adversarial 8 --adversarial-top-k 16 --corpus $(FINDINGS)/data/neutral.txt \
+	--prompt-examples 2 --prompt-separator " <sep> " --capability $(FINDINGS)/data/quiz.jsonl
 cae-findings: $(VENV)/.installed
-	$(PY) -m cae.organism.data $(FINDINGS)/data
-	for b in kind power; do \
-	  $(VENV)/bin/cae eval --model organism:tiny organism:small organism:medium \
-	    --data $(FINDINGS)/data/$$b-ab.jsonl --corpus $(FINDINGS)/data/neutral.txt \
-	    --other-data $(FINDINGS)/data/$$b-option.jsonl $(FINDINGS)/data/$$b-statement.jsonl \
-	    --open $(FINDINGS)/data/$$b-open.txt --judge-fn cae.organism.corpus:judge_$$b \
-	    --adversarial 32 --multipliers $(CAE_MULTIPLIERS) --read mean --normalize --positions all \
-	    --draws 10 \
-	    --seed 0 --out $(FINDINGS)/$$b || exit 1; \
-	done
+	$(PY) -m cae.organism.data $(FINDINGS)/data --n-ab 160 --n-other 40 --n-open 16 --n-neutral 600
+	for b in kind power; do head -n 40 $(FINDINGS)/data/$$b-ab.jsonl > $(FINDINGS)/data/side-$$b.jsonl; done
+	$(CAE_EVAL) --data $(FINDINGS)/data/kind-ab.jsonl --side-data $(FINDINGS)/data/side-power.jsonl \
+	  --other-data $(FINDINGS)/data/kind-option.jsonl $(FINDINGS)/data/kind-statement.jsonl \
+	  --open $(FINDINGS)/data/kind-open.txt --judge-fn cae.organism.corpus:judge_kind \
+	  --prompt-instruction "persona : warmly" --prompt-instruction-not "persona : coldly" \
+	  --out $(FINDINGS)/kind > $(FINDINGS)/kind.log 2>&1 & kind=$$!; \
+	$(CAE_EVAL) --data $(FINDINGS)/data/power-ab.jsonl --side-data $(FINDINGS)/data/side-kind.jsonl \
+	  --other-data $(FINDINGS)/data/power-option.jsonl $(FINDINGS)/data/power-statement.jsonl \
+	  --open $(FINDINGS)/data/power-open.txt --judge-fn cae.organism.corpus:judge_power \
+	  --prompt-instruction "persona : boldly" --prompt-instruction-not "persona : humbly" \
+	  --out $(FINDINGS)/power > $(FINDINGS)/power.log 2>&1 & power=$$!; \
+	wait $$kind && wait $$power
 
 clean:
 	rm -rf $(VENV) demo-out findings-out

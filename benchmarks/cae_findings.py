@@ -37,7 +37,10 @@ def fmt(cell: dict[str, Any] | None, digits: int = 3, signed: bool = False) -> s
         return "n/a"
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
     lo, hi = cell["ci95"]
-    return f"{f.format(cell['mean'])} [{f.format(lo)}, {f.format(hi)}]"
+    values = cell.get("values", [])
+    missing = sum(v is None for v in values)
+    some = f" ({len(values) - missing} of {len(values)} seeds)" if missing else ""
+    return f"{f.format(cell['mean'])} [{f.format(lo)}, {f.format(hi)}]{some}"
 
 
 def item_half(summaries: list[dict[str, Any]], key: str, name: str) -> str:
@@ -109,14 +112,14 @@ def unsteered_open(root: Path) -> list[str]:
 
 
 def efficiency_table(root: Path) -> list[str]:
-    out = ["| behaviour | size | cosine to the disjoint-half vector, n = 1 / 4 / 16 / 48 "
-           "(ceiling) | length-matched effect, n = 1 / 4 / 16 / 48 | own length / full, n = 1 | "
+    out = ["| behaviour | size | cosine to the disjoint-half vector, n = 1 / 4 / 16 / all "
+           "(ceiling) | length-matched effect, n = 1 / 4 / 16 / all | own length / full, n = 1 | "
            "n_flat cosine per seed | n_flat effect per seed |", "|---|---|---|---|---|---|---|"]
     for b in BEHAVIOURS:
         for size in SIZES:
             s = load(root, b, size)["summary"]
             cos, eff = s["efficiency_cosine"], s["efficiency_effect"]
-            ns = [n for n in ("1", "4", "16", "48") if n in cos]
+            ns = [n for n in ("1", "4", "16") if n in cos] + [max(cos, key=int)]
             out.append(
                 f"| {b} | {size} | " + " / ".join(f"{cos[n]['mean']:.2f}" for n in ns)
                 + f" ({s['efficiency_reference_cosine']['mean']:.2f}) | "
@@ -142,7 +145,8 @@ def adversarial_table(root: Path) -> list[str]:
 
 
 def perplexity_table(root: Path) -> list[str]:
-    ms = ["-0.5", "-0.25", "-0.1", "0.1", "0.25", "0.5"]
+    first = load(root, BEHAVIOURS[0], SIZES[0])["summary"]["perplexity_increase"]
+    ms = [m for m in first if float(m) != 0.0]
     out = ["| behaviour | size | unsteered | " + " | ".join(f"m = {m}" for m in ms) + " |",
            "|---|---|---|" + "---|" * len(ms)]
     for b in BEHAVIOURS:
