@@ -35,7 +35,8 @@ lint: $(VENV)/.installed
 
 # The CAE paper's five findings on the LM organism (docs/cae-findings.md): both behaviours side
 # by side (one core each), three sizes, five seeds (splits and draws), every stage adding the
-# vector at every position; the tables: python benchmarks/cae_findings.py $(FINDINGS).
+# vector at every position: 14.5 min measured on a shared 2-core machine. The tables:
+# python benchmarks/cae_findings.py $(FINDINGS).
 FINDINGS ?= findings-out
 CAE_MULTIPLIERS ?= -0.5 -0.25 -0.1 0 0.1 0.25 0.5
 CAE_SEEDS ?= 0 1 2 3 4

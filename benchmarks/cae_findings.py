@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# benchmarks/cae.py would shadow the package: keep this folder off sys.path
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 SIZES = ("tiny", "small", "medium")
 BEHAVIOURS = ("kind", "power")
 
@@ -113,7 +116,8 @@ def unsteered_open(root: Path) -> list[str]:
 
 def efficiency_table(root: Path) -> list[str]:
     out = ["| behaviour | size | cosine to the disjoint-half vector, n = 1 / 4 / 16 / all "
-           "(ceiling) | length-matched effect, n = 1 / 4 / 16 / all | own length / full, n = 1 | "
+           "(ceiling) | length-matched effect, n = 1 / 4 / 16 / all | own length / the whole "
+           "pool's, n = 1 / 4 | "
            "n_flat cosine per seed | n_flat effect per seed |", "|---|---|---|---|---|---|---|"]
     for b in BEHAVIOURS:
         for size in SIZES:
@@ -124,9 +128,19 @@ def efficiency_table(root: Path) -> list[str]:
                 f"| {b} | {size} | " + " / ".join(f"{cos[n]['mean']:.2f}" for n in ns)
                 + f" ({s['efficiency_reference_cosine']['mean']:.2f}) | "
                 + " / ".join(f"{eff[n]['mean']:.2f}" for n in ns)
-                + f" | {s['efficiency_length_ratio']['1']['mean']:.1f} | "
+                + f" | {own_length(root, b, size, '1'):.1f} / {own_length(root, b, size, '4'):.1f} | "
                 f"{s['n_flat_cosine']['values']} | {s['n_flat_effect']['values']} |")
     return out
+
+
+def own_length(root: Path, behaviour: str, size: str, n: str) -> float:
+    """Mean over seeds of (a subset vector's own length / the whole pool's vector's own
+    length): ``length_ratio`` at n over ``length_ratio`` at the largest n, per seed."""
+    ratios = []
+    for run in per_seed(root, behaviour, size):
+        r = run["efficiency_length_ratio"]
+        ratios.append(r[n] / r[max(r, key=int)])
+    return sum(ratios) / len(ratios)
 
 
 def adversarial_table(root: Path) -> list[str]:
@@ -192,16 +206,52 @@ def side_table(root: Path) -> list[str]:
     return out
 
 
+def superseded(root: Path) -> list[str]:
+    """Seed 0's vector re-scored with each position rule (this one computes): the share of
+    test items steered the wrong way at m = +0.5 before any search (what the old adversarial
+    stage counted as reversed) and the open-ended judge effect at +0.5."""
+    from cae import SteeringVector
+    from cae.evaluate.behaviour import answer_items, single_layer, steered_propensities
+    from cae.evaluate.report import split
+    from cae.evaluate.shift import judged_effect
+    from cae.model import load_language_model
+    from cae.organism.corpus import judge_kind, judge_power
+    from cae.pairs import load_pairs
+
+    out = ["| behaviour | size | wrong way before any search, all / prompt end | "
+           "open-ended effect at +0.5, all / prompt end |", "|---|---|---|---|"]
+    for b in BEHAVIOURS:
+        prompts = [p for p in (root / "data" / f"{b}-open.txt").read_text().splitlines() if p]
+        judge = judge_kind if b == "kind" else judge_power
+        for size in SIZES:
+            run = root / b / f"organism_{size}" / "seed-0"
+            res = json.loads((run / "results.json").read_text())
+            cfg = res["config"]
+            _, _, test = split(load_pairs(str(root / "data" / f"{b}-ab.jsonl")),
+                               cfg["test_fraction"], 0, cfg["val_fraction"])
+            lm = load_language_model(f"organism:{size}")
+            sv = single_layer(SteeringVector.load(run / "vector"), res["summary"]["best_layer"])
+            items = answer_items(lm.tokenizer, test[:cfg["adversarial"]])
+            wrong, opened = [], []
+            for rule in ("all", "from_prompt_end"):
+                prop = steered_propensities(lm, lm.tokenizer, items, sv, 0.5, rule)
+                wrong.append(f"{int((prop < 0).sum())}/{len(items)}")
+                opened.append(f"{judged_effect(lm, 'open', prompts, sv, 0.5, judge, positions=rule).effect:+.2f}")
+            out.append(f"| {b} | {size} | {' / '.join(wrong)} | {' / '.join(opened)} |")
+    return out
+
+
 TABLES = {"behaviour": behaviour_table, "prompting": prompting_table, "shift": shift_table,
           "open_unsteered": unsteered_open, "efficiency": efficiency_table,
           "adversarial": adversarial_table, "perplexity": perplexity_table,
-          "sizes": sizes_table, "side_effects": side_table}
+          "sizes": sizes_table, "side_effects": side_table, "superseded": superseded}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="the FINDINGS directory of make cae-findings")
-    parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
+    parser.add_argument("--tables", nargs="+", default=[t for t in TABLES if t != "superseded"],
+                        choices=list(TABLES), help="superseded: re-scores seed 0 (runs models)")
     args = parser.parse_args()
     for name in args.tables:
         sys.stdout.write(f"\n### {name}\n\n" + "\n".join(TABLES[name](args.root)) + "\n")
