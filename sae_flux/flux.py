@@ -113,11 +113,7 @@ class _BlockGroup:
         streams = [p for p in self.points if p.stream != "mlp"]
         output: Any = block.output if streams else ()
         for point in streams:
-            stream = output[point.output_index]
-            if point.delta:
-                key = "encoder_hidden_states" if point.stream == "txt" else "hidden_states"
-                stream = stream - inputs[key]
-            values[point.name] = stream
+            values[point.name] = hookpoints.stream_of(point, output, inputs)
         return values
 
 
