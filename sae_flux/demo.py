@@ -161,16 +161,8 @@ def stage_sae(state: DemoState) -> None:
     state.dictionaries = {**(state.dictionaries or {}), "sae-topk": result.path}
 
 
-def load_dictionary(path: Path) -> Any:
-    """Any dictionary sae_lens loads (ITDA registered by importing ``itda``)."""
-    from sae_lens import SAE
-
-    import itda  # noqa: F401  (registers the "itda" architecture)
-
-    return SAE.load_from_disk(str(path))
-
-
 def stage_metrics(state: DemoState) -> None:
+    from sae_flux.dictionary import load_dictionary
     from sae_flux.metrics import evaluate
 
     rows = []

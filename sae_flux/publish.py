@@ -33,7 +33,7 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from sae_flux.evaluate import load_dictionary
+from sae_flux.dictionary import load_dictionary
 from sae_flux.metrics import SPARSITY_FILE, load_metrics
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     index = commands.add_parser("index", help="build (or --resume) a max-activation index from a cache")
     index.add_argument("cache", help="activation cache directory (sae-flux cache)")
     which = index.add_mutually_exclusive_group(required=True)
-    which.add_argument("--dictionary", help="dictionary directory sae_lens loads (SAE, ITDA, ...)")
+    which.add_argument("--dictionary", help="dictionary directory sae_lens loads (SAE, ITDA, ...) or a Hub reference REPO_ID:FOLDER")
     which.add_argument("--neurons", action="store_true", help="index the cached hook's values as neurons")
     index.add_argument("--hook", help="cache hook to read (default: the cache's only hook)")
     index.add_argument("--step", type=int, help="denoising step, when the cache holds several")

@@ -105,15 +105,11 @@ class FeatureSource:
 
 
 def dictionary_source(path: str | Path, name: str | None = None) -> FeatureSource:
-    """A source for any dictionary directory ``sae_lens.SAE.load_from_disk`` reads (ITDA too)."""
-    from sae_lens import SAE
+    """A source for any dictionary :func:`sae_flux.dictionary.load_dictionary` reads (a local
+    directory or a Hub reference ``REPO_ID:FOLDER``; SAEs and ITDA)."""
+    from sae_flux.dictionary import load_dictionary, reference_name
 
-    import itda  # noqa: F401  (registers the "itda" architecture)
-
-    path = Path(path)
-    if not (path / "cfg.json").is_file():
-        raise FileNotFoundError(f"{path} is not a dictionary directory (no cfg.json)")
-    sae = SAE.load_from_disk(str(path))
+    sae = load_dictionary(path)
     sae.eval()
 
     def encode(acts_ND: Tensor) -> Tensor:
@@ -121,7 +117,7 @@ def dictionary_source(path: str | Path, name: str | None = None) -> FeatureSourc
             return sae.encode(acts_ND.to(sae.dtype)).float()
 
     hook = str(getattr(sae.cfg.metadata, "hook_name", "") or "")
-    return FeatureSource(name or path.name, hook, int(sae.cfg.d_in), int(sae.cfg.d_sae),
+    return FeatureSource(name or reference_name(path), hook, int(sae.cfg.d_in), int(sae.cfg.d_sae),
                          "dictionary", str(path), encode)
 
 

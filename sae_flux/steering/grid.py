@@ -35,7 +35,7 @@ class SteerConfig:
     """A steering grid (``sae-flux steer``); saved next to the PNG as ``<out>.json``."""
 
     dictionary: str
-    """Dictionary directory: any sae_lens SAE, or an ITDA."""
+    """Dictionary: a directory or a Hub reference REPO_ID:FOLDER; any sae_lens SAE, or an ITDA."""
     features: list[int]
     """Feature ids steered together."""
     prompts: list[str]
@@ -121,12 +121,9 @@ def run_steer(cfg: SteerConfig, flux: Any = None) -> Path:
     import json
 
     from sae_flux.cache import load_flux
-    from sae_flux.demo import load_dictionary
+    from sae_flux.dictionary import load_dictionary
 
-    path = Path(cfg.dictionary)
-    if not (path / "cfg.json").is_file():
-        raise FileNotFoundError(f"{path} is not a dictionary directory (no cfg.json)")
-    dictionary = load_dictionary(path)
+    dictionary = load_dictionary(cfg.dictionary)
     flux = flux or load_flux(cfg.model)
     if cfg.hook is None and not getattr(dictionary.cfg.metadata, "hook_name", None):
         raise ValueError("the dictionary names no hook_name: pass --hook")

@@ -28,7 +28,7 @@ DEMO_TARGETS = 4
 
 def stage_steering(state: Any) -> None:
     """Add the steering section (grid + table) to ``state.report``; images under ``out/steering``."""
-    from sae_flux.demo import load_dictionary
+    from sae_flux.dictionary import load_dictionary
 
     cfg = state.cfg
     data = concept_tokens_from_cache(state.cache, n_scenes=min(len(state.prompts), 128), seed=cfg.seed)
