@@ -43,55 +43,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sae_flux.cache_config import DTYPE_NAMES, CacheConfig
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# -- configuration ----------------------------------------------------------------------------
-
-
-@dataclass
-class CacheConfig:
-    """One activation-caching job (the CLI ``sae-flux cache``, the API and the saved record)."""
-
-    model: str
-    """``tiny``, ``organism``, a diffusers repo id or a local pipeline directory."""
-    prompts: str
-    """UTF-8 text file with one prompt per line (blank lines are skipped)."""
-    hooks: list[str]
-    """Hook points to cache, e.g. ``["double.18.img"]``."""
-    out: str
-    """Output directory."""
-    num_inference_steps: int | None = None
-    """Denoising steps per image (default: the model's)."""
-    steps: list[int] | None = None
-    """Which denoising steps to keep (default: all)."""
-    seed: int = 0
-    """Prompt ``j`` is generated from seed ``seed + j``."""
-    resolution: int | None = None
-    """Image height = width in pixels (default: the model's)."""
-    dtype: str = "float32"
-    """Storage dtype of the activations: float32, bfloat16 or float16."""
-    batch_size: int = 8
-    """Prompts per pipeline call."""
-    shard_prompts: int = 64
-    """Prompts per shard; bounds memory and the work lost to a crash."""
-
-    def __post_init__(self) -> None:
-        if not self.hooks:
-            raise ValueError("CacheConfig.hooks is empty: name at least one hook point")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
-        if self.batch_size < 1 or self.shard_prompts < 1:
-            raise ValueError("batch_size and shard_prompts must be >= 1")
-        if self.shard_prompts % self.batch_size:
-            raise ValueError(
-                f"shard_prompts ({self.shard_prompts}) must be a multiple of batch_size "
-                f"({self.batch_size}) so that every shard is made of whole batches"
-            )
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
+"""Storage dtypes of a cache by ``CacheConfig.dtype`` name."""
 
 
 @dataclass

@@ -18,16 +18,28 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+if TYPE_CHECKING:
+    from sae_lens import TrainingSAE, TrainingSAEConfig
 
-from sae_flux import normalize
-
+#: Normalisation names (:func:`sae_flux.normalize.estimate`), in the order of the paper's comparison.
+NORMALIZATIONS = ("none", "standardize", "whiten")
 #: Fields that may change between a checkpoint and its resumption without changing the result.
 RUN_ONLY_FIELDS = ("checkpoint_every", "log_every", "keep_checkpoints", "wandb_project")
 #: sae_lens config fields set by sae-flux, not through ``DictionaryConfig.options``.
 _RESERVED = ("d_in", "d_sae", "dtype", "device", "metadata", "normalize_activations", "k")
+
+
+def training_registry() -> dict[str, tuple[type[TrainingSAE[Any]], type[TrainingSAEConfig]]]:
+    """sae_lens's training registry, the architectures a :class:`DictionaryConfig` may name.
+
+    Imported when a config is checked, not with this module: sae_lens loads torch, and the
+    ``sae-flux train`` parser is built from these classes without it.
+    """
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    return SAE_TRAINING_CLASS_REGISTRY
 
 
 @dataclass
@@ -74,13 +86,14 @@ class DictionaryConfig:
     """Tokens the normalisation (and the decoder-bias init) is estimated from."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in SAE_TRAINING_CLASS_REGISTRY:
+        registry = training_registry()
+        if self.architecture not in registry:
             raise ValueError(
                 f"unknown SAE architecture {self.architecture!r}; sae_lens's training registry "
-                f"has: {', '.join(sorted(SAE_TRAINING_CLASS_REGISTRY))}"
+                f"has: {', '.join(sorted(registry))}"
             )
-        if self.normalize not in normalize.NORMALIZATIONS:
-            raise ValueError(f"normalize {self.normalize!r} is not one of {normalize.NORMALIZATIONS}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize {self.normalize!r} is not one of {NORMALIZATIONS}")
         fields = self.training_fields()
         if self.k is not None and "k" not in fields:
             raise ValueError(f"architecture {self.architecture!r} has no k; drop --k")
@@ -89,7 +102,7 @@ class DictionaryConfig:
             raise ValueError("expansion_factor and d_sae must be >= 1")
 
     def training_fields(self) -> dict[str, dataclasses.Field[Any]]:
-        cfg_cls = SAE_TRAINING_CLASS_REGISTRY[self.architecture][1]
+        cfg_cls = training_registry()[self.architecture][1]
         return {f.name: f for f in dataclasses.fields(cfg_cls)}
 
     def sae_kwargs(self) -> dict[str, Any]:

@@ -51,6 +51,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sae_flux.interp.config import IndexConfig
+
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
@@ -58,27 +60,6 @@ TOP_FILE = "top.safetensors"
 RECORDS = "records"
 IMAGES = "images"
 FORMAT_VERSION = 1
-
-
-@dataclass
-class IndexConfig:
-    """One max-activation indexing job (``sae-flux interp index``)."""
-
-    out: str
-    """Index directory."""
-    top_n: int = 32
-    """Images kept per feature (candidates for the selection rule)."""
-    top_k: int = 64
-    """Features kept per image token (the paper's 64); bounds disk and memory."""
-    images_per_shard: int = 256
-    """Images per records shard: the work lost to a crash."""
-    batch_images: int = 32
-    """Images encoded at once."""
-
-    def __post_init__(self) -> None:
-        for name in ("top_n", "top_k", "images_per_shard", "batch_images"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
