@@ -14,6 +14,8 @@ Example:
     (1,)
 """
 
+import _sae_flux_requirements  # noqa: F401  (refuses an unsupported dependency version in one line)
+
 from cae.aggregators import AGGREGATORS
 from cae.apply import POSITIONS, steer, steering
 from cae.pairs import Pair, load_caa_json, load_mwe_jsonl, load_pairs

@@ -11,6 +11,8 @@ Example:
     (True, 'itda')
 """
 
+import _sae_flux_requirements  # noqa: F401  (refuses an unsupported dependency version in one line)
+
 from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
 
 from itda.build import ActivationBatch, BuildConfig, BuildError, build

@@ -6,6 +6,8 @@ Example:
     >>> acts = flux.capture(["a red circle"], hooks=["double.1.img"], num_inference_steps=1)
 """
 
+import _sae_flux_requirements  # noqa: F401  (refuses an unsupported dependency version in one line)
+
 from sae_flux.flux import Activations, Flux
 
 __all__ = ["Activations", "Flux"]
