@@ -19,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+import _sae_flux_requirements  # noqa: F401  (refuses an unsupported dependency version in one line)
+
 import importlib
 from typing import TYPE_CHECKING, Any
 

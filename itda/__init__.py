@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import _sae_flux_requirements  # noqa: F401  (refuses an unsupported dependency version in one line)
+
 import importlib
 import sys
 import types

@@ -121,7 +121,7 @@ def model_card(repo: str, entries: Sequence[Entry]) -> str:
     return "\n".join([
         *header, "", f"# Dictionaries for {', '.join(f'`{m}`' for m in models)}", "",
         "Sparse dictionaries in the [SAELens](https://github.com/jbloomAus/SAELens) layout, made with "
-        "[sae-flux](https://github.com/) after Shabalin et al. 2025 (arXiv:2505.24360). Each folder "
+        "sae-flux after Shabalin et al. 2025 (arXiv:2505.24360). Each folder "
         "holds `cfg.json`, `sae_weights.safetensors` and `sparsity.safetensors` (log10 feature density).",
         "", "## How to load", "", *load, "",
         "## Hook points", "",

@@ -39,6 +39,16 @@ def test_shipped_organism_is_small_and_loads_offline(organism, monkeypatch):
     assert size < 25 * 2**20
 
 
+@pytest.mark.parametrize("component", ["text_encoder", "text_encoder_2"])
+def test_every_shipped_text_encoder_weight_loads_into_its_module(component):
+    """An incompatible transformers renames the keys and silently starts from random weights."""
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    cls = {"text_encoder": CLIPTextModel, "text_encoder_2": T5EncoderModel}[component]
+    _, info = cls.from_pretrained(weights_dir() / component, output_loading_info=True)
+    assert (sorted(info["missing_keys"]), sorted(info["unexpected_keys"])) == ([], [])
+
+
 def test_shipped_organism_draws_the_named_colour_on_heldout_captions(organism):
     result = evaluate(organism, n=24, seed=123)
     assert result.accuracy["colour"] >= COLOUR_FLOOR, result.accuracy
