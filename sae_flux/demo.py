@@ -15,9 +15,9 @@ Stages (each writes into ``out/`` and adds a section to ``out/index.html``):
 
 One flag sizes it all: ``--n-prompts`` sets the cache (one denoising step per prompt), the
 held-out images, the SAE's size (one latent per :data:`TOKENS_PER_LATENT` cache tokens, 2x to
-8x) and its training tokens (:data:`SAE_EPOCHS` passes over the cache, never more:
-``OptimConfig.max_epochs``); the ITDA reads the cache once; the steering targets and feature
-cards are fixed-size samples. The report's "Sizes" section states every number.
+8x), its training tokens (:data:`SAE_EPOCHS` passes over the cache, never more:
+``OptimConfig.max_epochs``) and the images drawn for steering and feature cards (2 to 4 each);
+the ITDA reads the cache once. The report's "Sizes" section states every number.
 
 Example:
     $ sae-flux demo --out demo-out                   # the default, 1,024 prompts
@@ -30,10 +30,13 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
 from tqdm.auto import tqdm
 
 from sae_flux import hooks
@@ -53,6 +56,9 @@ SAE_EXPANSION_RANGE = (2, 8)
 SAE_BATCH = 1024
 #: Ceiling of the tokens the whitening, the decoder-bias init and the in-sample metrics read.
 SAE_WINDOW_TOKENS = 16_384
+#: Range of the image samples shown: steering targets per concept and feature cards per
+#: dictionary (one per 128 prompts, so the quick setting draws fewer images).
+SAMPLE_RANGE = (2, 4)
 
 
 @dataclass
@@ -83,10 +89,14 @@ class DemoConfig:
     """ITDA loss threshold (lower -> larger dictionary)."""
     seed: int = 0
     """Seed of prompts, generation and training."""
+    threads: int = 1
+    """torch threads while the demo runs (0: torch's default, one per core). The organism's operations are small; on cores shared with other jobs two threads made the quick demo's stages 4.5x slower."""
 
     def __post_init__(self) -> None:
         if self.n_prompts < 8:
             raise ValueError(f"n_prompts must be >= 8, got {self.n_prompts}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
 
 
 class DemoSizes(NamedTuple):
@@ -103,6 +113,8 @@ class DemoSizes(NamedTuple):
     """SAE training tokens: ``SAE_EPOCHS`` passes over the cache unless --sae-tokens says otherwise."""
     sae_window_tokens: int
     """Tokens of the whitening estimate and of the in-sample metrics."""
+    samples: int
+    """Steering targets per concept and feature cards per dictionary (images drawn for the report)."""
 
     @classmethod
     def of(cls, cfg: DemoConfig, tokens_per_image: int, d_model: int) -> DemoSizes:
@@ -118,6 +130,7 @@ class DemoSizes(NamedTuple):
             sae_batch=batch,
             sae_tokens=cfg.sae_tokens or SAE_EPOCHS * cache_tokens,
             sae_window_tokens=min(SAE_WINDOW_TOKENS, cache_tokens),
+            samples=min(SAMPLE_RANGE[1], max(SAMPLE_RANGE[0], cfg.n_prompts // 128)),
         )
 
     def describe(self) -> str:
@@ -125,7 +138,8 @@ class DemoSizes(NamedTuple):
             f"{self.prompts} prompts -> {self.cache_tokens:,} cache tokens (the ITDA reads each once); SAE of "
             f"{self.sae_latents:,} latents trained on {self.sae_tokens:,} tokens ({self.sae_tokens / self.cache_tokens:.1f} "
             f"passes, batches of {self.sae_batch}, at most {MAX_EPOCHS} passes); {self.heldout_prompts} held-out "
-            f"images for reconstruction."
+            f"images for reconstruction; {self.samples} steering targets per concept and {self.samples} feature "
+            f"cards per dictionary."
         )
 
 
@@ -275,6 +289,18 @@ STAGES = (
 )
 
 
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` (0: left as it is), restored on exit."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage and return the path of ``index.html``."""
     out = _prepare_out(cfg)
@@ -290,11 +316,12 @@ def run_demo(cfg: DemoConfig) -> Path:
     report.section("Sizes", text=sizes.describe())
     logger.info("demo sizes: %s", sizes.describe())
     timings = {}
-    for name, stage in tqdm(STAGES, desc="demo", unit="stage"):
-        start = time.perf_counter()
-        stage(state)
-        timings[name] = round(time.perf_counter() - start, 2)
-        report.write()  # a partial report survives a later failure
+    with torch_threads(cfg.threads):
+        for name, stage in tqdm(STAGES, desc="demo", unit="stage"):
+            start = time.perf_counter()
+            stage(state)
+            timings[name] = round(time.perf_counter() - start, 2)
+            report.write()  # a partial report survives a later failure
     report.numbers["stage_seconds"] = timings
     report.section("Timings", table=[{"stage": k, "seconds": v} for k, v in timings.items()])
     return report.write()

@@ -5,13 +5,13 @@ All three expose what ``SAETrainer`` needs through one small protocol, the one
 ``None`` for a stream that generates fresh data every epoch) and
 ``batches(batch_size, seed, buffer_tokens, epochs)`` yielding shuffled ``(batch, d_model)``
 tensors, deterministic for a given seed (so a resumed run sees exactly the batches an uninterrupted
-run would).
+run would). Streaming follows the data flow of Shabalin et al. 2025 (arXiv 2505.24360): image
+tokens of one hook point, generated prompt by prompt from pure noise.
 
 Data smaller than one batch is handled in one place, :func:`batch_rows`: an endless stream
 (``epochs=None``) over it is refused at once (each epoch's partial batch would be dropped and the
 stream would never yield), a finite one yields each epoch's tokens as one short batch with a
-warning. Streaming follows the data flow of Shabalin et al. 2025 (arXiv 2505.24360): image
-tokens of one hook point, generated prompt by prompt from pure noise.
+warning.
 
 Legend: N tokens, D model width.
 

@@ -124,13 +124,14 @@ def fit_to_data(cfg: TrainConfig, source: ActivationSource, where: str) -> Train
     The cut config is the one recorded (``train_config.json``), so a resumed run agrees with it.
     """
     optim = cfg.optim
-    if source.num_tokens is None or optim.total_tokens <= optim.max_epochs * source.num_tokens:
+    num_tokens = getattr(source, "num_tokens", None)  # a source without it is taken for a stream
+    if num_tokens is None or optim.total_tokens <= optim.max_epochs * num_tokens:
         return cfg
-    steps = max(1, optim.max_epochs * source.num_tokens // optim.batch_size)
+    steps = max(1, optim.max_epochs * num_tokens // optim.batch_size)
     logger.warning(
         "total_tokens %s would be %.0f passes over %s; training stops at max_epochs=%d passes: %s "
         "tokens (%d steps of %d). Raise --max-epochs or add data to train longer",
-        f"{optim.total_tokens:,}", optim.total_tokens / source.num_tokens, where,
+        f"{optim.total_tokens:,}", optim.total_tokens / num_tokens, where,
         optim.max_epochs, f"{steps * optim.batch_size:,}", steps, optim.batch_size,
     )
     return dataclasses.replace(cfg, optim=dataclasses.replace(optim, total_tokens=steps * optim.batch_size))
