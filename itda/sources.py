@@ -41,15 +41,9 @@ def cache_batches(
     source = str(settings.get("prompt_hash") or Path(path).name)
     meta = {"model_name": reader.manifest.model_id, "hook_name": reader.hook}
 
-    def gen() -> Iterator[ActivationBatch]:
-        for acts_ND, prov in reader.iter_shards():
-            for start in range(0, acts_ND.shape[0], batch_size):
-                rows = slice(start, start + batch_size)
-                yield ActivationBatch(
-                    acts_ND[rows], {k: v[rows] for k, v in prov.items()}, reader.hook, source
-                )
-
-    return gen(), meta
+    chunks = reader.in_order(batch_size)  # warns when the cache is smaller than one batch
+    batches = (ActivationBatch(acts_ND, prov, reader.hook, source) for acts_ND, prov in chunks)
+    return batches, meta
 
 
 def build_from_cache(

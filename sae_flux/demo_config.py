@@ -26,22 +26,26 @@ class DemoConfig:
     hook: str | None = None
     """Hook point (default: the image stream of the middle double block)."""
     n_prompts: int = 1024
-    """Prompts drawn from the scene world (training templates)."""
+    """Prompts drawn from the scene world (training templates); sizes the whole demo: cache, SAE size and tokens, held-out images (see the report's Sizes)."""
     step: int = 0
     """Denoising step whose activations are cached (0 = from pure noise, as in the paper)."""
     sae_k: int = 8
     """Active latents per token of the TopK SAE."""
-    sae_expansion: int = 8
-    """SAE latents per model dimension."""
-    sae_tokens: int = 1_000_000
-    """SAE training tokens."""
+    sae_expansion: int | None = None
+    """SAE latents per model dimension (default: one latent per 64 cache tokens, 2 to 8)."""
+    sae_tokens: int | None = None
+    """SAE training tokens (default: 16 passes over the cache, the most any run makes)."""
     itda_l0: int = 8
     """ITDA target L0."""
     itda_threshold: float = 0.3
     """ITDA loss threshold (lower -> larger dictionary)."""
     seed: int = 0
     """Seed of prompts, generation and training."""
+    threads: int = 1
+    """torch threads while the demo runs (0: torch's default, one per core). The organism's operations are small; on cores shared with other jobs two threads made the quick demo's stages 4.5x slower."""
 
     def __post_init__(self) -> None:
         if self.n_prompts < 8:
             raise ValueError(f"n_prompts must be >= 8, got {self.n_prompts}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
