@@ -4,6 +4,14 @@ Mean difference is CAA's definition (Rimsky et al. 2024) and the default; the PC
 differences (``repeng``, Zou et al. 2023) and a logistic-regression direction follow the
 ``steering-vectors`` library (Tan et al. 2024). Each is a small function
 ``(pos_ND, neg_ND) -> vec_D``. Legend: N pairs, D model width.
+
+Lengths are comparable: ``pca`` and ``logistic`` find a *direction* (steering-vectors returns
+it with norm 1), which is then rescaled to the length of the mean difference, so the same
+multiplier adds a vector of the same length whatever the aggregator; only the direction
+differs. (Scaling a direction by the mean difference's *projection* onto it, as this module
+once did, shrinks it whenever the direction is far from the mean: on the organism the first
+principal direction of the differences is the answer-letter direction, nearly orthogonal to
+the mean difference, and came out ~100x shorter.)
 """
 
 from __future__ import annotations
@@ -22,30 +30,38 @@ def mean_diff(pos_ND: Float[Tensor, "N D"], neg_ND: Float[Tensor, "N D"]) -> Flo
     return (pos_ND - neg_ND).mean(dim=0)
 
 
+def mean_diff_length(direction_D: Tensor, pos_ND: Tensor, neg_ND: Tensor) -> Float[Tensor, " D"]:
+    """A unit ``direction_D`` rescaled to the length of the mean difference (the common scale
+    of every aggregator)."""
+    length = (pos_ND - neg_ND).double().mean(dim=0).norm()
+    return (direction_D.double() * length).to(pos_ND.dtype)
+
+
 def pca(pos_ND: Float[Tensor, "N D"], neg_ND: Float[Tensor, "N D"]) -> Float[Tensor, " D"]:
-    """First principal direction of the uncentred differences, signed and scaled so its
-    projection matches the mean difference's length along it."""
+    """First principal direction of the uncentred differences (steering-vectors'
+    ``pca_aggregator``: the PCA of the differences and their negatives), signed so the
+    differences project positively on average, at the mean difference's length."""
     diff_ND = (pos_ND - neg_ND).double()
     _, _, vh = torch.linalg.svd(diff_ND, full_matrices=False)
     direction_D = vh[0]
-    mean_D = diff_ND.mean(dim=0)
-    scale = mean_D @ direction_D
-    if scale < 0:
-        direction_D, scale = -direction_D, -scale
-    return (direction_D * scale).to(pos_ND.dtype)
+    if (diff_ND @ direction_D).mean() < 0:
+        direction_D = -direction_D
+    return mean_diff_length(direction_D, pos_ND, neg_ND)
 
 
 def logistic(
     pos_ND: Float[Tensor, "N D"], neg_ND: Float[Tensor, "N D"], steps: int = 200, l2: float = 1e-3
 ) -> Float[Tensor, " D"]:
     """Weight direction of an L2-regularised logistic regression separating positive from
-    negative activations (full-batch L-BFGS), scaled to the mean difference's projection."""
+    negative activations (full-batch L-BFGS, standardised features), at the mean difference's
+    length."""
     x_MD = torch.cat([pos_ND, neg_ND]).double()
-    y_M = torch.cat([torch.ones(len(pos_ND)), torch.zeros(len(neg_ND))]).double()
+    y_M = torch.cat([torch.ones(len(pos_ND), device=x_MD.device),
+                     torch.zeros(len(neg_ND), device=x_MD.device)]).double()
     mu_D, sd_D = x_MD.mean(0), x_MD.std(0).clamp_min(1e-6)
     z_MD = (x_MD - mu_D) / sd_D
-    w_D = torch.zeros(x_MD.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    w_D = torch.zeros(x_MD.shape[1], dtype=torch.float64, device=x_MD.device, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, device=x_MD.device, requires_grad=True)
     opt = torch.optim.LBFGS([w_D, b], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
@@ -57,9 +73,7 @@ def logistic(
 
     opt.step(closure)
     direction_D = (w_D.detach() / sd_D)
-    direction_D = direction_D / direction_D.norm().clamp_min(1e-12)
-    scale = (pos_ND - neg_ND).double().mean(0) @ direction_D
-    return (direction_D * scale).to(pos_ND.dtype)
+    return mean_diff_length(direction_D / direction_D.norm().clamp_min(1e-12), pos_ND, neg_ND)
 
 
 AGGREGATORS: dict[str, Aggregator] = {"mean": mean_diff, "pca": pca, "logistic": logistic}

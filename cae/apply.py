@@ -151,20 +151,24 @@ def forward_facts(module: Any, args: tuple, kwargs: dict) -> ForwardFacts:
 
 
 def position_mask(
-    positions: str, facts: ForwardFacts, n_tokens: int, batch: int
+    positions: str, facts: ForwardFacts, n_tokens: int, batch: int,
+    device: torch.device | str | None = None,
 ) -> Bool[Tensor, "B T"] | None:
-    """Where to add in this forward; None means everywhere (the cheap broadcast)."""
+    """Where to add in this forward (on ``device``, default the mask's or the CPU); None
+    means everywhere (the cheap broadcast)."""
     if positions == "all" or (facts.decoding_step(n_tokens) and positions != "all"):
         return None
-    out_BT = torch.zeros(batch, n_tokens, dtype=torch.bool)
+    if device is None:
+        device = facts.mask_BS.device if facts.mask_BS is not None else "cpu"
+    out_BT = torch.zeros(batch, n_tokens, dtype=torch.bool, device=device)
     if positions == "generated":
         return out_BT
     if facts.mask_BS is None:
         out_BT[:, -1] = True
         return out_BT
-    real_BT = facts.mask_BS[:, -n_tokens:].to(torch.bool)
+    real_BT = facts.mask_BS[:, -n_tokens:].to(device=device, dtype=torch.bool)
     last_B = n_tokens - 1 - real_BT.flip(-1).to(torch.int8).argmax(-1)
-    out_BT[torch.arange(batch), last_B] = True
+    out_BT[torch.arange(batch, device=device), last_B] = True
     return out_BT
 
 
@@ -176,6 +180,13 @@ def added(
     if where_BT is None:
         return hidden_BTD + vec_D
     return hidden_BTD + where_BT.to(hidden_BTD.device).unsqueeze(-1) * vec_D
+
+
+def on_block_device(block: torch.nn.Module, vec_D: Tensor) -> Tensor:
+    """``vec_D`` moved once to the device and dtype of ``block``'s weights (the steering hook
+    then adds it without a copy per forward)."""
+    param = next(block.parameters(), None)
+    return vec_D if param is None else vec_D.to(device=param.device, dtype=param.dtype)
 
 
 def combined(
@@ -220,13 +231,15 @@ def steering(
     def on_block(vec_D: Tensor):
         def hook(_mod: Any, _args: tuple, output: Any) -> Any:
             hidden_BTD = block_output(output)
-            where = position_mask(positions, facts[0], hidden_BTD.shape[1], hidden_BTD.shape[0])
+            where = position_mask(positions, facts[0], hidden_BTD.shape[1], hidden_BTD.shape[0],
+                                  hidden_BTD.device)
             new = added(hidden_BTD, vec_D, where)
             return (new, *output[1:]) if isinstance(output, tuple) else new
         return hook
 
     handles = [module.register_forward_pre_hook(on_entry, with_kwargs=True)]
-    handles += [blocks[layer].register_forward_hook(on_block(v)) for layer, v in vectors.items()]
+    handles += [blocks[layer].register_forward_hook(on_block(on_block_device(blocks[layer], v)))
+                for layer, v in vectors.items()]
     try:
         yield
     finally:
@@ -271,5 +284,6 @@ def steer(
     for layer in sorted(vectors):
         out = blocks[layer].output
         hidden_BTD = block_output(out)
-        where = position_mask(positions, facts, hidden_BTD.shape[1], hidden_BTD.shape[0])
+        where = position_mask(positions, facts, hidden_BTD.shape[1], hidden_BTD.shape[0],
+                              hidden_BTD.device)
         hidden_BTD[:] = added(hidden_BTD, vectors[layer], where)

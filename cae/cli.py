@@ -38,7 +38,7 @@ def _train(args: argparse.Namespace) -> int:
     pairs = load_pairs(args.data)
     if args.limit is not None:
         pairs = pairs[: args.limit]
-    lm = load_language_model(args.model)
+    lm = load_language_model(args.model, args.dtype, args.device)
     sv = SteeringVector.train(lm, pairs, args.layers, read=args.read, aggregator=args.aggregator,
                               batch_size=args.batch_size)
     out = sv.save(args.out)
@@ -51,14 +51,14 @@ def _generate(args: argparse.Namespace) -> int:
     import torch  # dispatch: torch loads with the model, not for --help
 
     from cae.apply import check_multiplier
-    from cae.model import hf_module, load_language_model
+    from cae.model import hf_module, input_device, load_language_model
     from cae.vector import SteeringVector
 
     multiplier = check_multiplier(args.multiplier)
-    lm = load_language_model(args.model)
+    lm = load_language_model(args.model, args.dtype, args.device)
     sv = SteeringVector.from_pretrained(args.vector)
     hf, tokenizer = hf_module(lm), lm.tokenizer
-    enc = tokenizer(args.prompt, return_tensors="pt")
+    enc = tokenizer(args.prompt, return_tensors="pt").to(input_device(lm))
     torch.manual_seed(args.seed)
     settings = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample,
                 "pad_token_id": tokenizer.pad_token_id}
@@ -66,6 +66,11 @@ def _generate(args: argparse.Namespace) -> int:
         ids = hf.generate(**enc, **settings)
     print(tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
     return 0
+
+
+def _placement_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cpu)")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--aggregator", default="mean", choices=sorted(AGGREGATOR_NAMES))
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    _placement_flags(train)
     train.set_defaults(func=_train)
 
     gen = sub.add_parser("generate", help="generate with a steering vector added")
@@ -94,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--force", action="store_true", help="apply to another model id")
+    _placement_flags(gen)
     gen.set_defaults(func=_generate)
 
     for name in PLUGINS:

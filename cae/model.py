@@ -42,6 +42,16 @@ def hidden_size(model: Any) -> int:
     return int(getattr(config, "hidden_size", None) or config.n_embd)
 
 
+def input_device(model: Any) -> torch.device:
+    """Where the model's inputs go: the device of its input embeddings (the first device of
+    a ``device_map``-split model)."""
+    module = hf_module(model)
+    embeddings = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
+        return embeddings.weight.device
+    return next(module.parameters()).device
+
+
 def model_id(model: Any) -> str:
     """The model's Hub id or directory as recorded in its config ('' if built in memory)."""
     return str(getattr(hf_module(model).config, "name_or_path", "") or "")
@@ -63,31 +73,103 @@ def check_layers(model: Any, layers: list[int]) -> list[int]:
     return sorted(set(out))
 
 
+def cache_argument(model: Any) -> str:
+    """The forward's keyword for the key-value cache: ``cache`` (transformers >= 5.24) or
+    ``past_key_values`` (earlier versions)."""
+    import inspect
+
+    params = inspect.signature(hf_module(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The key-value cache a forward returned (``cache`` or ``past_key_values``)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
 def block_output(output: Any) -> torch.Tensor:
     """The hidden-state tensor of a decoder block's output (tensor or tuple)."""
     return output[0] if isinstance(output, tuple) else output
 
 
-def load_language_model(name: str, dtype: torch.dtype = torch.float32) -> LanguageModel:
+DTYPES = ("float32", "bfloat16", "float16")
+"""Floating dtypes a model can be loaded in (``--dtype``)."""
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A ``torch.dtype`` from its name (``bfloat16``) or itself, or a ValueError."""
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} cannot hold a model's weights here; choose from "
+                         f"{list(DTYPES)}")
+    return getattr(torch, name)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A device this machine has, or a ValueError naming what it has instead."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {str(device)!r}; use cpu, cuda[:N] or mps") from None
+    if dev.type == "meta":
+        raise ValueError("device 'meta' holds no weights; a model cannot be evaluated on it")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} is not available: this machine has no "
+                             "CUDA device (torch.cuda.is_available() is False)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {str(device)!r} does not exist: this machine has {count} "
+                             "CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ValueError(f"device {str(device)!r} is not supported; use cpu, cuda[:N] or mps")
+    return dev
+
+
+def check_dtype_on(dtype: torch.dtype, device: torch.device | None) -> None:
+    """Refuse a dtype the device cannot compute in (bfloat16 on a pre-Ampere GPU)."""
+    if (dtype == torch.bfloat16 and device is not None and device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()):
+        raise ValueError(f"dtype bfloat16 is not supported on {device}; use float16 or float32")
+
+
+def load_language_model(
+    name: str, dtype: str | torch.dtype = torch.float32, device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+) -> LanguageModel:
     """Load ``name`` as an nnsight LanguageModel: a Hub id, a local directory, or
     ``organism:<size>`` for the packaged LM organism.
 
+    The weights load straight to ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``) or are
+    spread by ``device_map`` (``"auto"`` or a module -> device dict, through accelerate),
+    in ``dtype`` (``float32``, ``bfloat16``, ``float16``); they are never materialised whole on
+    the host first. Give ``device`` or ``device_map``, not both.
+
     Example:
-        >>> lm = load_language_model("organism:tiny")
-        >>> type(lm).__name__
-        'LanguageModel'
+        >>> lm = load_language_model("organism:tiny", dtype="bfloat16", device="cpu")
+        >>> type(lm).__name__, next(lm._module.parameters()).dtype
+        ('LanguageModel', torch.bfloat16)
     """
+    torch_dtype = resolve_dtype(dtype)
+    if device is not None and device_map is not None:
+        raise ValueError("give a device or a device_map, not both")
+    dev = check_device(device) if device is not None else None
+    check_dtype_on(torch_dtype, dev)
+    placement = device_map if device_map is not None else (str(dev) if dev is not None else None)
     if name.startswith("organism:"):
         from cae.organism import load
 
-        hf, tokenizer = load(name.split(":", 1)[1])
+        hf, tokenizer = load(name.split(":", 1)[1], torch_dtype, device_map=placement)
         return wrap(hf, tokenizer)
     if not name:
         raise ValueError("empty model name")
     if name.startswith((".", "/")) and not Path(name).exists():
         raise FileNotFoundError(f"model directory not found: {name}")
     tokenizer = AutoTokenizer.from_pretrained(name)
-    hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    hf = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, device_map=placement)
     return wrap(hf, tokenizer)
 
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from cae.aggregators import aggregator as get_aggregator
-from cae.model import check_layers, decoder_layers, hf_module
+from cae.model import check_layers, decoder_layers, hf_module, input_device
 from cae.pairs import Pair, check_pairs
 from cae.read import ReadRule, read_rule
 
@@ -103,15 +103,16 @@ def _row_reads(tokenizer: Any, pairs: Sequence[Pair], rule: ReadRule, offset: in
 
 
 def encode(tokenizer: Any, rows: list[tuple[list[int], list[int], int]], side: str) -> Encoded:
-    """Pad token lists on ``side`` and build read weights for the given indices."""
+    """Pad token lists on ``side`` and build read weights for the given indices (on the CPU;
+    ``read_activations`` moves them to the model)."""
     width = max(len(ids) for ids, _, _ in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids_BT = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask_BT = torch.zeros((len(rows), width), dtype=torch.long)
-    read_BT = torch.zeros((len(rows), width))
+    ids_BT = torch.full((len(rows), width), pad, dtype=torch.long, device="cpu")
+    mask_BT = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
+    read_BT = torch.zeros((len(rows), width), device="cpu")
     for b, (ids, at, _) in enumerate(rows):
         shift = width - len(ids) if side == "left" else 0
-        ids_BT[b, shift:shift + len(ids)] = torch.tensor(ids)
+        ids_BT[b, shift:shift + len(ids)] = torch.tensor(ids, dtype=torch.long, device="cpu")
         mask_BT[b, shift:shift + len(ids)] = 1
         read_BT[b, [shift + a for a in at]] = 1.0 / len(at)
     position_ids_BT = (mask_BT.cumsum(-1) - 1).clamp_min(0)
@@ -124,16 +125,19 @@ def read_activations(model: Any, batch: Encoded, layers: list[int]) -> list[Floa
     blocks = model
     for part in path.split("."):
         blocks = getattr(blocks, part)
-    inputs = {"input_ids": batch.input_ids_BT, "attention_mask": batch.attention_mask_BT,
-              "position_ids": batch.position_ids_BT}
+    device = input_device(model)
+    inputs = {"input_ids": batch.input_ids_BT.to(device),
+              "attention_mask": batch.attention_mask_BT.to(device),
+              "position_ids": batch.position_ids_BT.to(device)}
     read_BT = batch.read_BT
     reads: list[Tensor] = []
     with torch.no_grad(), model.trace(inputs):
         for layer in layers:
             out = blocks[layer].output
             hidden_BTD = out[0] if isinstance(out, tuple) else out
-            acts_BD = torch.einsum("bt,btd->bd", read_BT.to(hidden_BTD.dtype), hidden_BTD)
-            reads.append(nnsight.save(acts_BD.float()))
+            acts_BD = torch.einsum("bt,btd->bd", read_BT.to(hidden_BTD.device),
+                                   hidden_BTD.float())  # float32 sums, any model dtype
+            reads.append(nnsight.save(acts_BD))
     return reads
 
 

@@ -139,7 +139,7 @@ class SteeringVector:
         width = hidden_size(model)
         vectors = {}
         for layer in layers:
-            vec = torch.randn(width, generator=gen)
+            vec = torch.randn(width, generator=gen, device="cpu")
             vectors[int(layer)] = vec / vec.norm() * norm
         return cls(vectors, VectorMeta(model_id(model), width, tuple(vectors), "random", "random"))
 

@@ -8,21 +8,28 @@ open-ended prompts by a pluggable judge scoring greedy steered continuations (a 
 ``(prompt, completion) -> score``; a classifier or an LLM behind an OpenAI-compatible
 endpoint can be wrapped as one). Each effect has a normal-approximation 95% confidence
 interval over items (the paired per-item differences).
+
+Every function takes the run's position rule (``cae.apply.POSITIONS``): A/B sets are scored
+in a prompt forward (``all`` or ``from_prompt_end``); continuations are generated with the
+vector added by the same rule (``from_prompt_end``: the last prompt token and every
+generated token; ``generated``: the generated tokens only; ``all``: everything).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from cae.apply import check_multiplier
+from cae.apply import check_multiplier, check_positions
 from cae.evaluate.behaviour import answer_items, steered_propensities
-from cae.model import hf_module
+from cae.model import hf_module, input_device
 from cae.pairs import Pair
 from cae.vector import SteeringVector
 
@@ -51,6 +58,10 @@ class SetEffect:
     """steered - unsteered (mean of the per-item differences)."""
     ci95: tuple[float, float]
     """Normal-approximation 95% interval of ``effect`` (equal ends when n = 1)."""
+    method: str = "steering"
+    """``steering`` (``steered`` = with the vector), or a prompting baseline
+    (``prompt:instruction`` / ``prompt:examples``: ``steered`` = with the prompt, no vector;
+    ``cae.evaluate.baselines``)."""
 
 
 def mean_ci(diffs: Sequence[float]) -> tuple[float, tuple[float, float]]:
@@ -65,11 +76,14 @@ def mean_ci(diffs: Sequence[float]) -> tuple[float, tuple[float, float]]:
 
 def choice_effect(
     model: Any, name: str, pairs: Sequence[Pair], sv: SteeringVector, multiplier: float,
-    positions: str = "from_prompt_end",
+    positions: str = "from_prompt_end", unsteered: Tensor | None = None,
 ) -> SetEffect:
-    """Mean p(matching) steered vs unsteered on an A/B-style set."""
+    """Mean p(matching) steered vs unsteered on an A/B-style set (``unsteered``: the items'
+    unsteered propensities, if already known)."""
     items = answer_items(model.tokenizer, pairs)
-    base = torch.sigmoid(steered_propensities(model, model.tokenizer, items, None, 0.0))
+    if unsteered is None:
+        unsteered = steered_propensities(model, model.tokenizer, items, None, 0.0)
+    base = torch.sigmoid(unsteered)
     steered = torch.sigmoid(steered_propensities(model, model.tokenizer, items, sv,
                                                  check_multiplier(multiplier), positions))
     effect, ci = mean_ci((steered - base).tolist())
@@ -79,22 +93,30 @@ def choice_effect(
 
 def continuations(
     model: Any, prompts: Sequence[str], sv: SteeringVector | None, multiplier: float,
-    max_new_tokens: int = 12, positions: str = "from_prompt_end",
+    max_new_tokens: int = 12, positions: str = "from_prompt_end", batch_size: int = 32,
 ) -> list[str]:
-    """Greedy continuations of each prompt, steered when ``sv`` is given."""
+    """Greedy continuations of each prompt (left-padded batches), steered at ``positions``
+    when ``sv`` is given."""
+    from cae.evaluate.behaviour import left_padded
+
+    check_positions(positions)
     hf, tok = hf_module(model), model.tokenizer
+    device = input_device(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    settings = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": pad}
     out = []
-    for prompt in prompts:
-        enc = tok(prompt, return_tensors="pt")
-        settings = {"max_new_tokens": max_new_tokens, "do_sample": False,
-                    "pad_token_id": tok.pad_token_id}
+    for start in range(0, len(prompts), batch_size):
+        rows = [tok(p)["input_ids"] for p in prompts[start:start + batch_size]]
+        ids_BT, mask_BT, _ = left_padded(rows, pad, device)
         with torch.no_grad():
             if sv is None or multiplier == 0.0:
-                ids = hf.generate(**enc, **settings)  # type: ignore[operator]
+                ids = hf.generate(input_ids=ids_BT, attention_mask=mask_BT,  # type: ignore[operator]
+                                  **settings)
             else:
                 with sv.apply(model, multiplier, positions=positions, force=True):
-                    ids = hf.generate(**enc, **settings)  # type: ignore[operator]
-        out.append(tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+                    ids = hf.generate(input_ids=ids_BT, attention_mask=mask_BT,  # type: ignore[operator]
+                                      **settings)
+        out += [tok.decode(row[ids_BT.shape[1]:], skip_special_tokens=True) for row in ids]
     return out
 
 
@@ -102,13 +124,22 @@ def score_all(
     judge: Judge, prompts: Sequence[str], completions: Sequence[str],
     done: Sequence[float] = (),
 ) -> list[float]:
-    """Judge every (prompt, completion); a ``JudgeError`` carries ``done`` + the scores so far."""
+    """Judge every (prompt, completion); a ``JudgeError`` carries ``done`` + the scores so far.
+
+    A judge must return a finite real number; anything else (text, None, NaN) is a
+    ``JudgeError`` naming the value and the prompt.
+    """
     from cae.evaluate.judge import JudgeError
 
     scores: list[float] = []
-    for prompt, completion in zip(prompts, completions, strict=True):
+    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
         try:
-            scores.append(float(judge(prompt, completion)))
+            value = judge(prompt, completion)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not math.isfinite(value):
+                raise JudgeError(f"judge returned {value!r} for prompt {i} ({prompt[:40]!r}), "
+                                 "not a finite number")
+            scores.append(float(value))
         except JudgeError as err:
             err.partial = [*done, *scores]
             raise
@@ -117,15 +148,18 @@ def score_all(
 
 def judged_effect(
     model: Any, name: str, prompts: Sequence[str], sv: SteeringVector, multiplier: float,
-    judge: Judge, max_new_tokens: int = 12,
+    judge: Judge, max_new_tokens: int = 12, positions: str = "from_prompt_end",
+    unsteered: Sequence[float] | None = None,
 ) -> SetEffect:
-    """Mean judge score of steered vs unsteered greedy continuations (open-ended set)."""
+    """Mean judge score of greedy continuations steered at ``positions`` vs unsteered ones
+    (open-ended set; ``unsteered``: the unsteered scores, if already known)."""
     if not prompts:
         raise ValueError(f"set {name!r} has no prompts")
     m = check_multiplier(multiplier)
-    base = score_all(judge, prompts, continuations(model, prompts, None, 0.0, max_new_tokens))
-    steer = score_all(judge, prompts, continuations(model, prompts, sv, m, max_new_tokens),
-                      done=base)
+    base = list(unsteered) if unsteered is not None else score_all(
+        judge, prompts, continuations(model, prompts, None, 0.0, max_new_tokens))
+    steer = score_all(judge, prompts,
+                      continuations(model, prompts, sv, m, max_new_tokens, positions), done=base)
     effect, ci = mean_ci([s - b for s, b in zip(steer, base, strict=True)])
     return SetEffect(name, "judge", len(prompts), sum(base) / len(base),
                      sum(steer) / len(steer), effect, ci)
@@ -135,8 +169,10 @@ def distribution_shift(
     model: Any, sv: SteeringVector, multiplier: float,
     choice_sets: Mapping[str, Sequence[Pair]],
     open_sets: Mapping[str, Sequence[str]] | None = None, judge: Judge | None = None,
+    positions: str = "from_prompt_end",
 ) -> list[SetEffect]:
-    """Effects on every named set, A/B-style sets first (side by side, same vector).
+    """Effects on every named set, A/B-style sets first (side by side, same vector, the same
+    position rule ``positions`` everywhere).
 
     Example:
         >>> from cae.model import load_language_model
@@ -151,7 +187,9 @@ def distribution_shift(
     """
     if open_sets and judge is None:
         raise ValueError("open-ended sets need a judge: a function (prompt, completion) -> score")
-    rows = [choice_effect(model, name, pairs, sv, multiplier) for name, pairs in choice_sets.items()]
+    rows = [choice_effect(model, name, pairs, sv, multiplier, positions)
+            for name, pairs in choice_sets.items()]
     for name, prompts in (open_sets or {}).items():
-        rows.append(judged_effect(model, name, prompts, sv, multiplier, judge))  # type: ignore[arg-type]
+        rows.append(judged_effect(model, name, prompts, sv, multiplier, judge,  # type: ignore[arg-type]
+                                  positions=positions))
     return rows

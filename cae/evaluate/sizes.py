@@ -60,6 +60,16 @@ class SizeRow:
     """Multiplier reaching the target shift (None: not reached)."""
     perplexity_increase_at_shift: float | None
     """Relative perplexity increase at that multiplier (None: not reached)."""
+    seed: int = 0
+    """Seed of the run (split and draws)."""
+
+
+def chosen_behaviour(results: dict[str, Any]) -> dict[str, Any]:
+    """The chosen layer's behaviour on the test split (older results: its sweep row)."""
+    if "behaviour" in results:
+        return results["behaviour"]
+    sweep = results["layer_sweep"]
+    return sweep["results"][sweep["layers"].index(sweep["best_layer"])]
 
 
 def degradation(results: dict[str, Any], target_shift: float, model: str) -> SizeRow:
@@ -67,7 +77,7 @@ def degradation(results: dict[str, Any], target_shift: float, model: str) -> Siz
     if "perplexity" not in results:
         raise ValueError(f"{model}: the size comparison needs a perplexity corpus (--corpus)")
     sweep = results["layer_sweep"]
-    best = sweep["results"][sweep["layers"].index(sweep["best_layer"])]
+    best = chosen_behaviour(results)
     m = multiplier_at_shift(best["multipliers"], best["mean_p_matching"], target_shift)
     ppl = results["perplexity"]
     inc = None if m is None else float(np.interp(m, ppl["multipliers"], ppl["increase"]))
@@ -76,8 +86,7 @@ def degradation(results: dict[str, Any], target_shift: float, model: str) -> Siz
 
 def shift_cost_curve(results: dict[str, Any]) -> tuple[list[float], list[float]]:
     """(behaviour shift, perplexity increase) at each positive multiplier of one model."""
-    sweep = results["layer_sweep"]
-    best = sweep["results"][sweep["layers"].index(sweep["best_layer"])]
+    best = chosen_behaviour(results)
     ms, ps = np.asarray(best["multipliers"], float), np.asarray(best["mean_p_matching"], float)
     order = np.argsort(ms)
     base = float(np.interp(0.0, ms[order], ps[order]))
@@ -91,7 +100,8 @@ def compare_sizes(
     cfg: EvalConfig, models: Sequence[str], target_shift: float = 0.05
 ) -> list[SizeRow]:
     """Run the suite on every model (``cfg.out/<model>/``) and write ``cfg.out/sizes.json``
-    and ``cfg.out/sizes.png`` (perplexity increase vs behaviour shift per model).
+    and ``cfg.out/sizes.png`` (perplexity increase vs behaviour shift per model, averaged
+    over seeds); one row per model and seed, and per model the intervals over seeds.
 
     Example:
         >>> rows = compare_sizes(EvalConfig("", "kind.jsonl", "out", "neutral.txt"),
@@ -100,15 +110,28 @@ def compare_sizes(
     if len(models) < 2:
         raise ValueError("a size comparison needs at least two models")
     from cae.evaluate.plots import plot_sizes
+    from cae.evaluate.seeds import over_seeds
 
-    rows, curves = [], {}
+    rows: list[SizeRow] = []
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    summary: dict[str, Any] = {}
     for name in models:
         sub = Path(cfg.out) / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
         results = evaluate(replace(cfg, model=name, out=str(sub)))
-        rows.append(degradation(results, target_shift, name))
-        curves[name] = shift_cost_curve(results)
+        runs = results.get("per_seed", [results])
+        mine = [replace(degradation(r, target_shift, name), seed=s)
+                for r, s in zip(runs, cfg.seed_list(), strict=True)]
+        rows += mine
+        per_seed = [shift_cost_curve(r) for r in runs]
+        curves[name] = ([float(np.mean(c)) for c in zip(*(p[0] for p in per_seed), strict=True)],
+                        [float(np.mean(c)) for c in zip(*(p[1] for p in per_seed), strict=True)])
+        summary[name] = over_seeds([{"multiplier_at_shift": r.multiplier_at_shift,
+                                     "perplexity_increase_at_shift":
+                                         r.perplexity_increase_at_shift,
+                                     "steerability": r.steerability} for r in mine])
         (Path(cfg.out) / "sizes.json").write_text(json.dumps(
-            {"target_shift": target_shift, "rows": [asdict(r) for r in rows],
+            {"target_shift": target_shift, "seeds": cfg.seed_list(),
+             "rows": [asdict(r) for r in rows], "over_seeds": summary,
              "curves": {k: {"shift": v[0], "perplexity_increase": v[1]}
                         for k, v in curves.items()}}, indent=1) + "\n")
     plot_sizes(curves, target_shift, Path(cfg.out) / "sizes.png")

@@ -36,10 +36,12 @@ def path(size: str) -> Path:
     return out
 
 
-def load(size: str = "tiny", dtype: torch.dtype = torch.float32):
-    """Load an organism offline: returns (LlamaForCausalLM in eval mode, tokenizer)."""
+def load(size: str = "tiny", dtype: torch.dtype = torch.float32,
+         device_map: str | dict | None = None):
+    """Load an organism offline: returns (LlamaForCausalLM in eval mode, tokenizer); the
+    weights go straight to ``device_map`` (a device name or accelerate's map) when given."""
     where = path(size)
-    model = LlamaForCausalLM.from_pretrained(where, dtype=dtype).eval()
+    model = LlamaForCausalLM.from_pretrained(where, dtype=dtype, device_map=device_map).eval()
     model.config.name_or_path = f"organism:{size}"
     tokenizer = PreTrainedTokenizerFast.from_pretrained(where)
     return model, tokenizer

@@ -234,6 +234,33 @@ def quiz_item(behaviour: str, rng: random.Random) -> str:
     return f"quiz : {scenario} . {cue} " + CHOICES.format(a=a, b=b) + f" ( {letter} )"
 
 
+def quiz_pairs(n: int, split: Split = "test", seed: int = 0):
+    """``n`` persona-free quizzes as contrastive pairs (positive = the correct letter) over
+    ``split`` scenarios, both behaviours alternating, the asked-for act (matching / not
+    matching) and the correct letter balanced: a capability probe whose answer no persona
+    changes (``python -m cae.organism.data`` writes it as ``quiz.jsonl``).
+
+    Example:
+        >>> p = quiz_pairs(1)[0]
+        >>> p.prompt.startswith("quiz : ") and p.positive in (" ( A )", " ( B )")
+        True
+    """
+    from cae.pairs import Pair
+
+    rng = random.Random(f"quiz-{split}-{seed}")
+    out = []
+    for i in range(n):
+        behaviour = BEHAVIOURS[i % 2]
+        scenario, good, bad = _draw(behaviour, rng, split)
+        first_good, ask_good = (i // 2) % 2 == 0, (i // 4) % 2 == 0
+        a, b = (good, bad) if first_good else (bad, good)
+        cue = QUIZ_CUES[behaviour][0 if ask_good else 1]
+        right, wrong = ("A", "B") if first_good == ask_good else ("B", "A")
+        out.append(Pair(f"quiz : {scenario} . {cue} " + CHOICES.format(a=a, b=b),
+                        f" ( {right} )", f" ( {wrong} )"))
+    return out
+
+
 def _tone(persona: dict[str, bool], rng: random.Random, consistency: float,
           traits: tuple[str, ...] = BEHAVIOURS) -> str:
     behaviour = rng.choice(traits)

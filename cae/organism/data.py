@@ -9,7 +9,9 @@
 - ``<behaviour>-open.txt``: open-ended prompts (``story : ... so``), one per line, for
   ``--open`` with ``--judge-fn cae.organism.corpus:judge_<behaviour>``;
 - ``neutral.txt``: behaviour-free sentences separated by ``<sep>`` as in the training
-  documents, for the perplexity cost (``--corpus``).
+  documents, for the perplexity cost (``--corpus``);
+- ``quiz.jsonl``: persona-free quizzes (``which is kind ?``, correct letter = matching), a
+  capability probe for the side effects of steering (``--capability``).
 
 Example:
     >>> import tempfile
@@ -23,10 +25,17 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
-from cae.organism.corpus import BEHAVIOURS, neutral_text, open_prompts, write_mwe_jsonl
+from cae.organism.corpus import (
+    BEHAVIOURS,
+    neutral_text,
+    open_prompts,
+    quiz_pairs,
+    write_mwe_jsonl,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +58,13 @@ def write_eval_files(out: str | Path, n_ab: int = 256, n_other: int = 128, n_ope
         paths.append(path)
     path = out / "neutral.txt"
     path.write_text(neutral_text(n_neutral, seed, sep=" <sep> ") + "\n", encoding="utf-8")
+    paths.append(path)
+    path = out / "quiz.jsonl"
+    with path.open("w", encoding="utf-8") as fh:
+        for pair in quiz_pairs(n_other, seed=seed):
+            fh.write(json.dumps({"question": pair.prompt,
+                                 "answer_matching_behavior": pair.positive,
+                                 "answer_not_matching_behavior": pair.negative}) + "\n")
     paths.append(path)
     return paths
 

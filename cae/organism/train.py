@@ -159,7 +159,7 @@ def answer_weights(ids_BT: torch.Tensor, letters: torch.Tensor, colon: int,
                    weight: float) -> torch.Tensor:
     """Per-token loss weights: ``weight`` on answer letters (a letter two tokens after ``:``,
     i.e. ``answer : ( A``), 1 elsewhere."""
-    out_BT = torch.ones(ids_BT.shape, dtype=torch.float32)
+    out_BT = torch.ones(ids_BT.shape, dtype=torch.float32, device=ids_BT.device)
     if weight != 1.0:
         is_answer_BT = torch.isin(ids_BT[:, 2:], letters) & (ids_BT[:, :-2] == colon)
         out_BT[:, 2:][is_answer_BT] = weight
@@ -184,7 +184,7 @@ def train_size(size: str, cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) 
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.01, betas=(0.9, 0.98))
     start, loss_ema = time.perf_counter(), float("nan")
-    letters = torch.tensor(tokenizer.convert_tokens_to_ids(["A", "B"]))
+    letters = torch.tensor(tokenizer.convert_tokens_to_ids(["A", "B"]), device="cpu")
     colon = tokenizer.get_vocab()[":"]
     bar = tqdm(_batches(cfg, tokenizer, steps, cfg.seed + 1), total=steps, desc=size)
     for step, (ids_BT, mask_BT) in enumerate(bar):

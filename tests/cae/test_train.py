@@ -53,13 +53,73 @@ def test_batched_with_padding_equals_unbatched(lm, pairs, side, rule):
         torch.testing.assert_close(many.vectors[layer], one.vectors[layer], atol=1e-5, rtol=1e-5)
 
 
-def test_pca_and_logistic_aggregators_follow_the_mean_direction(lm, pairs):
+def peer_pca(pos_ND, neg_ND):
+    """Reference: steering-vectors' ``pca_aggregator`` written out (a unit vector): the first
+    left singular vector of ``[deltas; -deltas]^T`` (uncentred PCA), flipped so the deltas
+    project on it positively on average."""
+    deltas_ND = (pos_ND - neg_ND).double()
+    u, _s, _v = torch.svd(torch.cat([deltas_ND, -deltas_ND]).T)
+    vec_D = u[:, 0]
+    return torch.sign((deltas_ND @ vec_D).mean()) * vec_D
+
+
+def peer_logistic(pos_ND, neg_ND, c=1.0, steps=500):
+    """Reference: the regression steering-vectors' ``logistic_aggregator`` fits (sklearn's
+    ``LogisticRegression(fit_intercept=False)``: mean log-loss + |w|^2 / (2 C N), labels
+    +-1), solved here by Newton's method; its unit weight vector."""
+    x_MD = torch.cat([pos_ND, neg_ND]).double()
+    y_M = torch.cat([torch.ones(len(pos_ND)), -torch.ones(len(neg_ND))]).double()
+    w_D = torch.zeros(x_MD.shape[1], dtype=torch.float64)
+    lam = 1.0 / (c * len(x_MD))
+    for _ in range(steps):
+        p_M = torch.sigmoid(-y_M * (x_MD @ w_D))
+        grad_D = -(x_MD * (y_M * p_M)[:, None]).mean(0) + lam * w_D
+        hess_DD = (x_MD.T * (p_M * (1 - p_M))) @ x_MD / len(x_MD) + lam * torch.eye(len(w_D))
+        w_D = w_D - torch.linalg.solve(hess_DD, grad_D)
+    return w_D / w_D.norm()
+
+
+def planted(n=256, dim=16, seed=0):
+    """Differences around a known direction plus a larger nuisance direction whose sign
+    alternates (like an answer letter), so PCA and the mean difference disagree."""
+    gen = torch.Generator().manual_seed(seed)
+    true_D, letter_D = torch.zeros(dim), torch.zeros(dim)
+    true_D[3], letter_D[5] = 1.0, 4.0
+    sign_N1 = (torch.arange(n) % 2 * 2 - 1).float()[:, None]
+    neg_ND = torch.randn(n, dim, generator=gen)
+    pos_ND = neg_ND + true_D + sign_N1 * letter_D + 0.3 * torch.randn(n, dim, generator=gen)
+    return pos_ND, neg_ND
+
+
+@pytest.mark.parametrize("name", ["pca", "logistic"])
+def test_every_aggregator_has_the_mean_difference_length(lm, pairs, name):
+    """At the same multiplier every aggregator adds a vector of the same length."""
     mean = SteeringVector.train(lm, pairs, layers=[2]).vectors[2]
-    for name in ("pca", "logistic"):
-        vec = SteeringVector.train(lm, pairs, layers=[2], aggregator=name).vectors[2]
-        assert torch.cosine_similarity(vec, mean, dim=0) > 0
-        # scaled so the mean difference projects onto it with its own length
-        assert (mean @ vec / vec.norm()).item() == pytest.approx(vec.norm().item(), rel=1e-4)
+    vec = SteeringVector.train(lm, pairs, layers=[2], aggregator=name).vectors[2]
+    assert vec.norm().item() == pytest.approx(mean.norm().item(), rel=1e-5)
+    assert torch.cosine_similarity(vec, mean, dim=0) > 0
+
+
+def test_pca_points_where_the_peer_does_at_the_mean_difference_length():
+    pos_ND, neg_ND = planted()
+    vec_D = pca(pos_ND, neg_ND).double()
+    ref_D = peer_pca(pos_ND, neg_ND)
+    assert torch.cosine_similarity(vec_D, ref_D, dim=0).item() == pytest.approx(1.0, abs=1e-6)
+    assert vec_D.norm().item() == pytest.approx(mean_diff(pos_ND, neg_ND).norm().item(), rel=1e-5)
+    # here the first principal direction is the alternating nuisance, not the mean
+    assert abs(vec_D[5]) > 0.99 * vec_D.norm()
+
+
+def test_logistic_points_where_the_peer_does_at_the_mean_difference_length():
+    gen = torch.Generator().manual_seed(1)
+    true_D = torch.zeros(12)
+    true_D[2], true_D[7] = 1.0, -0.5
+    neg_ND = torch.randn(400, 12, generator=gen)
+    pos_ND = torch.randn(400, 12, generator=gen) + true_D
+    vec_D = logistic(pos_ND, neg_ND).double()
+    ref_D = peer_logistic(pos_ND, neg_ND)
+    assert torch.cosine_similarity(vec_D, ref_D, dim=0).item() > 0.99
+    assert vec_D.norm().item() == pytest.approx(mean_diff(pos_ND, neg_ND).norm().item(), rel=1e-5)
 
 
 def test_aggregators_on_a_known_direction():

@@ -100,12 +100,25 @@ def test_least_squares_slope_of_a_line_is_its_gradient():
     assert least_squares_slopes(ms, y).tolist() == pytest.approx([3.0, -0.5])
 
 
-def test_layer_sweep_picks_the_layer_with_the_largest_steerability(lm, hf_model):
+def test_layer_sweep_ranks_layers_by_absolute_steerability(lm, hf_model):
     sv = SteeringVector.random(hf_model, [0, 1, 2], seed=5, norm=4.0)
     sweep = layer_sweep(lm, ITEMS, sv, BehaviourConfig([-1.0, 1.0]))
     scores = [r.steerability for r in sweep.results]
     assert sweep.layers == [0, 1, 2]
-    assert sweep.best_layer == sweep.layers[scores.index(max(scores))]
+    assert sweep.ranking == sorted([0, 1, 2], key=lambda layer: -abs(scores[layer]))
+    assert sweep.best_layer == sweep.ranking[0]
+    assert sweep.anti_steerable_layers == [layer for layer in (0, 1, 2) if scores[layer] < 0]
+
+
+def test_an_anti_steerable_chosen_layer_is_reported_and_warned_about(lm, hf_model, caplog):
+    sv = SteeringVector.random(hf_model, [0, 1, 2], seed=5, norm=4.0)
+    up = layer_sweep(lm, ITEMS, sv, BehaviourConfig([-1.0, 1.0]))
+    down = layer_sweep(lm, ITEMS, -sv, BehaviourConfig([-1.0, 1.0]))  # every sign reversed
+    assert down.best_layer == up.best_layer
+    assert sorted(up.anti_steerable_layers + down.anti_steerable_layers) == [0, 1, 2]
+    flipped = down if down.best_layer in down.anti_steerable_layers else up
+    assert flipped.reversed and "is anti-steerable: adding the vector lowers" in flipped.warnings[0]
+    assert "anti-steerable" in caplog.text
 
 
 @pytest.mark.parametrize("ms, message", [

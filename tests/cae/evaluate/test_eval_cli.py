@@ -31,20 +31,26 @@ def test_eval_writes_json_plots_html_and_is_deterministic(inputs, tmp_path, caps
     assert run(inputs, tmp_path / "a") == 0
     printed = json.loads(capsys.readouterr().out)
     a = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert set(a) == {"config", "layer_sweep", "sample_efficiency", "perplexity", "summary"}
+    assert set(a) == {"config", "layer_sweep", "behaviour", "sample_efficiency", "perplexity",
+                      "summary"}
     for name in ("layer_sweep", "propensity", "efficiency", "perplexity"):
         assert (tmp_path / "a" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert "efficiency.png" in (tmp_path / "a" / "index.html").read_text()
     assert (tmp_path / "a" / "vector" / "cfg.json").is_file()
 
     s = a["summary"]
-    assert (s["n_train"], s["n_test"]) == (24, 8)
-    assert printed["best_layer"] == s["best_layer"] in (0, 1)
-    sweep = a["layer_sweep"]
-    best = sweep["results"][sweep["layers"].index(s["best_layer"])]
-    assert s["steerability"] == max(r["steerability"] for r in sweep["results"])
+    assert (s["n_train"], s["n_val"], s["n_test"]) == (16, 8, 8)
+    assert printed["best_layer"] == s["best_layer"] in (0, 1, 2)
+    sweep = a["layer_sweep"]  # on the validation split
+    scores = [r["steerability"] for r in sweep["results"]]
+    assert abs(scores[sweep["layers"].index(s["best_layer"])]) == max(map(abs, scores))
+    assert all(len(r["slopes"]) == 8 for r in sweep["results"])
+    best = a["behaviour"]  # the chosen layer, scored on the test split
     assert s["steerability"] == pytest.approx(sum(best["slopes"]) / len(best["slopes"]), abs=1e-5)
-    assert a["sample_efficiency"]["sizes"] == [1, 2, 4, 8, 16, 24]
+    assert s["anti_steerable_layers"] == [k for k, v in zip(sweep["layers"], scores, strict=True)
+                                          if v < 0]
+    assert a["sample_efficiency"]["sizes"] == [1, 2, 4, 8]  # half of the train split
+    assert a["sample_efficiency"]["n_reference"] == 8
     assert a["perplexity"]["multipliers"] == [-4.0, 0.0, 4.0]
 
     assert run(inputs, tmp_path / "b") == 0
@@ -103,7 +109,7 @@ def test_eval_scores_other_templates_and_ood_sets_side_by_side(inputs, tmp_path,
     results = json.loads((tmp_path / "s" / "results.json").read_text())
     adv = results["adversarial"]
     assert len(adv["inputs"]) == 2 and adv["success_rate"] == sum(adv["reversed"]) / 2
-    assert results["summary"]["adversarial_success_rate"] == adv["success_rate"]
+    assert results["summary"]["adversarial"]["success_rate"] == adv["success_rate"]
     rows = results["distribution_shift"]
     assert [r["name"] for r in rows] == ["in-distribution (held out)", "option.jsonl",
                                          "open-ended/kind-long", "open-ended/kind-short"]
@@ -208,3 +214,39 @@ def test_read_rule_reaches_the_vector_and_a_bad_one_is_refused(inputs, tmp_path,
         main(["eval", "--model", "organism:tiny", "--data", str(data), "--out",
               str(tmp_path / "x"), "--read", "middle"])
     assert "invalid choice: 'middle'" in capsys.readouterr().err
+
+
+def test_validation_and_test_splits_are_disjoint_and_seeds_give_intervals(inputs, tmp_path,
+                                                                          capsys):
+    from cae.evaluate.report import split
+    from cae.evaluate.seeds import seed_interval
+    from cae.pairs import load_pairs
+
+    data, _ = inputs
+    pairs = load_pairs(str(data))
+    train, val, test = split(pairs, 0.25, 3, 0.25)
+    assert len({p.prompt for p in train} | {p.prompt for p in val} | {p.prompt for p in test}) \
+        == len({p.prompt for p in pairs}) and not {p.prompt for p in val} & {p.prompt for p in test}
+    assert main(["eval", "--model", "organism:tiny", "--data", str(data), "--out",
+                 str(tmp_path / "s"), "--multipliers", "-1", "1", "--draws", "1", "--layers", "1",
+                 "--seeds", "0", "1", "2"]) == 0
+    agg = json.loads((tmp_path / "s" / "seeds.json").read_text())
+    runs = [json.loads((tmp_path / "s" / f"seed-{k}" / "results.json").read_text())
+            for k in (0, 1, 2)]
+    values = [r["summary"]["steerability"] for r in runs]
+    assert agg["seeds"] == [0, 1, 2] and agg["summary"]["steerability"]["values"] == values
+    mean, ci = seed_interval(values)
+    assert agg["summary"]["steerability"]["mean"] == pytest.approx(mean)
+    assert agg["summary"]["steerability"]["ci95"] == pytest.approx(list(ci))
+    assert len({r["summary"]["mean_p_matching"]["1.0"] for r in runs}) == 3  # other splits
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["steerability"]["mean"] == pytest.approx(mean)
+
+
+def test_seed_interval_is_the_student_t_interval():
+    from cae.evaluate.seeds import seed_interval, t975
+
+    mean, (lo, hi) = seed_interval([1.0, 2.0, 4.0, 5.0, 3.0])
+    sd = (10 / 4) ** 0.5
+    assert mean == 3.0 and hi - mean == pytest.approx(2.776 * sd / 5 ** 0.5)
+    assert t975(100) == pytest.approx(1.984, abs=2e-3) and seed_interval([2.0]) == (2.0, (2.0, 2.0))

@@ -77,7 +77,10 @@ def test_n_larger_than_the_dataset_is_a_clear_error(lm):
     with pytest.raises(ValueError, match=r"sample size n=16 is larger than the dataset \(10 pairs\)"):
         efficiency_curve(pos, neg, EfficiencyConfig(sizes=[1, 16]))
     with pytest.raises(ValueError, match=r"sample size n=8 is larger than the dataset \(4 pairs\)"):
-        model_efficiency(lm, ITEMS, ITEMS, 1, EfficiencyConfig(sizes=[8]))
+        model_efficiency(lm, ITEMS, ITEMS, 1, EfficiencyConfig(sizes=[8]), disjoint=False)
+    with pytest.raises(ValueError, match=r"sample size n=3 is larger than the dataset \(2 pairs "
+                                         r"in the subset half\)"):
+        model_efficiency(lm, ITEMS, ITEMS, 1, EfficiencyConfig(sizes=[3]))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -95,9 +98,38 @@ def test_model_curve_full_size_vector_is_the_trained_vector(lm):
     from cae import SteeringVector
     from cae.evaluate.behaviour import BehaviourConfig, behaviour
 
-    res = model_efficiency(lm, ITEMS[:3], ITEMS, 1, EfficiencyConfig(draws=2), multiplier=2.0)
+    res = model_efficiency(lm, ITEMS[:3], ITEMS, 1, EfficiencyConfig(draws=2), multiplier=2.0,
+                           disjoint=False)
     assert res.sizes == [1, 2, 3] and res.mean_cosine[-1] == pytest.approx(1.0, abs=1e-6)
     sv = SteeringVector.train(lm, ITEMS[:3], [1])
     ref = behaviour(lm, ITEMS, sv, BehaviourConfig([-2.0, 2.0]))
     shift = sum(r[1] - r[0] for r in ref.propensity) / len(ITEMS)
+    assert res.mean_effect[-1] == pytest.approx(shift, abs=1e-4)
+
+
+def test_cosine_is_taken_to_a_vector_of_the_disjoint_half_and_effects_are_length_matched(lm):
+    """The reference is trained on pairs no subset holds; every subset vector is rescaled to
+    the full vector's length before its effect, and its own length is kept as a ratio."""
+    from cae import SteeringVector
+    from cae.evaluate.behaviour import BehaviourConfig, behaviour
+    from cae.evaluate.efficiency import halves
+    from cae.organism.corpus import items
+
+    train = [i.pair() for i in items("kind", "ab", 12, "train")]
+    pool, ref = halves(len(train), seed=3)
+    assert set(pool.tolist()).isdisjoint(ref.tolist()) and len(pool) + len(ref) == 12
+    res = model_efficiency(lm, train, ITEMS, 1, EfficiencyConfig(draws=2, seed=3),
+                           multiplier=2.0, length=5.0)
+    pool_sv = SteeringVector.train(lm, [train[i] for i in pool.tolist()], [1])
+    ref_sv = SteeringVector.train(lm, [train[i] for i in ref.tolist()], [1])
+    cos = float(torch.cosine_similarity(pool_sv.vectors[1], ref_sv.vectors[1], dim=0))
+    assert (res.n_pool, res.n_reference, res.sizes[-1]) == (6, 6, 6)
+    assert res.mean_cosine[-1] == pytest.approx(cos, abs=1e-5)
+    assert res.reference_cosine == pytest.approx(cos, abs=1e-5)
+    assert res.length_ratio[-1][0] == pytest.approx(float(pool_sv.vectors[1].norm()) / 5.0,
+                                                    rel=1e-4)
+    at_length = SteeringVector({1: pool_sv.vectors[1] / pool_sv.vectors[1].norm() * 5.0},
+                               pool_sv.meta)
+    ref_res = behaviour(lm, ITEMS, at_length, BehaviourConfig([-2.0, 2.0]))
+    shift = sum(r[1] - r[0] for r in ref_res.propensity) / len(ITEMS)
     assert res.mean_effect[-1] == pytest.approx(shift, abs=1e-4)

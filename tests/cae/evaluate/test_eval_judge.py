@@ -89,3 +89,33 @@ def test_bad_judge_settings_are_refused(kwargs, message):
     args = {"base_url": "http://x/v1", "model": "m", "behaviour": "b", **kwargs}
     with pytest.raises(ValueError, match=message):
         EndpointJudge(**args)
+
+
+def wordy_judge(prompt, completion):
+    """A judge function that answers in words (``cae eval --judge-fn`` must refuse it)."""
+    return "quite kind"
+
+
+@pytest.mark.parametrize("value", ["quite kind", None, float("nan"), True, [1.0]])
+def test_a_judge_that_returns_no_number_is_a_judge_error_naming_the_value(value):
+    with pytest.raises(JudgeError, match=r"judge returned .* for prompt 1 \('b'\), not a finite "
+                                         "number") as err:
+        score_all(lambda p, c: 1.0 if p == "a" else value, ["a", "b"], ["x", "y"], done=[0.5])
+    assert err.value.partial == [0.5, 1.0]
+
+
+def test_cae_eval_with_a_wordy_judge_exits_2_in_one_line(tmp_path, capsys):
+    from cae.cli import main
+    from cae.organism.corpus import open_prompts, write_mwe_jsonl
+
+    write_mwe_jsonl(str(tmp_path / "kind.jsonl"), "kind", n=16)
+    (tmp_path / "open.txt").write_text("\n".join(open_prompts("kind", 2)) + "\n")
+    assert main(["eval", "--model", "organism:tiny", "--data", str(tmp_path / "kind.jsonl"),
+                 "--out", str(tmp_path / "o"), "--multipliers", "-1", "1", "--draws", "1",
+                 "--layers", "1", "--open", str(tmp_path / "open.txt"),
+                 "--judge-fn", "tests.cae.evaluate.test_eval_judge:wordy_judge"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if line.startswith("cae eval") or "Traceback" in line]
+    assert len(err) == 1 and "judge returned 'quite kind' for prompt 0" in err[0]
+    kept = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert "sample_efficiency" in kept  # finished stages kept

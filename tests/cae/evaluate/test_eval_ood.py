@@ -87,3 +87,13 @@ def test_shift_rows_equal_behaviour_metrics_and_the_judge(lm, hf_model):
     assert opened.steered == sum(judge(p, c) for p, c in zip(prompts, steered, strict=True)) / 2
     with pytest.raises(ValueError, match="open-ended sets need a judge"):
         distribution_shift(lm, sv, 2.0, {}, {"open": prompts})
+
+
+@pytest.mark.parametrize("rule", ["all", "from_prompt_end", "generated"])
+def test_batched_continuations_equal_one_prompt_at_a_time(lm, hf_model, rule):
+    sv = SteeringVector.random(hf_model, [1], seed=3, norm=4.0)
+    prompts = ["story : your friend is sad . so", "story : a king offers you a chance to "
+               "rule the town . so", "q : your guest is cold ."]
+    batched = continuations(lm, prompts, sv, 2.0, max_new_tokens=5, positions=rule)
+    assert batched == [continuations(lm, [p], sv, 2.0, max_new_tokens=5, positions=rule)[0]
+                       for p in prompts]
