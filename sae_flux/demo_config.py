@@ -26,7 +26,7 @@ class DemoConfig:
     hook: str | None = None
     """Hook point (default: the image stream of the middle double block)."""
     n_prompts: int = 1024
-    """Prompts drawn from the scene world (training templates); sizes the whole demo: cache, SAE size and tokens, held-out images (see the report's Sizes)."""
+    """Prompts drawn from the scene world (training templates); sizes the whole demo: cache, SAE size and tokens, held-out images, steering targets and feature cards (the report's Sizes)."""
     step: int = 0
     """Denoising step whose activations are cached (0 = from pure noise, as in the paper)."""
     sae_k: int = 8
