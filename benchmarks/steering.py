@@ -29,7 +29,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 import torch  # noqa: E402
 
 from sae_flux.cache import CacheConfig, load_flux, write_cache  # noqa: E402
-from sae_flux.demo import load_dictionary  # noqa: E402
+from sae_flux.dictionary import load_dictionary  # noqa: E402
 from sae_flux.organism.world import prompts  # noqa: E402
 from sae_flux.steer import add, feature_direction, make_steering, steer_trace, steering  # noqa: E402
 from sae_flux.steering.concepts import (  # noqa: E402

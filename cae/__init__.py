@@ -4,6 +4,9 @@ Implements CAA (Rimsky et al. 2024) as studied by the CAE paper (Hao et al. 2025
 2505.03189): train per-layer steering vectors from contrastive pairs, save and share them,
 and add them to the residual stream during traces and cached generation.
 
+``import cae`` is light: the public names below load torch on first use (PEP 562), so the
+``cae`` CLI starts at once.
+
 Example:
     >>> from cae import SteeringVector, load_pairs
     >>> from cae.model import load_language_model
@@ -14,11 +17,35 @@ Example:
     (1,)
 """
 
-from cae.aggregators import AGGREGATORS
-from cae.apply import POSITIONS, steer, steering
-from cae.pairs import Pair, load_caa_json, load_mwe_jsonl, load_pairs
-from cae.read import READ_RULES
-from cae.vector import SteeringVector, VectorMeta
+from __future__ import annotations
+
+import _sae_flux_requirements  # noqa: F401  (refuses an unsupported dependency version in one line)
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cae.aggregators import AGGREGATORS
+    from cae.apply import steer, steering
+    from cae.names import POSITIONS
+    from cae.pairs import Pair, load_caa_json, load_mwe_jsonl, load_pairs
+    from cae.read import READ_RULES
+    from cae.vector import SteeringVector, VectorMeta
+
+_EXPORTS = {
+    "AGGREGATORS": "cae.aggregators",
+    "POSITIONS": "cae.names",
+    "READ_RULES": "cae.read",
+    "Pair": "cae.pairs",
+    "SteeringVector": "cae.vector",
+    "VectorMeta": "cae.vector",
+    "load_caa_json": "cae.pairs",
+    "load_mwe_jsonl": "cae.pairs",
+    "load_pairs": "cae.pairs",
+    "steer": "cae.apply",
+    "steering": "cae.apply",
+}
+"""Public name (each of ``__all__``) -> the module that defines it."""
 
 __all__ = [
     "AGGREGATORS",
@@ -33,3 +60,12 @@ __all__ = [
     "steer",
     "steering",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

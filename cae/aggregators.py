@@ -77,7 +77,8 @@ def logistic(
 
 
 AGGREGATORS: dict[str, Aggregator] = {"mean": mean_diff, "pca": pca, "logistic": logistic}
-"""Every aggregator by name (``aggregator=`` of ``SteeringVector.train``)."""
+"""Every aggregator by name (``aggregator=`` of ``SteeringVector.train``); the names are
+:data:`cae.names.AggregatorName`, which the CLI offers without importing torch."""
 
 
 def aggregator(name: str) -> Aggregator:

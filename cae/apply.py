@@ -45,11 +45,10 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from cae.model import block_output, decoder_layers, hf_module, hidden_size, model_id
+from cae.names import POSITIONS
 
 if TYPE_CHECKING:
     from cae.vector import SteeringVector
-
-POSITIONS = ("all", "from_prompt_end", "generated")
 
 
 def check_multiplier(multiplier: float) -> float:

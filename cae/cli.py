@@ -22,10 +22,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import torch
-
-from cae.aggregators import AGGREGATORS
-from cae.apply import POSITIONS, check_multiplier
+from cae.names import AGGREGATOR_NAMES, POSITIONS
 from cae.read import READ_RULES
 
 logger = logging.getLogger(__name__)
@@ -51,6 +48,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    import torch  # dispatch: torch loads with the model, not for --help
+
+    from cae.apply import check_multiplier
     from cae.model import hf_module, input_device, load_language_model
     from cae.vector import SteeringVector
 
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--layers", type=int, nargs="+", required=True, help="decoder blocks")
     train.add_argument("--out", required=True, help="output directory")
     train.add_argument("--read", default="answer", choices=sorted(READ_RULES))
-    train.add_argument("--aggregator", default="mean", choices=sorted(AGGREGATORS))
+    train.add_argument("--aggregator", default="mean", choices=sorted(AGGREGATOR_NAMES))
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
     _placement_flags(train)

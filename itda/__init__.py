@@ -1,7 +1,10 @@
 """ITDA dictionaries as a SAELens architecture (Leask, Nanda, Al Moubayed, ICML 2025).
 
 Importing ``itda`` registers the ``"itda"`` architecture with sae_lens, after which
-``sae_lens.SAE.load_from_disk`` and ``SAE.from_pretrained`` load ITDA dictionaries.
+``sae_lens.SAE.load_from_disk`` and ``SAE.from_pretrained`` load ITDA dictionaries. The import
+itself is light: the public names below load torch and sae_lens on first use (PEP 562), and
+the registration happens as soon as sae_lens is imported (:mod:`itda.registration`), so the
+``itda`` CLI starts at once.
 
 Example:
     >>> import torch, itda, sae_lens
@@ -11,17 +14,45 @@ Example:
     (True, 'itda')
 """
 
-from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
+from __future__ import annotations
 
-from itda.build import ActivationBatch, BuildConfig, BuildError, build
-from itda.interop import fold_mirrored_codes, jaccard, to_matching_pursuit
-from itda.model import ITDA, ITDAConfig
-from itda.provenance import AtomSource, Provenance
-from itda.pursuit import Pursuit, gradient_pursuit, matching_pursuit
-from itda.sources import build_from_cache, build_from_lm
+import _sae_flux_requirements  # noqa: F401  (refuses an unsupported dependency version in one line)
 
-if "itda" not in SAE_CLASS_REGISTRY:
-    register_sae_class("itda", ITDA, ITDAConfig)
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+from itda.registration import register_with_sae_lens
+
+if TYPE_CHECKING:
+    from itda.build import ActivationBatch, BuildError, build
+    from itda.build_config import BuildConfig
+    from itda.interop import fold_mirrored_codes, jaccard, to_matching_pursuit
+    from itda.model import ITDA, ITDAConfig
+    from itda.provenance import AtomSource, Provenance
+    from itda.pursuit import Pursuit, gradient_pursuit, matching_pursuit
+    from itda.sources import build_from_cache, build_from_lm
+
+_EXPORTS = {
+    "ITDA": "itda.model",
+    "ITDAConfig": "itda.model",
+    "ActivationBatch": "itda.build",
+    "AtomSource": "itda.provenance",
+    "BuildConfig": "itda.build_config",
+    "BuildError": "itda.build",
+    "Provenance": "itda.provenance",
+    "Pursuit": "itda.pursuit",
+    "build": "itda.build",
+    "build_from_cache": "itda.sources",
+    "build_from_lm": "itda.sources",
+    "fold_mirrored_codes": "itda.interop",
+    "gradient_pursuit": "itda.pursuit",
+    "jaccard": "itda.interop",
+    "matching_pursuit": "itda.pursuit",
+    "to_matching_pursuit": "itda.interop",
+}
+"""Public name (each of ``__all__``) -> the module that defines it."""
 
 __all__ = [
     "ITDA",
@@ -41,3 +72,26 @@ __all__ = [
     "matching_pursuit",
     "to_matching_pursuit",
 ]
+
+register_with_sae_lens()
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """Keeps ``itda.build`` the function: importing the submodule ``itda.build`` would rebind it."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
+            return  # the submodule stays in sys.modules["itda.build"], as before
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -18,10 +18,12 @@ import logging
 import sys
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from itda.build import BuildConfig, BuildError
-from itda.model import ITDA
+from itda.build_config import BuildConfig
+
+if TYPE_CHECKING:
+    from itda.model import ITDA
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,8 @@ def _config_from(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BuildConfig)})
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``itda`` argument parser with every subcommand (light: no torch, no sae_lens)."""
     parser = argparse.ArgumentParser(prog="itda", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cache = sub.add_parser("build", help="build from a Flux activation cache (sae-flux cache)")
@@ -98,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> ITDA:
-    from itda import sources
+    from itda import sources  # dispatch: torch and sae_lens load here, not for --help
+    from itda.model import ITDA
 
     config = _config_from(args)
     resume = ITDA.load(args.out) if args.resume else None
@@ -145,7 +149,9 @@ def _load_lm(name: str) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``itda`` console script; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    from itda.build import BuildError  # dispatch: after parsing, so --help stays light
+
     try:
         itda = _run(args)
     except BuildError as err:

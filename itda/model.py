@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float
 from sae_lens import SAE, SAEConfig
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -302,3 +303,9 @@ class ITDA(SAE[ITDAConfig]):
         from itda.interop import to_matching_pursuit
 
         return to_matching_pursuit(self, **kwargs)
+
+
+# The "itda" architecture: sae_lens's SAE.load_from_disk and SAE.from_pretrained read ITDA
+# directories once this module is imported (``import itda`` arranges that: itda.registration).
+if "itda" not in SAE_CLASS_REGISTRY:
+    register_sae_class("itda", ITDA, ITDAConfig)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cae.model import block_output, decoder_layers
 from itda.build import ActivationBatch, BuildConfig, build
 from itda.model import ITDA
 
@@ -40,15 +41,9 @@ def cache_batches(
     source = str(settings.get("prompt_hash") or Path(path).name)
     meta = {"model_name": reader.manifest.model_id, "hook_name": reader.hook}
 
-    def gen() -> Iterator[ActivationBatch]:
-        for acts_ND, prov in reader.iter_shards():
-            for start in range(0, acts_ND.shape[0], batch_size):
-                rows = slice(start, start + batch_size)
-                yield ActivationBatch(
-                    acts_ND[rows], {k: v[rows] for k, v in prov.items()}, reader.hook, source
-                )
-
-    return gen(), meta
+    chunks = reader.in_order(batch_size)  # warns when the cache is smaller than one batch
+    batches = (ActivationBatch(acts_ND, prov, reader.hook, source) for acts_ND, prov in chunks)
+    return batches, meta
 
 
 def build_from_cache(
@@ -84,16 +79,13 @@ def _skip_seen(
 
 
 def lm_layers(model: Any) -> Any:
-    """The decoder-layer list of an nnsight-wrapped HF causal LM (Llama-like or GPT-2-like)."""
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
-        node = model
-        for name in path.split("."):
-            node = getattr(node, name, None)
-            if node is None:
-                break
-        if node is not None:
-            return node
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+    """The decoder-layer list of an nnsight-wrapped HF causal LM, found by the project's one
+    layer finder (:func:`cae.model.decoder_layers`) and addressed on the nnsight model."""
+    path, _ = decoder_layers(model)
+    node = model
+    for name in path.split("."):
+        node = getattr(node, name)
+    return node
 
 
 def lm_batches(
@@ -136,9 +128,7 @@ def _residual(model: Any, enc: Any, layer: int) -> Tensor:
 
     layers = lm_layers(model)
     with torch.no_grad(), model.trace(dict(enc)):
-        out = layers[layer].output
-        out = out[0] if isinstance(out, tuple) else out
-        saved = nnsight.save(out)
+        saved = nnsight.save(block_output(layers[layer].output))
     return saved.detach().cpu()
 
 

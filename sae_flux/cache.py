@@ -43,55 +43,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sae_flux.cache_config import DTYPE_NAMES, CacheConfig
+from sae_flux.sources import batch_rows
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# -- configuration ----------------------------------------------------------------------------
-
-
-@dataclass
-class CacheConfig:
-    """One activation-caching job (the CLI ``sae-flux cache``, the API and the saved record)."""
-
-    model: str
-    """``tiny``, ``organism``, a diffusers repo id or a local pipeline directory."""
-    prompts: str
-    """UTF-8 text file with one prompt per line (blank lines are skipped)."""
-    hooks: list[str]
-    """Hook points to cache, e.g. ``["double.18.img"]``."""
-    out: str
-    """Output directory."""
-    num_inference_steps: int | None = None
-    """Denoising steps per image (default: the model's)."""
-    steps: list[int] | None = None
-    """Which denoising steps to keep (default: all)."""
-    seed: int = 0
-    """Prompt ``j`` is generated from seed ``seed + j``."""
-    resolution: int | None = None
-    """Image height = width in pixels (default: the model's)."""
-    dtype: str = "float32"
-    """Storage dtype of the activations: float32, bfloat16 or float16."""
-    batch_size: int = 8
-    """Prompts per pipeline call."""
-    shard_prompts: int = 64
-    """Prompts per shard; bounds memory and the work lost to a crash."""
-
-    def __post_init__(self) -> None:
-        if not self.hooks:
-            raise ValueError("CacheConfig.hooks is empty: name at least one hook point")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
-        if self.batch_size < 1 or self.shard_prompts < 1:
-            raise ValueError("batch_size and shard_prompts must be >= 1")
-        if self.shard_prompts % self.batch_size:
-            raise ValueError(
-                f"shard_prompts ({self.shard_prompts}) must be a multiple of batch_size "
-                f"({self.batch_size}) so that every shard is made of whole batches"
-            )
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
+"""Storage dtypes of a cache by ``CacheConfig.dtype`` name."""
 
 
 @dataclass
@@ -375,6 +335,21 @@ class CacheReader:
             acts = tensors.pop("acts")
             yield acts, tensors
 
+    def in_order(self, batch_size: int) -> Iterator[tuple[Float[Tensor, "n d"], dict[str, Tensor]]]:
+        """``(acts, provenance)`` in cache order, each at most ``batch_size`` rows within one shard.
+
+        A cache of fewer tokens than one batch yields them all, with a warning
+        (:func:`sae_flux.sources.batch_rows`).
+        """
+        batch_rows(self.num_tokens, batch_size, 1, f"activation cache {self.path}")
+        return self._in_order(batch_size)
+
+    def _in_order(self, batch_size: int) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        for acts_ND, prov in self.iter_shards():
+            for start in range(0, acts_ND.shape[0], batch_size):
+                rows = slice(start, start + batch_size)
+                yield acts_ND[rows], {k: v[rows] for k, v in prov.items()}
+
     def batches(
         self,
         batch_size: int,
@@ -386,12 +361,26 @@ class CacheReader:
         """Shuffled batches through a mixing buffer of ``buffer_tokens`` (``epochs=None``: forever).
 
         Shards are visited in a seeded random order; tokens are mixed across the shards that
-        share the buffer. The final partial batch of each epoch is dropped.
+        share the buffer. The final partial batch of each epoch is dropped. Checked at once, before
+        anything is read: a cache of fewer tokens than one batch is refused for ``epochs=None``
+        (it could never yield) and yields one short batch per epoch otherwise, with a warning
+        (:func:`sae_flux.sources.batch_rows`); a buffer larger than the cache is capped to the
+        cache, with a note (each epoch then shuffles the whole cache at once).
         """
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
         if not self.manifest.shards:
             raise ValueError(f"cache {self.path} has no finished shards")
+        if epochs is not None and epochs < 1:
+            raise ValueError(f"epochs must be >= 1 or None, got {epochs}")
+        batch_size = batch_rows(self.num_tokens, batch_size, epochs, f"activation cache {self.path}")
+        if buffer_tokens > self.num_tokens:
+            logger.info("shuffle buffer of %s tokens capped to the %s tokens of cache %s: each epoch "
+                        "shuffles the whole cache", f"{buffer_tokens:,}", f"{self.num_tokens:,}", self.path)
+            buffer_tokens = self.num_tokens
+        return self._batches(batch_size, seed, buffer_tokens, epochs, dtype)
+
+    def _batches(
+        self, batch_size: int, seed: int, buffer_tokens: int, epochs: int | None, dtype: torch.dtype
+    ) -> Iterator[Tensor]:
         gen = torch.Generator().manual_seed(seed)
         epoch = 0
         while epochs is None or epoch < epochs:
@@ -404,15 +393,15 @@ class CacheReader:
         order = torch.randperm(len(self.manifest.shards), generator=gen).tolist()
         buffer: list[Tensor] = []
         held = 0
-        for i in order:
+        for i in order[:-1]:
             acts = self.load_shard(self.manifest.shards[i])["acts"]
             buffer.append(acts)
             held += acts.shape[0]
             if held >= buffer_tokens:
                 rest = yield from _drain(torch.cat(buffer), batch_size, gen, dtype, keep=buffer_tokens // 2)
                 buffer, held = [rest], rest.shape[0]
-        if buffer:
-            yield from _drain(torch.cat(buffer), batch_size, gen, dtype, keep=0)
+        buffer.append(self.load_shard(self.manifest.shards[order[-1]])["acts"])
+        yield from _drain(torch.cat(buffer), batch_size, gen, dtype, keep=0)
 
 
 def _drain(

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
-import textwrap
+import sys
 import types
 import typing
 from typing import Any, TypeVar
@@ -18,23 +19,39 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+@functools.cache
+def _class_nodes(module_name: str) -> dict[str, ast.ClassDef]:
+    """Every class of a module's source by qualified name; the source is parsed once per module."""
+    try:
+        tree = ast.parse(inspect.getsource(sys.modules[module_name]))
+    except (OSError, TypeError, KeyError):
+        return {}
+    nodes: dict[str, ast.ClassDef] = {}
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                nodes[prefix + node.name] = node
+                visit(node.body, f"{prefix}{node.name}.")
+
+    visit(tree.body, "")
+    return nodes
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """``{field: docstring}`` read from the class source (empty when the source is unavailable)."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
+    node = _class_nodes(cls.__module__).get(cls.__qualname__)
+    body = node.body if node is not None else []
     docs: dict[str, str] = {}
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    for node, nxt in zip(body, body[1:], strict=False):
+    for field, nxt in zip(body, body[1:], strict=False):
         if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
+            isinstance(field, ast.AnnAssign)
+            and isinstance(field.target, ast.Name)
             and isinstance(nxt, ast.Expr)
             and isinstance(nxt.value, ast.Constant)
             and isinstance(nxt.value.value, str)
         ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
+            docs[field.target.id] = " ".join(nxt.value.value.split())
     return docs
 
 
@@ -57,6 +74,8 @@ def add_dataclass_arguments(
     docs = field_docs(cls)
     for field in dataclasses.fields(cls):
         tp, is_list = _base_type(hints[field.name])
+        if dataclasses.is_dataclass(tp):
+            continue  # nested configs are set from Python or a saved record (never built here)
         default: Any = None
         if field.default is not dataclasses.MISSING:
             default = field.default
@@ -71,8 +90,6 @@ def add_dataclass_arguments(
         kwargs: dict[str, Any] = {"help": help_text}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif dataclasses.is_dataclass(tp):
-            continue  # nested configs are set from Python or a saved record
         else:
             kwargs["type"] = tp if tp in (int, float, str) else str
             if is_list:

@@ -13,8 +13,15 @@ Stages (each writes into ``out/`` and adds a section to ``out/index.html``):
 7. steering generation with dictionary features vs a difference-of-means direction, judged
    from pixels (:mod:`sae_flux.steer`).
 
+One flag sizes it all: ``--n-prompts`` sets the cache (one denoising step per prompt), the
+held-out images, the SAE's size (one latent per :data:`TOKENS_PER_LATENT` cache tokens, 2x to
+8x), its training tokens (:data:`SAE_EPOCHS` passes over the cache, never more:
+``OptimConfig.max_epochs``) and the images drawn for steering and feature cards (2 to 4 each);
+the ITDA reads the cache once. The report's "Sizes" section states every number.
+
 Example:
-    $ sae-flux demo --out demo-out            # about a minute on 2 CPU cores
+    $ sae-flux demo --out demo-out                   # the default, 1,024 prompts
+    $ sae-flux demo --out quick --n-prompts 128      # the quick setting: 8,192 cache tokens
 """
 
 from __future__ import annotations
@@ -23,50 +30,80 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import torch
 from tqdm.auto import tqdm
 
+from sae_flux import hooks
 from sae_flux.cache import CacheConfig, CacheReader, load_flux, write_cache
+from sae_flux.demo_config import DemoConfig
 from sae_flux.report import Report
+from sae_flux.train_config import MAX_EPOCHS
 
 logger = logging.getLogger(__name__)
 
+#: Passes the demo's SAE makes over its cache (``OptimConfig.max_epochs`` caps any run at this).
+SAE_EPOCHS = MAX_EPOCHS
+#: Cache tokens per SAE latent when the SAE is sized from the data (8x at the default 1,024 prompts).
+TOKENS_PER_LATENT = 64
+#: Range of the data-sized SAE expansion.
+SAE_EXPANSION_RANGE = (2, 8)
+#: Largest SAE batch; smaller caches get batches of an eighth of the cache (8 steps per pass).
+SAE_BATCH = 1024
+#: Ceiling of the tokens the whitening, the decoder-bias init and the in-sample metrics read.
+SAE_WINDOW_TOKENS = 16_384
+#: Range of the image samples shown: steering targets per concept and feature cards per
+#: dictionary (one per 128 prompts, so the quick setting draws fewer images).
+SAMPLE_RANGE = (2, 4)
 
-@dataclass
-class DemoConfig:
-    """The main job (``sae-flux demo``); saved as ``demo_config.json`` in the output."""
 
-    out: str = "demo-out"
-    """Output directory (refused if it exists, unless --overwrite)."""
-    overwrite: bool = False
-    """Replace an existing output directory."""
-    model: str = "organism"
-    """organism, tiny, a repo id or a pipeline directory."""
-    hook: str | None = None
-    """Hook point (default: the image stream of the middle double block)."""
-    n_prompts: int = 1024
-    """Prompts drawn from the scene world (training templates)."""
-    step: int = 0
-    """Denoising step whose activations are cached (0 = from pure noise, as in the paper)."""
-    sae_k: int = 8
-    """Active latents per token of the TopK SAE."""
-    sae_expansion: int = 8
-    """SAE latents per model dimension."""
-    sae_tokens: int = 1_000_000
-    """SAE training tokens."""
-    itda_l0: int = 8
-    """ITDA target L0."""
-    itda_threshold: float = 0.3
-    """ITDA loss threshold (lower -> larger dictionary)."""
-    seed: int = 0
-    """Seed of prompts, generation and training."""
+class DemoSizes(NamedTuple):
+    """Every budget of the demo, derived from ``--n-prompts`` and the model's token grid."""
 
-    def __post_init__(self) -> None:
-        if self.n_prompts < 8:
-            raise ValueError(f"n_prompts must be >= 8, got {self.n_prompts}")
+    prompts: int
+    heldout_prompts: int
+    """Held-out images whose cache measures reconstruction (at least 64)."""
+    cache_tokens: int
+    """Image tokens cached (one step per prompt); the ITDA reads each once."""
+    sae_latents: int
+    sae_batch: int
+    sae_tokens: int
+    """SAE training tokens: ``SAE_EPOCHS`` passes over the cache unless --sae-tokens says otherwise."""
+    sae_window_tokens: int
+    """Tokens of the whitening estimate and of the in-sample metrics."""
+    samples: int
+    """Steering targets per concept and feature cards per dictionary (images drawn for the report)."""
+
+    @classmethod
+    def of(cls, cfg: DemoConfig, tokens_per_image: int, d_model: int) -> DemoSizes:
+        cache_tokens = cfg.n_prompts * tokens_per_image
+        low, high = SAE_EXPANSION_RANGE
+        expansion = cfg.sae_expansion or min(high, max(low, cache_tokens // (TOKENS_PER_LATENT * d_model)))
+        batch = min(SAE_BATCH, cache_tokens // 8)
+        return cls(
+            prompts=cfg.n_prompts,
+            heldout_prompts=max(64, cfg.n_prompts // 8),
+            cache_tokens=cache_tokens,
+            sae_latents=expansion * d_model,
+            sae_batch=batch,
+            sae_tokens=cfg.sae_tokens or SAE_EPOCHS * cache_tokens,
+            sae_window_tokens=min(SAE_WINDOW_TOKENS, cache_tokens),
+            samples=min(SAMPLE_RANGE[1], max(SAMPLE_RANGE[0], cfg.n_prompts // 128)),
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.prompts} prompts -> {self.cache_tokens:,} cache tokens (the ITDA reads each once); SAE of "
+            f"{self.sae_latents:,} latents trained on {self.sae_tokens:,} tokens ({self.sae_tokens / self.cache_tokens:.1f} "
+            f"passes, batches of {self.sae_batch}, at most {MAX_EPOCHS} passes); {self.heldout_prompts} held-out "
+            f"images for reconstruction; {self.samples} steering targets per concept and {self.samples} feature "
+            f"cards per dictionary."
+        )
 
 
 @dataclass
@@ -81,6 +118,7 @@ class DemoState:
     prompts: list[str] | None = None
     cache: Path | None = None
     dictionaries: dict[str, Path] | None = None
+    sizes: DemoSizes | None = None
 
 
 def _prepare_out(cfg: DemoConfig) -> Path:
@@ -97,8 +135,9 @@ def stage_prompts(state: DemoState) -> None:
     from sae_flux.organism.world import prompts
 
     cfg = state.cfg
+    assert state.sizes is not None, "run_demo sizes the demo first"
     state.prompts = prompts(cfg.n_prompts, seed=cfg.seed)
-    heldout = prompts(max(64, cfg.n_prompts // 8), seed=cfg.seed + 1, split="heldout")
+    heldout = prompts(state.sizes.heldout_prompts, seed=cfg.seed + 1, split="heldout")
     (state.out / "prompts.txt").write_text("\n".join(state.prompts) + "\n", encoding="utf-8")
     (state.out / "prompts-heldout.txt").write_text("\n".join(heldout) + "\n", encoding="utf-8")
     state.report.section(
@@ -117,8 +156,6 @@ def _cache(state: DemoState, prompts: str, out: str) -> Any:
 
 
 def stage_cache(state: DemoState) -> None:
-    n_double, _ = state.flux.block_counts
-    state.hook = state.cfg.hook or f"double.{n_double // 2}.img"
     state.cache = state.out / "cache"
     manifest = _cache(state, "prompts.txt", "cache")
     heldout = _cache(state, "prompts-heldout.txt", "cache-heldout")
@@ -148,36 +185,30 @@ def stage_itda(state: DemoState) -> None:
 def stage_sae(state: DemoState) -> None:
     from sae_flux.train import DataConfig, DictionaryConfig, OptimConfig, TrainConfig, train_sae
 
+    sizes = state.sizes
+    assert sizes is not None and state.cache is not None, "the demo is sized and cached first"
     cfg = TrainConfig(
         out=str(state.out / "dictionaries" / "sae-topk"),
-        data=DataConfig(cache=str(state.cache), buffer_tokens=65_536),
-        sae=DictionaryConfig(architecture="topk", k=state.cfg.sae_k, expansion_factor=state.cfg.sae_expansion,
-                             normalize="whiten", normalize_tokens=16_384),
-        optim=OptimConfig(total_tokens=state.cfg.sae_tokens, batch_size=1024, lr=1e-3, seed=state.cfg.seed),
-        eval_tokens=16_384,
+        data=DataConfig(cache=str(state.cache), buffer_tokens=min(65_536, sizes.cache_tokens)),
+        sae=DictionaryConfig(architecture="topk", k=state.cfg.sae_k, d_sae=sizes.sae_latents,
+                             normalize="whiten", normalize_tokens=sizes.sae_window_tokens),
+        optim=OptimConfig(total_tokens=sizes.sae_tokens, batch_size=sizes.sae_batch, lr=1e-3, seed=state.cfg.seed),
+        eval_tokens=sizes.sae_window_tokens,
         log_every=50,
-    )
+    )  # the dead-latent window is scaled to the run (TrainConfig.dead_window)
     result = train_sae(cfg)
     state.dictionaries = {**(state.dictionaries or {}), "sae-topk": result.path}
 
 
-def load_dictionary(path: Path) -> Any:
-    """Any dictionary sae_lens loads (ITDA registered by importing ``itda``)."""
-    from sae_lens import SAE
-
-    import itda  # noqa: F401  (registers the "itda" architecture)
-
-    return SAE.load_from_disk(str(path))
-
-
 def stage_metrics(state: DemoState) -> None:
+    from sae_flux.dictionary import load_dictionary
     from sae_flux.metrics import evaluate
 
     rows = []
     reader = CacheReader(state.out / "cache-heldout")
     for name, path in (state.dictionaries or {}).items():
         dictionary = load_dictionary(path)
-        metrics = evaluate(dictionary, reader.batches(4096, seed=1), max_tokens=reader.num_tokens)
+        metrics = evaluate(dictionary, (acts for acts, _ in reader.iter_shards()), max_tokens=reader.num_tokens)
         row = {"dictionary": name, "architecture": dictionary.cfg.architecture(), "latents": dictionary.cfg.d_sae,
                **{k: v for k, v in metrics.record().items() if k in ("fvu", "explained_variance", "l0", "dead_fraction", "tokens")}}
         rows.append(row)
@@ -213,18 +244,39 @@ STAGES = (
 )
 
 
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` (0: left as it is), restored on exit."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage and return the path of ``index.html``."""
     out = _prepare_out(cfg)
     report = Report(out, title="sae-flux demo: dictionaries on the Flux organism")
-    state = DemoState(cfg, out, report, flux=load_flux(cfg.model))
+    flux = load_flux(cfg.model)
+    hook = cfg.hook or f"double.{flux.block_counts[0] // 2}.img"
+    rows, cols = flux.grid()
+    per_image = rows * cols if hooks.parse(hook).is_image else flux.defaults.max_sequence_length
+    sizes = DemoSizes.of(cfg, per_image, flux.width(hook))
+    state = DemoState(cfg, out, report, flux=flux, hook=hook, sizes=sizes)
     (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    report.numbers["sizes"] = sizes._asdict()
+    report.section("Sizes", text=sizes.describe())
+    logger.info("demo sizes: %s", sizes.describe())
     timings = {}
-    for name, stage in tqdm(STAGES, desc="demo", unit="stage"):
-        start = time.perf_counter()
-        stage(state)
-        timings[name] = round(time.perf_counter() - start, 2)
-        report.write()  # a partial report survives a later failure
+    with torch_threads(cfg.threads):
+        for name, stage in tqdm(STAGES, desc="demo", unit="stage"):
+            start = time.perf_counter()
+            stage(state)
+            timings[name] = round(time.perf_counter() - start, 2)
+            report.write()  # a partial report survives a later failure
     report.numbers["stage_seconds"] = timings
     report.section("Timings", table=[{"stage": k, "seconds": v} for k, v in timings.items()])
     return report.write()

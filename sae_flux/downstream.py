@@ -41,9 +41,6 @@ from sae_flux import hooks as hookpoints
 
 logger = logging.getLogger(__name__)
 
-Edit = Callable[[Tensor], Tensor]
-
-
 class DownstreamResult(NamedTuple):
     """Fractions of the mean-ablation change recovered by the dictionary, and the raw changes."""
 
@@ -55,40 +52,6 @@ class DownstreamResult(NamedTuple):
     image_change_ablated: float
     image_change_reconstructed: float
     prompts: int
-
-
-def _module(pipeline: Any, path: str) -> torch.nn.Module:
-    root, _, rest = path.partition(".")
-    return getattr(pipeline, root).get_submodule(rest)
-
-
-@contextmanager
-def edited_stream(pipeline: Any, hook: str, edit: Edit) -> Iterator[None]:
-    """Replace the named stream by ``edit(stream)`` in every forward pass (a torch forward hook).
-
-    For ``.delta`` hooks ``edit`` sees and returns the block's update; for the others the stream.
-    """
-    point = hookpoints.parse(hook)
-    module = _module(pipeline, point.module_path)
-
-    def on_output(_mod: torch.nn.Module, _args: Any, kwargs: dict[str, Any], output: Any) -> Any:
-        if point.output_index is None:
-            return edit(output)
-        stream = output[point.output_index]
-        if point.delta:
-            before = kwargs["encoder_hidden_states" if point.stream == "txt" else "hidden_states"]
-            new = before + edit(stream - before)
-        else:
-            new = edit(stream)
-        parts = list(output)
-        parts[point.output_index] = new
-        return tuple(parts)
-
-    handle = module.register_forward_hook(on_output, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 @contextmanager
@@ -110,14 +73,14 @@ class _Run(NamedTuple):
     images: Tensor
 
 
-def _run(flux: Any, prompts: Sequence[str], hook: str, edit: Edit, seed: int, kwargs: dict[str, Any]) -> _Run:
+def _run(flux: Any, prompts: Sequence[str], hook: str, edit: hookpoints.StreamFn, seed: int, kwargs: dict[str, Any]) -> _Run:
     velocities: list[Tensor] = []
-    with torch.no_grad(), recorded_velocities(flux.pipeline, velocities), edited_stream(flux.pipeline, hook, edit):
+    with torch.no_grad(), recorded_velocities(flux.pipeline, velocities), hookpoints.editing(flux.pipeline, hook, edit):
         images = flux.generate(list(prompts), seed=seed, **kwargs)
     return _Run(torch.cat([v.flatten() for v in velocities]), images.float().cpu())
 
 
-def dictionary_edit(dictionary: Callable[[Tensor], Tensor]) -> Edit:
+def dictionary_edit(dictionary: Callable[[Tensor], Tensor]) -> hookpoints.StreamFn:
     """``stream -> dictionary(stream)`` over flattened tokens, in the dictionary's dtype/device."""
 
     def edit(stream_BTD: Float[Tensor, "b t d"]) -> Tensor:

@@ -12,70 +12,14 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from sae_lens import SAE
-from sae_lens.registry import SAE_CLASS_REGISTRY
-
+from sae_flux.dictionary import load_dictionary
+from sae_flux.evaluate_config import EvalConfig
 from sae_flux.metrics import evaluate
 
 logger = logging.getLogger(__name__)
-
-
-def load_dictionary(path: str | Path, device: str = "cpu") -> SAE[Any]:
-    """``SAE.load_from_disk(path)``, after importing ``itda`` (when installed) so ITDA dirs load."""
-    path = Path(path)
-    if not (path / "cfg.json").is_file():
-        raise FileNotFoundError(f"{path} is not a SAELens dictionary directory (no cfg.json)")
-    if importlib.util.find_spec("itda") is not None:
-        import itda  # noqa: F401  (registers the "itda" architecture)
-    try:
-        architecture = json.loads((path / "cfg.json").read_text()).get("architecture", "standard")
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}/cfg.json is not valid JSON: {err}") from err
-    if architecture not in SAE_CLASS_REGISTRY:
-        raise ValueError(
-            f"{path}: architecture {architecture!r} is not registered with sae_lens (import the package "
-            f"that defines it first); registered: {', '.join(sorted(SAE_CLASS_REGISTRY))}"
-        )
-    return SAE.load_from_disk(path, device=device)
-
-
-@dataclass
-class EvalConfig:
-    """One evaluation (the CLI ``sae-flux eval`` and the API)."""
-
-    dictionary: str
-    """Dictionary directory (cfg.json + sae_weights.safetensors), an SAE or ITDA."""
-    cache: str | None = None
-    """Activation cache to measure on (else stream from --model / --prompts)."""
-    hook: str | None = None
-    """Hook point (default: the dictionary's metadata.hook_name)."""
-    model: str | None = None
-    """Model for streaming and for the downstream metric: tiny, organism, repo id or directory."""
-    prompts: str | None = None
-    """Prompt file for streaming and for the downstream metric."""
-    tokens: int = 65_536
-    """Size of the metrics window (tokens, in data order)."""
-    num_inference_steps: int | None = None
-    """Denoising steps when streaming and for the downstream metric."""
-    downstream_prompts: int = 0
-    """Run the downstream metric on this many prompts (needs --model and --prompts; 0: skip)."""
-    save: bool = False
-    """Write metrics.json and sparsity.safetensors into the dictionary directory."""
-
-    def __post_init__(self) -> None:
-        if self.tokens < 1:
-            raise ValueError("tokens must be >= 1")
-        if self.cache is None and (self.model is None or self.prompts is None):
-            raise ValueError("no evaluation data: give --cache DIR, or --model and --prompts")
-        if self.downstream_prompts and (self.model is None or self.prompts is None):
-            raise ValueError("the downstream metric needs --model and --prompts")
 
 
 def evaluate_dictionary(cfg: EvalConfig) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sae_flux import hooks as hookpoints
-from sae_flux.tiny import GenerationDefaults, TinyFluxConfig, build_pipeline, save_pipeline
+from sae_flux.tiny import (
+    GenerationDefaults,
+    TinyFluxConfig,
+    TinyFluxPipeline,
+    build_pipeline,
+    save_pipeline,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +119,7 @@ class _BlockGroup:
         streams = [p for p in self.points if p.stream != "mlp"]
         output: Any = block.output if streams else ()
         for point in streams:
-            stream = output[point.output_index]
-            if point.delta:
-                key = "encoder_hidden_states" if point.stream == "txt" else "hidden_states"
-                stream = stream - inputs[key]
-            values[point.name] = stream
+            values[point.name] = hookpoints.stream_of(point, output, inputs)
         return values
 
 
@@ -139,6 +141,9 @@ class Flux:
         self.model = model
         self.model_id = model_id
         self.defaults = defaults
+        # run on the prompts of every generate / capture call (the organism's warns about
+        # captions off its grammar); None: no check
+        self.caption_check: Callable[[Sequence[str]], object] | None = None
         self.pipeline.set_progress_bar_config(disable=True)
 
     # -- construction ---------------------------------------------------------------------
@@ -162,6 +167,9 @@ class Flux:
         local = path.is_dir()
         if local and not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
+        defaults = GenerationDefaults.load(path) if local else None
+        if defaults is not None:  # a pipeline built by sae-flux: its plain call uses its own settings
+            pipeline_kwargs.setdefault("automodel", TinyFluxPipeline)
         model = DiffusionModel(
             str(repo_or_dir),
             dispatch=True,
@@ -170,7 +178,6 @@ class Flux:
             **pipeline_kwargs,
         )
         model.pipeline.to(device)
-        defaults = GenerationDefaults.load(path) if local else None
         if defaults is None:
             defaults = REAL_DEFAULTS["dev" if "dev" in str(repo_or_dir).lower() else "schnell"]
         model_id = str(path.resolve()) if local else str(repo_or_dir)
@@ -192,11 +199,24 @@ class Flux:
 
     @classmethod
     def organism(cls) -> Flux:
-        """The shipped Flux organism: a tiny FluxPipeline trained on procedural scenes."""
-        from sae_flux.organism import weights_dir
+        """The shipped Flux organism: a tiny FluxPipeline trained on procedural scenes.
+
+        Every :meth:`generate` and :meth:`capture` call warns once, naming them, about captions
+        off the organism's grammar (a size, colour, shape, position or background missing, or
+        unknown words: :func:`sae_flux.organism.check_captions`). ``flux.pipeline`` is a
+        :class:`sae_flux.tiny.TinyFluxPipeline`: a plain ``flux.pipeline(prompt)`` uses the
+        organism's own settings (8 steps, 32 px, 24 text tokens, no guidance), so with the same
+        generator it gives the image of :meth:`generate`.
+
+        Example:
+            >>> flux = Flux.organism()  # doctest: +SKIP
+            >>> image = flux.pipeline("a small red circle at the left on a black background").images[0]  # doctest: +SKIP
+        """
+        from sae_flux.organism import check_captions, weights_dir
 
         flux = cls.from_pretrained(weights_dir())
         flux.model_id = "sae-flux/organism"
+        flux.caption_check = check_captions
         return flux
 
     # -- properties -------------------------------------------------------------------------
@@ -238,13 +258,7 @@ class Flux:
 
     def generation_kwargs(self, **overrides: Any) -> dict[str, Any]:
         """Pipeline keyword arguments with this model's defaults (size, steps, text length)."""
-        kwargs = {
-            "height": self.resolution,
-            "width": self.resolution,
-            "num_inference_steps": self.defaults.num_inference_steps,
-            "guidance_scale": self.defaults.guidance_scale,
-            "max_sequence_length": self.defaults.max_sequence_length,
-        }
+        kwargs = self.defaults.call_kwargs()
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return kwargs
 
@@ -263,6 +277,8 @@ class Flux:
         **kwargs: Any,
     ) -> Float[Tensor, "prompt 3 height width"]:
         """Images in [0, 1] for ``prompts`` (a bare pipeline call, no tracing)."""
+        if self.caption_check is not None:
+            self.caption_check(prompts)
         prompt_ids = list(range(len(prompts))) if prompt_ids is None else list(prompt_ids)
         out = self.pipeline(
             list(prompts),
@@ -306,6 +322,8 @@ class Flux:
         """
         if not prompts:
             raise ValueError("capture needs at least one prompt")
+        if self.caption_check is not None:
+            self.caption_check(prompts)
         points = [self.resolve(h) for h in dict.fromkeys(hooks)]
         kwargs = self.generation_kwargs(
             num_inference_steps=num_inference_steps, height=height, width=width, **pipeline_kwargs

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,8 @@ from jaxtyping import Float
 from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
 
 SPARSITY_FILE = "sparsity.safetensors"
 METRICS_FILE = "metrics.json"
@@ -114,6 +117,10 @@ def evaluate(
     bar.close()
     if sums.n == 0:
         raise ValueError("no activations to evaluate on (the data source is empty)")
+    if max_tokens is not None and sums.n < max_tokens:
+        logger.warning("the evaluation window holds %s tokens, fewer than the %s asked (the data has no more): "
+                       "every metric, the dead fraction included, is over %s tokens",
+                       f"{sums.n:,}", f"{max_tokens:,}", f"{sums.n:,}")
     return sums.metrics()
 
 

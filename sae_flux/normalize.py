@@ -21,8 +21,7 @@ from jaxtyping import Float
 from sae_lens.training.activation_scaler import ActivationWhitening
 from torch import Tensor
 
-#: Normalisation names, in the order of the paper's comparison.
-NORMALIZATIONS = ("none", "standardize", "whiten")
+from sae_flux.train_config import NORMALIZATIONS
 
 
 def estimate(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,9 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from sae_flux.evaluate import load_dictionary
+from sae_flux.dictionary import load_dictionary
 from sae_flux.metrics import SPARSITY_FILE, load_metrics
+from sae_flux.publish_config import REPO_RE, PublishConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,31 +43,6 @@ LOGIN_HINT = (
     "log in with `hf auth login` (or `huggingface-cli login`), or set the HF_TOKEN environment "
     "variable to a token with write access (https://huggingface.co/settings/tokens)"
 )
-_REPO_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-@dataclass
-class PublishConfig:
-    """One upload (the CLI ``sae-flux publish`` and the API)."""
-
-    dictionaries: list[str]
-    """Dictionary directories (SAE or ITDA); each is uploaded under its directory name."""
-    repo: str
-    """Hub repo id, ``org/name`` (created if missing)."""
-    private: bool = False
-    """Create the repo as private."""
-    revision: str = "main"
-    """Branch to commit to."""
-    endpoint: str | None = None
-    """Hub endpoint (default: huggingface_hub's, i.e. HF_ENDPOINT or https://huggingface.co)."""
-    message: str = "Upload dictionaries with sae-flux"
-    """Commit message."""
-
-    def __post_init__(self) -> None:
-        if not self.dictionaries:
-            raise ValueError("name at least one dictionary directory to publish")
-        if not _REPO_RE.match(self.repo):
-            raise ValueError(f"repo {self.repo!r} is not of the form org/name")
 
 
 @dataclass
@@ -115,7 +90,7 @@ def _fmt(value: Any) -> str:
 def model_card(repo: str, entries: Sequence[Entry]) -> str:
     """README.md for the repo: metadata for the Hub, how to load, hook points, data, metrics."""
     models = sorted({str(e.cfg.get("metadata", {}).get("model_name")) for e in entries})
-    base = [m for m in models if _REPO_RE.match(m)]
+    base = [m for m in models if REPO_RE.match(m)]
     header = ["---", "library_name: saelens", "tags:", "- sae_lens", "- sparse-autoencoder", "- sae-flux", "- flux"]
     if base:
         header.append(f"base_model: {base[0]}")
@@ -146,7 +121,7 @@ def model_card(repo: str, entries: Sequence[Entry]) -> str:
     return "\n".join([
         *header, "", f"# Dictionaries for {', '.join(f'`{m}`' for m in models)}", "",
         "Sparse dictionaries in the [SAELens](https://github.com/jbloomAus/SAELens) layout, made with "
-        "[sae-flux](https://github.com/) after Shabalin et al. 2025 (arXiv:2505.24360). Each folder "
+        "sae-flux after Shabalin et al. 2025 (arXiv:2505.24360). Each folder "
         "holds `cfg.json`, `sae_weights.safetensors` and `sparsity.safetensors` (log10 feature density).",
         "", "## How to load", "", *load, "",
         "## Hook points", "",

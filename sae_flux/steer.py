@@ -7,11 +7,14 @@ scale ~0.8 x the mean token norm, the first 5 of 7 steps, block 18). Also clampi
 a value and ablating it, both as the dictionary encodes it (the error term is kept, as sae_lens's
 ``use_error_term=True``).
 
-Every edit is a pure function of the unedited stream, :func:`apply_edits`; it runs three ways:
+Every edit is a pure function of the unedited stream, :func:`apply_edits`; it runs three ways,
+all through the one stream editor of :mod:`sae_flux.hooks` (so a ``.delta`` hook edits the
+block's update, and a relative scale is measured on it, on every path):
 
-- :func:`steering`: a context manager around any ``Flux`` call; it installs a plain torch
-  forward hook on the block (a bare pipeline call has no nnsight trace to put an intervention in);
-- :func:`steer_trace`: inside your own ``with flux.model.generate(...)`` block (nnsight);
+- :func:`steering`: a context manager around any ``Flux`` call (:func:`sae_flux.hooks.editing`,
+  a plain torch forward hook: a bare pipeline call has no nnsight trace to put an intervention in);
+- :func:`steer_trace`: inside your own ``with flux.model.generate(...)`` block (nnsight,
+  :func:`sae_flux.hooks.edit`);
 - ``sae-flux steer``: a grid PNG of prompts x scales (:mod:`sae_flux.steering.grid`).
 
 Saved dictionaries of this project hold raw-space decoders: ``sae_flux.train`` folds the
@@ -361,23 +364,14 @@ def steering(
         ...     images = flux.generate(["a red circle"])
     """
     plan = make_steering(flux, hook, edits, height, width)
-    point = hookpoints.parse(hook)
-    index = 1 if point.output_index is None else point.output_index  # image stream: tuple index 1
-    module = hookpoints._envoy(flux.pipeline, point.block_path)
     scheduler = flux.pipeline.scheduler
 
-    def edit_output(module: torch.nn.Module, args: Any, output: Any) -> Any:
+    def edit_stream(stream_BTD: Tensor) -> Tensor:
         plan.check_steps(len(scheduler.timesteps))
-        step = _current_step(scheduler)
-        stream = list(output)
-        stream[index] = plan.apply(stream[index], step)
-        return tuple(stream)
+        return plan.apply(stream_BTD, _current_step(scheduler))
 
-    handle = module.register_forward_hook(edit_output)
-    try:
+    with hookpoints.editing(flux.pipeline, hook, edit_stream):
         yield plan
-    finally:
-        handle.remove()
 
 
 def steer_trace(model: Any, plan: Steering, step: int, n_steps: int | None = None) -> None:
@@ -392,4 +386,4 @@ def steer_trace(model: Any, plan: Steering, step: int, n_steps: int | None = Non
     """
     if n_steps is not None:
         plan.check_steps(n_steps)
-    hookpoints.write(model, plan.hook, plan.apply(hookpoints.read(model, plan.hook), step))
+    hookpoints.edit(model, plan.hook, lambda stream_BTD: plan.apply(stream_BTD, step))

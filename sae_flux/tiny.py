@@ -19,11 +19,13 @@ Example:
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -77,6 +79,64 @@ class GenerationDefaults:
         if not path.is_file():
             return None
         return cls(**json.loads(path.read_text()))
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """These settings as ``FluxPipeline.__call__`` keyword arguments."""
+        return {
+            "height": self.resolution,
+            "width": self.resolution,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "max_sequence_length": self.max_sequence_length,
+        }
+
+
+class TinyFluxPipeline(FluxPipeline):
+    """A ``FluxPipeline`` whose call defaults are the settings it was built for (``sae_flux.json``).
+
+    diffusers' ``FluxPipeline.__call__`` defaults (28 steps, 1,024 px, 512 text tokens) suit
+    FLUX.1, not a tiny pipeline: the organism draws its scenes in 8 steps at 32 px from 24 text
+    tokens and gives near-black images otherwise. Loaded through this class, a plain call
+    ``pipe(prompt)`` fills every setting the caller leaves out (or passes as ``None``) from
+    ``sae_flux.json``; anything passed explicitly wins. The directory stays a plain diffusers
+    ``FluxPipeline`` (``model_index.json`` names ``FluxPipeline``); loaded with
+    ``FluxPipeline.from_pretrained`` instead, pass ``**GenerationDefaults.load(dir).call_kwargs()``.
+
+    Example:
+        >>> from sae_flux.organism import weights_dir
+        >>> pipe = TinyFluxPipeline.from_pretrained(weights_dir())  # doctest: +SKIP
+        >>> image = pipe("a small red circle at the left on a black background").images[0]  # doctest: +SKIP
+    """
+
+    generation_defaults: GenerationDefaults | None = None
+    """The settings read from ``sae_flux.json`` at load (``None``: diffusers' own defaults)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if Path(str(pretrained_model_name_or_path)).is_dir():
+            pipe.generation_defaults = GenerationDefaults.load(Path(pretrained_model_name_or_path))
+        return pipe
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.generation_defaults is not None:
+            given = inspect.signature(FluxPipeline.__call__).bind_partial(self, *args, **kwargs).arguments
+            for name, value in self.generation_defaults.call_kwargs().items():
+                if given.get(name) is None:
+                    kwargs[name] = value
+        return super().__call__(*args, **kwargs)
+
+    def to_json_string(self) -> str:
+        """The ``model_index.json`` record, naming the diffusers class so plain diffusers loads it."""
+        record = json.loads(super().to_json_string())
+        record["_class_name"] = FluxPipeline.__name__
+        return json.dumps(record, indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+        """diffusers' save, plus ``sae_flux.json`` so the copy keeps its call defaults."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.generation_defaults is not None:
+            self.generation_defaults.save(Path(save_directory))
 
 
 @dataclass

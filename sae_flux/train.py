@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -116,6 +117,26 @@ def check_width(source: ActivationSource, d_in: int | None, where: str) -> None:
         )
 
 
+def fit_to_data(cfg: TrainConfig, source: ActivationSource, where: str) -> TrainConfig:
+    """``cfg``, with ``total_tokens`` cut to ``optim.max_epochs`` passes over data of fixed size (warned).
+
+    A streamed source (``num_tokens`` is ``None``) makes fresh data every pass and is not capped.
+    The cut config is the one recorded (``train_config.json``), so a resumed run agrees with it.
+    """
+    optim = cfg.optim
+    num_tokens = getattr(source, "num_tokens", None)  # a source without it is taken for a stream
+    if num_tokens is None or optim.total_tokens <= optim.max_epochs * num_tokens:
+        return cfg
+    steps = max(1, optim.max_epochs * num_tokens // optim.batch_size)
+    logger.warning(
+        "total_tokens %s would be %.0f passes over %s; training stops at max_epochs=%d passes: %s "
+        "tokens (%d steps of %d). Raise --max-epochs or add data to train longer",
+        f"{optim.total_tokens:,}", optim.total_tokens / num_tokens, where,
+        optim.max_epochs, f"{steps * optim.batch_size:,}", steps, optim.batch_size,
+    )
+    return dataclasses.replace(cfg, optim=dataclasses.replace(optim, total_tokens=steps * optim.batch_size))
+
+
 def _take_tokens(batches: Iterator[torch.Tensor], n: int) -> torch.Tensor:
     parts, held = [], 0
     for batch in batches:
@@ -168,8 +189,8 @@ def trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
         adam_beta1=o.adam_beta1,
         adam_beta2=o.adam_beta2,
         device=cfg.device,
-        dead_feature_window=cfg.dead_window,
-        feature_sampling_window=cfg.dead_window,
+        dead_feature_window=cfg.dead_window_steps(),
+        feature_sampling_window=cfg.dead_window_steps(),
         logger=LoggingConfig(log_to_wandb=False),
     )
 
@@ -311,6 +332,9 @@ def train_sae(
     """
     data = _data_for(cfg, source)
     sae = build_sae(cfg, data.source.d_model, data.hook, data.model_id)
+    batches = data.source.batches(cfg.optim.batch_size, seed=cfg.optim.seed,
+                                  buffer_tokens=cfg.data.buffer_tokens, epochs=None)  # refuses data < 1 batch
+    cfg = fit_to_data(cfg, data.source, data.description)
     _prepare_out(cfg, resume)
     sae.cfg.metadata.dataset_path = data.description
     trainer = SAETrainer(trainer_config(cfg), sae, iter(()))
@@ -318,8 +342,6 @@ def train_sae(
         _resume(trainer, cfg)
     else:
         _init_from_data(trainer, cfg, data.source)
-    batches = data.source.batches(cfg.optim.batch_size, seed=cfg.optim.seed,
-                                  buffer_tokens=cfg.data.buffer_tokens, epochs=None)
     for _ in range(trainer.n_training_steps):  # replay the data order up to the checkpoint
         next(batches)
     trainer.data_provider = batches

@@ -18,16 +18,32 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+if TYPE_CHECKING:
+    from sae_lens import TrainingSAE, TrainingSAEConfig
 
-from sae_flux import normalize
-
+#: Normalisation names (:func:`sae_flux.normalize.estimate`), in the order of the paper's comparison.
+NORMALIZATIONS = ("none", "standardize", "whiten")
+#: Default of ``OptimConfig.max_epochs``: the most passes an SAE makes over a cache (or tensors).
+MAX_EPOCHS = 16
+#: sae_lens's own ``dead_feature_window``, the ceiling of the window scaled to the run.
+SAE_LENS_DEAD_WINDOW = 1000
 #: Fields that may change between a checkpoint and its resumption without changing the result.
 RUN_ONLY_FIELDS = ("checkpoint_every", "log_every", "keep_checkpoints", "wandb_project")
 #: sae_lens config fields set by sae-flux, not through ``DictionaryConfig.options``.
 _RESERVED = ("d_in", "d_sae", "dtype", "device", "metadata", "normalize_activations", "k")
+
+
+def training_registry() -> dict[str, tuple[type[TrainingSAE[Any]], type[TrainingSAEConfig]]]:
+    """sae_lens's training registry, the architectures a :class:`DictionaryConfig` may name.
+
+    Imported when a config is checked, not with this module: sae_lens loads torch, and the
+    ``sae-flux train`` parser is built from these classes without it.
+    """
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    return SAE_TRAINING_CLASS_REGISTRY
 
 
 @dataclass
@@ -74,13 +90,14 @@ class DictionaryConfig:
     """Tokens the normalisation (and the decoder-bias init) is estimated from."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in SAE_TRAINING_CLASS_REGISTRY:
+        registry = training_registry()
+        if self.architecture not in registry:
             raise ValueError(
                 f"unknown SAE architecture {self.architecture!r}; sae_lens's training registry "
-                f"has: {', '.join(sorted(SAE_TRAINING_CLASS_REGISTRY))}"
+                f"has: {', '.join(sorted(registry))}"
             )
-        if self.normalize not in normalize.NORMALIZATIONS:
-            raise ValueError(f"normalize {self.normalize!r} is not one of {normalize.NORMALIZATIONS}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize {self.normalize!r} is not one of {NORMALIZATIONS}")
         fields = self.training_fields()
         if self.k is not None and "k" not in fields:
             raise ValueError(f"architecture {self.architecture!r} has no k; drop --k")
@@ -89,7 +106,7 @@ class DictionaryConfig:
             raise ValueError("expansion_factor and d_sae must be >= 1")
 
     def training_fields(self) -> dict[str, dataclasses.Field[Any]]:
-        cfg_cls = SAE_TRAINING_CLASS_REGISTRY[self.architecture][1]
+        cfg_cls = training_registry()[self.architecture][1]
         return {f.name: f for f in dataclasses.fields(cfg_cls)}
 
     def sae_kwargs(self) -> dict[str, Any]:
@@ -132,12 +149,16 @@ class OptimConfig:
     """Linear learning-rate warm-up steps."""
     seed: int = 0
     """Seed of the SAE initialisation and of the data order."""
+    max_epochs: int = MAX_EPOCHS
+    """Most passes over data of fixed size (a cache, tensors): a longer total_tokens is cut to this many passes, with a warning (a streamed Flux makes fresh images every pass and is not capped)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.total_tokens < self.batch_size:
             raise ValueError(
                 f"need batch_size >= 1 and total_tokens >= batch_size, got {self.batch_size} / {self.total_tokens}"
             )
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
 
     @property
     def steps(self) -> int:
@@ -153,8 +174,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sae: DictionaryConfig = field(default_factory=DictionaryConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    dead_window: int = 1000
-    """Steps without firing after which a latent counts as dead during training."""
+    dead_window: int | None = None
+    """Steps without firing after which a latent counts as dead and AuxK trains it (default: a twentieth of the run, 10 to 1,000 steps); a window longer than the run is refused."""
     eval_tokens: int = 65_536
     """Tokens of the final metrics window (the first tokens of the training stream, at most one epoch)."""
     checkpoint_every: int = 0
@@ -169,11 +190,32 @@ class TrainConfig:
     """Torch device of the SAE."""
 
     def __post_init__(self) -> None:
-        for name in ("dead_window", "log_every", "keep_checkpoints", "eval_tokens"):
+        for name in ("log_every", "keep_checkpoints", "eval_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.checkpoint_every < 0:
             raise ValueError("checkpoint_every must be >= 0")
+        self.dead_window_steps()  # validates dead_window against the run
+
+    def dead_window_steps(self) -> int:
+        """The dead-latent window in steps: ``dead_window``, or a twentieth of the run (10 to 1,000, at most the run).
+
+        sae_lens's default (1,000 steps) is longer than a short run, so AuxK's dead-latent
+        recovery would never start; an explicit window longer than the run is refused for that
+        reason.
+        """
+        steps = self.optim.steps
+        if self.dead_window is None:
+            return min(SAE_LENS_DEAD_WINDOW, steps, max(10, steps // 20))
+        if self.dead_window < 1:
+            raise ValueError(f"dead_window must be >= 1, got {self.dead_window}")
+        if self.dead_window > steps:
+            raise ValueError(
+                f"dead_window {self.dead_window} is longer than the run ({steps} steps): no latent could "
+                f"count as dead, so AuxK would never revive one; leave it unset (scaled to the run) or "
+                f"set at most {steps}"
+            )
+        return self.dead_window
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

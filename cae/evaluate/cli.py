@@ -14,11 +14,8 @@ import json
 import sys
 from dataclasses import asdict
 
-from cae.apply import POSITIONS
 from cae.evaluate.config import EvalConfig, Placement, PromptBaseline
-from cae.evaluate.judge import JudgeError
-from cae.evaluate.report import evaluate
-from cae.evaluate.sizes import compare_sizes
+from cae.names import POSITIONS
 from cae.read import READ_RULES
 
 
@@ -95,6 +92,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``cae eval`` from parsed arguments; prints the summary as one JSON line."""
+    # dispatch: torch, transformers and nnsight load here, not for --help
+    from cae.evaluate.judge import JudgeError
+    from cae.evaluate.report import evaluate
+    from cae.evaluate.sizes import compare_sizes
+
     cfg = EvalConfig(
         model=args.model[0], data=args.data, out=args.out, corpus=args.corpus, layers=args.layers,
         read=args.read,

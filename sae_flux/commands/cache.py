@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from sae_flux.cache import CacheConfig, write_cache
+from sae_flux.cache_config import CacheConfig
 from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
 
 logger = logging.getLogger(__name__)
@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae_flux.cache import write_cache  # dispatch: torch and the pipeline load here
+
     cfg = dataclass_from_args(CacheConfig, args)
     manifest = write_cache(cfg, resume=args.resume)
     for hook in manifest.hooks:

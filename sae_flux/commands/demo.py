@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
-from sae_flux.demo import DemoConfig, run_demo
+from sae_flux.demo_config import DemoConfig
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae_flux.demo import run_demo  # dispatch: torch and the pipeline load here
+
     index = run_demo(dataclass_from_args(DemoConfig, args))
     logger.info("report written: %s", index.resolve())
     return 0

@@ -7,7 +7,7 @@ import json
 import sys
 
 from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
-from sae_flux.evaluate import EvalConfig, evaluate_dictionary
+from sae_flux.evaluate_config import EvalConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae_flux.evaluate import evaluate_dictionary  # dispatch: torch and sae_lens load here
+
     report = evaluate_dictionary(dataclass_from_args(EvalConfig, args))
     json.dump(report, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sae_flux.cache import load_flux
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("hooks", help="list the hook points of a model")
@@ -16,6 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae_flux.cache import load_flux  # dispatch: torch and the pipeline load here
+
     flux = load_flux(args.model)
     n_double, n_single = flux.block_counts
     sys.stdout.write(f"# {flux.model_id}: {n_double} double, {n_single} single blocks, d_model {flux.d_model}\n")

@@ -18,22 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
+from sae_flux.interp.config import DissectConfig, IndexConfig, SelectConfig
 
 logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from sae_flux.interp.dissect import DissectConfig
-    from sae_flux.interp.index import IndexConfig
-    from sae_flux.interp.select import SelectConfig
-
     parser = subparsers.add_parser("interp", help="visual auto-interpretation of dictionaries and neurons")
     commands = parser.add_subparsers(dest="interp_command", required=True)
 
     index = commands.add_parser("index", help="build (or --resume) a max-activation index from a cache")
     index.add_argument("cache", help="activation cache directory (sae-flux cache)")
     which = index.add_mutually_exclusive_group(required=True)
-    which.add_argument("--dictionary", help="dictionary directory sae_lens loads (SAE, ITDA, ...)")
+    which.add_argument("--dictionary", help="dictionary directory sae_lens loads (SAE, ITDA, ...) or a Hub reference REPO_ID:FOLDER")
     which.add_argument("--neurons", action="store_true", help="index the cached hook's values as neurons")
     index.add_argument("--hook", help="cache hook to read (default: the cache's only hook)")
     index.add_argument("--step", type=int, help="denoising step, when the cache holds several")
@@ -82,13 +79,7 @@ def _guard(func: Any) -> Any:
 
 def run_index(args: argparse.Namespace) -> int:
     from sae_flux.cache import CacheReader
-    from sae_flux.interp.index import (
-        IndexConfig,
-        build_index,
-        cache_images,
-        dictionary_source,
-        neuron_source,
-    )
+    from sae_flux.interp.index import build_index, cache_images, dictionary_source, neuron_source
 
     reader = CacheReader(args.cache, args.hook)
     if args.neurons:
@@ -126,7 +117,7 @@ def _features(args: argparse.Namespace, index: Any) -> list[int]:
 def _selections(args: argparse.Namespace, index: Any, prompts: list[str], seed: int) -> list[Any]:
     from sae_flux.cache import load_flux
     from sae_flux.interp.index import write_images
-    from sae_flux.interp.select import SelectConfig, select
+    from sae_flux.interp.select import select
 
     cfg = dataclass_from_args(SelectConfig, args)
     chosen = [s for s in (select(index, f, cfg) for f in _features(args, index)) if s.images]
@@ -160,7 +151,6 @@ def run_explain(args: argparse.Namespace) -> int:
     from sae_flux.interp.chat import ChatConfig, OpenAIChat
     from sae_flux.interp.explain import VLMInterpreter, interpret
     from sae_flux.interp.hf import HFChat
-    from sae_flux.interp.select import SelectConfig
 
     index, prompts, seed = _context(args, args.index)
     features = [s.feature for s in _selections(args, index, prompts, seed)]
@@ -182,8 +172,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 def run_ground_truth(args: argparse.Namespace) -> int:
     from sae_flux.cache import load_flux
-    from sae_flux.interp.dissect import DissectConfig, world_labels
-    from sae_flux.interp.select import SelectConfig
+    from sae_flux.interp.dissect import world_labels
     from sae_flux.interp.stage import CompareConfig, compare
     from sae_flux.report import table_html
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
-from sae_flux.publish import PublishConfig, publish
+from sae_flux.publish_config import PublishConfig
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae_flux.publish import publish  # dispatch: sae_lens and huggingface_hub load here
+
     url = publish(dataclass_from_args(PublishConfig, args))
     logger.info("load with SAE.from_pretrained(%r, <sae_id>); commit: %s", args.repo, url)
     return 0

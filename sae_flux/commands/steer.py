@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
-from sae_flux.steering.grid import SteerConfig, run_steer
+from sae_flux.steering.config import SteerConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,5 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae_flux.steering.grid import run_steer  # dispatch: torch and the pipeline load here
+
     run_steer(dataclass_from_args(SteerConfig, args))
     return 0

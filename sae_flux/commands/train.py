@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
-from sae_flux.train import DataConfig, DictionaryConfig, OptimConfig, TrainConfig, train_sae
+from sae_flux.train_config import DataConfig, DictionaryConfig, OptimConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 _NESTED = {"data": DataConfig, "sae": DictionaryConfig, "optim": OptimConfig}
@@ -32,6 +32,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae_flux.train import train_sae  # dispatch: torch and sae_lens load here
+
     result = train_sae(config_from_args(args), resume=args.resume)
     m = result.metrics
     logger.info("%s: FVU %.4f, explained variance %.4f, L0 %.2f, dead %.4f (window %d tokens)",

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,28 +30,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sae_flux.interp.config import DissectConfig
 from sae_flux.interp.index import IndexReader
 from sae_flux.interp.select import Selection
 
 #: Token ground truth: global image id -> (concept names, fractions (h, w, C)).
 Labels = Callable[[int], tuple[Sequence[str], np.ndarray]]
-
-
-@dataclass
-class DissectConfig:
-    """Binarisation of features and concepts."""
-
-    activation_threshold: float = 0.2
-    """A feature is on where it exceeds this fraction of its maximum activation."""
-    concept_fraction: float = 0.5
-    """A token shows a concept when at least this fraction of its pixels do."""
-    min_iou: float = 0.1
-    """A feature 'covers' its best concept when the IoU reaches this (distinct-concept count)."""
-
-    def __post_init__(self) -> None:
-        for name in ("activation_threshold", "concept_fraction", "min_iou"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"DissectConfig.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 class Dissection(NamedTuple):

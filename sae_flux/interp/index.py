@@ -51,6 +51,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sae_flux.interp.config import IndexConfig
+
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
@@ -58,27 +60,6 @@ TOP_FILE = "top.safetensors"
 RECORDS = "records"
 IMAGES = "images"
 FORMAT_VERSION = 1
-
-
-@dataclass
-class IndexConfig:
-    """One max-activation indexing job (``sae-flux interp index``)."""
-
-    out: str
-    """Index directory."""
-    top_n: int = 32
-    """Images kept per feature (candidates for the selection rule)."""
-    top_k: int = 64
-    """Features kept per image token (the paper's 64); bounds disk and memory."""
-    images_per_shard: int = 256
-    """Images per records shard: the work lost to a crash."""
-    batch_images: int = 32
-    """Images encoded at once."""
-
-    def __post_init__(self) -> None:
-        for name in ("top_n", "top_k", "images_per_shard", "batch_images"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -105,15 +86,11 @@ class FeatureSource:
 
 
 def dictionary_source(path: str | Path, name: str | None = None) -> FeatureSource:
-    """A source for any dictionary directory ``sae_lens.SAE.load_from_disk`` reads (ITDA too)."""
-    from sae_lens import SAE
+    """A source for any dictionary :func:`sae_flux.dictionary.load_dictionary` reads (a local
+    directory or a Hub reference ``REPO_ID:FOLDER``; SAEs and ITDA)."""
+    from sae_flux.dictionary import load_dictionary, reference_name
 
-    import itda  # noqa: F401  (registers the "itda" architecture)
-
-    path = Path(path)
-    if not (path / "cfg.json").is_file():
-        raise FileNotFoundError(f"{path} is not a dictionary directory (no cfg.json)")
-    sae = SAE.load_from_disk(str(path))
+    sae = load_dictionary(path)
     sae.eval()
 
     def encode(acts_ND: Tensor) -> Tensor:
@@ -121,7 +98,7 @@ def dictionary_source(path: str | Path, name: str | None = None) -> FeatureSourc
             return sae.encode(acts_ND.to(sae.dtype)).float()
 
     hook = str(getattr(sae.cfg.metadata, "hook_name", "") or "")
-    return FeatureSource(name or path.name, hook, int(sae.cfg.d_in), int(sae.cfg.d_sae),
+    return FeatureSource(name or reference_name(path), hook, int(sae.cfg.d_in), int(sae.cfg.d_sae),
                          "dictionary", str(path), encode)
 
 

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -24,26 +23,9 @@ from jaxtyping import Float
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from sae_flux.interp.config import SelectConfig
 from sae_flux.interp.index import IndexReader
 from sae_flux.interp.render import overlay, strip
-
-
-@dataclass
-class SelectConfig:
-    """Which of a feature's top images are shown and explained."""
-
-    n_images: int = 5
-    """Images per feature (the paper's 5)."""
-    min_tokens: int = 6
-    """Tokens of an image that must exceed the threshold (the paper: 6 of 256)."""
-    threshold: float = 0.2
-    """A token counts when its activation exceeds this fraction of the feature's maximum."""
-
-    def __post_init__(self) -> None:
-        if self.n_images < 1 or self.min_tokens < 1:
-            raise ValueError("n_images and min_tokens must be >= 1")
-        if not 0.0 <= self.threshold < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
 
 
 class Selection(NamedTuple):

@@ -193,7 +193,8 @@ def stage_interp(state: Any) -> None:
     out = state.out / "interp"
     grid = state.flux.grid()
     min_tokens = max(1, round(6 * grid[0] * grid[1] / 256))  # the paper's 6 of 256 tokens, rescaled
-    cfg = CompareConfig(DissectConfig(), SelectConfig(min_tokens=min_tokens), cards=4, seed=state.cfg.seed)
+    cards = state.sizes.samples if state.sizes is not None else 4
+    cfg = CompareConfig(DissectConfig(), SelectConfig(min_tokens=min_tokens), cards=cards, seed=state.cfg.seed)
     labels = world_labels(state.prompts, seed=state.cfg.seed)
     result = compare(demo_indexes(state, out), labels, out, state.flux, state.prompts, cfg)
     state.report.numbers["interp"] = result.rows

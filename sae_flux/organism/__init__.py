@@ -15,6 +15,7 @@ Example:
 from sae_flux.organism.weights import (
     OrganismWeightsError,
     VocabularyError,
+    check_captions,
     check_vocabulary,
     check_weights,
     vocabulary,
@@ -28,6 +29,7 @@ __all__ = [
     "SceneObject",
     "VocabularyError",
     "World",
+    "check_captions",
     "check_vocabulary",
     "check_weights",
     "prompts",

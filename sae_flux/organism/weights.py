@@ -12,11 +12,15 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from sae_flux.organism.world import World, missing_slots
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +102,56 @@ def weights_dir(directory: Path | None = None) -> Path:
 
 def vocabulary() -> tuple[str, ...]:
     """Words the organism knows (the scene world's caption vocabulary)."""
-    from sae_flux.organism.world import World
-
     return World().vocabulary()
+
+
+#: Off-grammar captions named in one warning before the rest are counted.
+NAMED_CAPTIONS = 3
+
+
+def check_captions(captions: Sequence[str] | str) -> dict[str, list[str]]:
+    """Captions off the organism's caption grammar, each with what is wrong; one warning names them.
+
+    Every training caption names a size, a colour, a shape, a position and a background
+    (:data:`sae_flux.organism.world.SLOTS`) in the organism's vocabulary. A caption that leaves a
+    slot empty or holds unknown words gives broken images: without a background, for instance,
+    shapes come out as outlines or noise and the colour is right about half the time.
+    :meth:`sae_flux.Flux.organism` runs this on every ``generate`` and ``capture`` call.
+
+    Example:
+        >>> from sae_flux.organism import check_captions
+        >>> check_captions(["a large red circle on the left", "a small red circle at the top on black"])
+        {'a large red circle on the left': ['no background']}
+    """
+    from sae_flux.tiny import unknown_words
+
+    texts = [captions] if isinstance(captions, str) else list(captions)
+    tokenizer = _tokenizer()
+    problems: dict[str, list[str]] = {}
+    for caption in dict.fromkeys(texts):
+        issues = [f"no {slot}" for slot in missing_slots(caption)]
+        unknown = unknown_words(tokenizer, [caption])
+        if unknown:
+            issues.append("unknown words " + ", ".join(repr(w) for w in unknown))
+        if issues:
+            problems[caption] = issues
+    if problems:
+        named = [f"{c!r} ({', '.join(i)})" for c, i in list(problems.items())[:NAMED_CAPTIONS]]
+        more = len(problems) - len(named)
+        logger.warning(
+            "%d of %d captions are off the Flux organism's caption grammar and give broken images: %s%s. "
+            "Every training caption names a size, colour, shape, position and background, e.g. "
+            "'a small red circle at the left on a black background'",
+            len(problems), len(dict.fromkeys(texts)), "; ".join(named), f"; and {more} more" if more else "",
+        )
+    return problems
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer() -> Any:
+    from sae_flux.tiny import build_tokenizer
+
+    return build_tokenizer(vocabulary(), model_max_length=77)
 
 
 def check_vocabulary(texts: Sequence[str] | str, strict: bool = False) -> list[str]:
@@ -113,11 +164,11 @@ def check_vocabulary(texts: Sequence[str] | str, strict: bool = False) -> list[s
         >>> check_vocabulary(["a small red circle at the left on black"])
         []
     """
-    from sae_flux.tiny import build_tokenizer, unknown_words
+    from sae_flux.tiny import unknown_words
 
     if isinstance(texts, str):
         texts = [texts]
-    unknown = unknown_words(build_tokenizer(vocabulary(), model_max_length=77), list(texts))
+    unknown = unknown_words(_tokenizer(), list(texts))
     if unknown:
         message = (f"words outside the Flux organism's vocabulary (read as <unk>): "
                    f"{', '.join(repr(w) for w in unknown)}")

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -57,6 +58,16 @@ SIZES: tuple[str, ...] = ("small", "large")
 #: Size -> object half-extent as a fraction of the image side.
 RADII: dict[str, float] = {"small": 0.125, "large": 0.22}
 OPPOSITE: dict[str, str] = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+
+#: The slots every caption of the world fills, each with the words that fill it. A caption that
+#: leaves one empty (say, no background) is off the grammar the organism was trained on.
+SLOTS: dict[str, tuple[str, ...]] = {
+    "size": SIZES,
+    "colour": tuple(PALETTE),
+    "shape": SHAPES,
+    "position": POSITIONS,
+    "background": tuple(BACKGROUNDS),
+}
 
 #: Caption templates seen in training. Slots: {size} {colour} {shape} {position} {background}.
 TRAIN_TEMPLATES: tuple[str, ...] = (
@@ -288,6 +299,17 @@ class World:
         for word in factor_words:
             words.setdefault(word, None)
         return tuple(words)
+
+
+def missing_slots(caption: str) -> list[str]:
+    """The slots of :data:`SLOTS` that ``caption`` leaves empty (none of the slot's words appears).
+
+    Example:
+        >>> missing_slots("a large red circle on the left")
+        ['background']
+    """
+    words = set(re.findall(r"\w+", caption.lower()))
+    return [slot for slot, fillers in SLOTS.items() if words.isdisjoint(fillers)]
 
 
 def shape_mask(shape: str, cx: float, cy: float, r: float, n: int) -> Bool[np.ndarray, "H W"]:

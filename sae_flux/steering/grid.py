@@ -14,9 +14,8 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,55 +23,9 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from sae_flux.steer import Edit, add_feature, clamp, steering
+from sae_flux.steering.config import SteerConfig
 
 logger = logging.getLogger(__name__)
-
-MODES = ("add", "clamp")
-
-
-@dataclass
-class SteerConfig:
-    """A steering grid (``sae-flux steer``); saved next to the PNG as ``<out>.json``."""
-
-    dictionary: str
-    """Dictionary directory: any sae_lens SAE, or an ITDA."""
-    features: list[int]
-    """Feature ids steered together."""
-    prompts: list[str]
-    """Prompts, one grid row each."""
-    out: str = "steer.png"
-    """Output PNG."""
-    model: str = "organism"
-    """organism, tiny, a repo id or a pipeline directory."""
-    hook: str | None = None
-    """Image stream to edit (default: the dictionary's hook_name)."""
-    scales: list[float] = field(default_factory=lambda: [0.0, 0.4, 0.8, 1.6])
-    """One grid column each: multiples of the mean token norm (add), absolute norms (--absolute), or values (clamp)."""
-    mode: str = "add"
-    """add (activation addition) or clamp (set the encoded features to each scale)."""
-    absolute: bool = False
-    """add: scales are absolute norms instead of multiples of the mean token norm."""
-    region: list[int] | None = None
-    """Token box row0 col0 row1 col1 (end exclusive); default the whole grid."""
-    first_steps: int | None = None
-    """Edit the first N denoising steps (default: round(5/7 of the schedule), the paper's 5 of 7)."""
-    seed: int = 0
-    """Generation seed (prompt i uses seed + i)."""
-    cell: int = 96
-    """Pixel size of each grid cell."""
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
-        if not self.features or not self.prompts or not self.scales:
-            raise ValueError("steer needs at least one feature, one prompt and one scale")
-        bad = [s for s in self.scales if not math.isfinite(s)]
-        if bad:
-            raise ValueError(f"steering scales must be finite numbers, got {bad}")
-        if self.region is not None and len(self.region) != 4:
-            raise ValueError(f"region must be four ints row0 col0 row1 col1, got {self.region}")
-        if self.first_steps is not None and self.first_steps < 1:
-            raise ValueError(f"first_steps must be >= 1, got {self.first_steps}")
 
 
 def default_steps(n_steps: int) -> int:
@@ -121,12 +74,9 @@ def run_steer(cfg: SteerConfig, flux: Any = None) -> Path:
     import json
 
     from sae_flux.cache import load_flux
-    from sae_flux.demo import load_dictionary
+    from sae_flux.dictionary import load_dictionary
 
-    path = Path(cfg.dictionary)
-    if not (path / "cfg.json").is_file():
-        raise FileNotFoundError(f"{path} is not a dictionary directory (no cfg.json)")
-    dictionary = load_dictionary(path)
+    dictionary = load_dictionary(cfg.dictionary)
     flux = flux or load_flux(cfg.model)
     if cfg.hook is None and not getattr(dictionary.cfg.metadata, "hook_name", None):
         raise ValueError("the dictionary names no hook_name: pass --hook")

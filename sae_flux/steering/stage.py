@@ -5,7 +5,8 @@ each demo dictionary (by correlation with the concept's token masks, :mod:`.conc
 difference-of-means direction are added, at equal norm, on the object's tokens of held-out
 captions that do not mention the concept, over the paper's first 5/7 of the steps (Shabalin et
 al. 2025, arXiv 2505.24360); the pixel judge scores every image (:mod:`.measure`). One batched
-pipeline call does it all (about 60 images).
+pipeline call does it all (about 60 images with 4 targets per concept; the demo's quick setting
+draws 2, ``DemoSizes.samples``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ logger = logging.getLogger(__name__)
 DEMO_CONCEPTS = ("red", "triangle")
 DEMO_SCALES = (0.8, 1.6)
 DEMO_TARGETS = 4
+"""Held-out targets per concept when the demo does not size them (``DemoSizes.samples``)."""
 
 
 def stage_steering(state: Any) -> None:
     """Add the steering section (grid + table) to ``state.report``; images under ``out/steering``."""
-    from sae_flux.demo import load_dictionary
+    from sae_flux.dictionary import load_dictionary
 
     cfg = state.cfg
+    n_targets = state.sizes.samples if state.sizes is not None else DEMO_TARGETS
     data = concept_tokens_from_cache(state.cache, n_scenes=min(len(state.prompts), 128), seed=cfg.seed)
     dictionaries = {name: load_dictionary(path) for name, path in (state.dictionaries or {}).items()}
     first = default_steps(state.flux.defaults.num_inference_steps)
@@ -42,9 +45,9 @@ def stage_steering(state: Any) -> None:
                       for name, d in dictionaries.items()}
         directions["diff-of-means"] = difference_of_means(data, concept)
         conditions = [Condition(m, direction, s, first) for m, direction in directions.items() for s in DEMO_SCALES]
-        result = sweep(state.flux, state.hook, targets(concept, DEMO_TARGETS, seed=cfg.seed), conditions, cfg.seed)
+        result = sweep(state.flux, state.hook, targets(concept, n_targets, seed=cfg.seed), conditions, cfg.seed)
         rows += result.rows
-        grid = [[imgs[i] for imgs in result.images] for i in range(DEMO_TARGETS)]
+        grid = [[imgs[i] for imgs in result.images] for i in range(n_targets)]
         labels = ["none"] + [f"{c.method[:4]} x{c.scale:g}" for c in conditions]
         path = out / f"{concept}.png"
         grid_image(grid, labels, cell=64).save(path)

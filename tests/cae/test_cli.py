@@ -48,3 +48,19 @@ def test_bad_inputs_exit_with_a_clear_message(kind_jsonl, tmp_path, capsys):
     assert main(["generate", "--model", "organism:huge", "--vector", str(tmp_path),
                  "--prompt", "story :"]) == 2
     assert "unknown organism size 'huge'" in capsys.readouterr().err
+
+
+def test_cli_choices_are_the_registries_names(capsys):
+    from cae.aggregators import AGGREGATORS
+    from cae.apply import POSITIONS
+    from cae.names import AGGREGATOR_NAMES
+    from cae.names import POSITIONS as POSITION_NAMES
+
+    assert tuple(AGGREGATORS) == AGGREGATOR_NAMES == ("mean", "pca", "logistic")
+    assert POSITIONS == POSITION_NAMES == ("all", "from_prompt_end", "generated")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--aggregator {logistic,mean,pca}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "--positions {all,from_prompt_end,generated}" in capsys.readouterr().out

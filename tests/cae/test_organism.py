@@ -57,6 +57,14 @@ def test_sizes_load_offline_and_grow_about_fourfold():
         assert 3.0 < big / small < 6.0
 
 
+@pytest.mark.parametrize("size", SIZES)
+def test_every_shipped_weight_loads_into_the_model(size):
+    from transformers import LlamaForCausalLM
+
+    _, info = LlamaForCausalLM.from_pretrained(WEIGHTS_DIR / size, output_loading_info=True)
+    assert (sorted(info["missing_keys"]), sorted(info["unexpected_keys"])) == ([], [])
+
+
 def test_weights_ship_as_half_precision_under_25_mb():
     files = list(WEIGHTS_DIR.rglob("*.safetensors"))
     assert len(files) == len(SIZES)

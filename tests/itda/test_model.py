@@ -165,7 +165,9 @@ def test_saelens_from_pretrained_loads_from_an_offline_hub_cache(small_itda, act
     cache = tmp_path / "hub"
     _hf_cache_repo(cache, "org/itda-test", files)
     script = (
-        "import torch, itda, sae_lens\n"
+        "import sys, itda\n"  # light: sae_lens is imported after it and still loads ITDA dirs
+        "assert 'sae_lens' not in sys.modules and 'torch' not in sys.modules\n"
+        "import torch, sae_lens\n"
         "from huggingface_hub import try_to_load_from_cache\n"
         f"assert try_to_load_from_cache('org/itda-test', '{folder}/cfg.json')\n"
         f"sae = sae_lens.SAE.from_pretrained('org/itda-test', '{folder}')\n"

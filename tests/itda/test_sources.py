@@ -236,3 +236,39 @@ def test_two_hooks_of_one_cache_share_the_jaccard_address_space(flux_cache):
     )
     assert itda.jaccard(d, d) == 1.0
     assert Path(flux_cache).is_dir()
+
+
+def _tiny(arch: str):
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2)
+    config = {
+        "gpt2": GPT2Config(vocab_size=64, n_embd=16, n_layer=3, n_head=2),
+        "llama": LlamaConfig(intermediate_size=32, **small),
+        "gpt_neox": GPTNeoXConfig(intermediate_size=32, **small),
+    }[arch]
+    return AutoModelForCausalLM.from_config(config)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+def test_itda_uses_the_one_decoder_layer_finder(arch):
+    from cae.model import decoder_layers, wrap
+    from cae.organism.train import build_tokenizer
+    from itda.sources import lm_layers
+
+    hf = _tiny(arch)
+    lm = wrap(hf, build_tokenizer())
+    path, blocks = decoder_layers(hf)
+    assert len(blocks) == 3
+    assert [layer._module for layer in lm_layers(lm)] == list(blocks)
+    assert decoder_layers(lm) == (path, blocks)
+
+
+def test_a_model_without_decoder_layers_is_named():
+    from cae.model import decoder_layers
+
+    class Odd(torch.nn.Module):
+        config = type("Cfg", (), {"num_hidden_layers": 3})()
+
+    with pytest.raises(ValueError, match="cannot find the 3 decoder blocks of Odd"):
+        decoder_layers(Odd())

@@ -14,8 +14,9 @@ from sae_lens.training.sae_trainer import _log_feature_sparsity
 from safetensors.torch import load_file
 
 from sae_flux.cli import main as cli_main
+from sae_flux.dictionary import load_dictionary
 from sae_flux.downstream import downstream
-from sae_flux.evaluate import EvalConfig, evaluate_dictionary, load_dictionary
+from sae_flux.evaluate import EvalConfig, evaluate_dictionary
 from sae_flux.metrics import evaluate
 
 HOOK = "double.1.img"

@@ -16,6 +16,7 @@ from sae_lens import SAE
 from safetensors.torch import load_file
 
 from sae_flux.cli import main as cli_main
+from sae_flux.dictionary import HubReference, load_dictionary, parse_reference
 from sae_flux.metrics import evaluate
 from sae_flux.publish import PublishConfig, publish
 from sae_flux.sources import TensorSource
@@ -142,3 +143,32 @@ def test_bad_publish_input_gets_a_clear_error(dictionaries, tmp_path):
     SAE.load_from_disk(dictionaries[0]).save_model(twin)
     with pytest.raises(ValueError, match=r"several dictionaries would be uploaded as \['double.1.img'\]"):
         publish(PublishConfig(dictionaries=[str(dictionaries[0]), str(twin)], repo=REPO), token="x")
+
+
+def test_the_dictionary_loader_takes_a_hub_reference(hub_server, dictionaries, tmp_path, monkeypatch):  # noqa: F811
+    _publish(hub_server, dictionaries)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    for d in dictionaries:
+        remote = load_dictionary(f"{REPO}:{d.name}", hook="double.1.img", endpoint=hub_server.url)
+        local = load_dictionary(d)
+        assert remote.cfg.architecture() == local.cfg.architecture()
+        for name, value in local.state_dict().items():
+            assert torch.equal(remote.state_dict()[name], value), (d.name, name)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the cache answers offline
+    hub_server.requests.clear()
+    assert load_dictionary(f"{REPO}:{dictionaries[0].name}", endpoint=hub_server.url).cfg.d_in == 16
+    assert hub_server.requests == []
+
+
+def test_the_dictionary_loader_refuses_bad_references(dictionaries, tmp_path):
+    assert parse_reference(dictionaries[0]) == dictionaries[0]
+    assert parse_reference("org/name:double.1.img") == HubReference("org/name", "double.1.img")
+    assert parse_reference("runs/sae") == Path("runs/sae")
+    with pytest.raises(FileNotFoundError, match="not a SAELens dictionary directory"):
+        load_dictionary(tmp_path / "missing")
+    with pytest.raises(ValueError, match=r"trained on hook 'double.1.img', not on 'double.0.img'"):
+        load_dictionary(dictionaries[0], hook="double.0.img")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "cfg.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"cfg.json is not valid JSON"):
+        load_dictionary(tmp_path / "broken")

@@ -60,7 +60,7 @@ def test_steer_config_refuses_nan_scales_and_unknown_modes(sae_dir):
 
 
 def test_steer_refuses_a_directory_without_a_dictionary(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a dictionary directory"):
+    with pytest.raises(FileNotFoundError, match="not a SAELens dictionary directory"):
         run_steer(SteerConfig(dictionary=str(tmp_path), features=[0], prompts=["x"]))
 
 

@@ -114,6 +114,33 @@ def test_saved_directory_reproduces_the_project_metrics(cache_dir, tmp_path):
     assert result.metrics.dead_fraction == saved["dead_fraction"]
 
 
+def test_training_stops_at_max_epochs_passes_over_the_cache_and_records_it(cache_dir, tmp_path, caplog):
+    optim = OptimConfig(total_tokens=1000 * 128, batch_size=128, lr=1e-3, max_epochs=2)
+    with caplog.at_level("WARNING"):
+        result = train_sae(_cfg(tmp_path / "sae", cache_dir, optim=optim))
+    assert result.steps == 2 * 3072 // 128 == 48
+    assert (f"total_tokens 128,000 would be 42 passes over activation cache {cache_dir} (3072 tokens); training "
+            "stops at max_epochs=2 passes: 6,144 tokens (48 steps of 128)") in caplog.text
+    recorded = TrainConfig.load(tmp_path / "sae" / "train_config.json")
+    assert recorded.optim.total_tokens == 6144 and recorded.optim.max_epochs == 2
+
+
+def test_the_dead_latent_window_scales_with_the_run_and_a_longer_one_is_refused(cache_dir, tmp_path):
+    from sae_flux.train import trainer_config
+
+    assert _cfg(tmp_path, cache_dir, steps=300).dead_window_steps() == 15  # a twentieth of the run
+    assert _cfg(tmp_path, cache_dir, steps=40).dead_window_steps() == 10  # at least 10 steps
+    assert _cfg(tmp_path, cache_dir, steps=5).dead_window_steps() == 5  # never longer than the run
+    assert _cfg(tmp_path, cache_dir, steps=100_000).dead_window_steps() == 1000  # sae_lens's own window
+    assert trainer_config(_cfg(tmp_path, cache_dir, steps=300)).dead_feature_window == 15
+    with pytest.raises(ValueError, match=r"dead_window 1000 is longer than the run \(300 steps\).*at most 300"):
+        _cfg(tmp_path, cache_dir, steps=300, dead_window=1000)
+    capped = _cfg(tmp_path / "sae", cache_dir, dead_window=200,
+                  optim=OptimConfig(total_tokens=1000 * 128, batch_size=128, max_epochs=2))
+    with pytest.raises(ValueError, match=r"dead_window 200 is longer than the run \(48 steps\)"):
+        train_sae(capped)  # checked again once the run is cut to max_epochs
+
+
 class _Crash(Exception):
     pass
 

@@ -1,0 +1,71 @@
+"""The typed configurations of the interpretation steps (``sae-flux interp``).
+
+:class:`IndexConfig` (the max-activation index, :mod:`sae_flux.interp.index`),
+:class:`SelectConfig` (which top images a feature shows, :mod:`sae_flux.interp.select`) and
+:class:`DissectConfig` (ground-truth binarisation, :mod:`sae_flux.interp.dissect`). Light (no
+torch), so the CLI builds its parsers from them at once.
+
+Example:
+    >>> IndexConfig(out="idx-sae").top_k, SelectConfig().n_images, DissectConfig().min_iou
+    (64, 5, 0.1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class IndexConfig:
+    """One max-activation indexing job (``sae-flux interp index``)."""
+
+    out: str
+    """Index directory."""
+    top_n: int = 32
+    """Images kept per feature (candidates for the selection rule)."""
+    top_k: int = 64
+    """Features kept per image token (the paper's 64); bounds disk and memory."""
+    images_per_shard: int = 256
+    """Images per records shard: the work lost to a crash."""
+    batch_images: int = 32
+    """Images encoded at once."""
+
+    def __post_init__(self) -> None:
+        for name in ("top_n", "top_k", "images_per_shard", "batch_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class SelectConfig:
+    """Which of a feature's top images are shown and explained."""
+
+    n_images: int = 5
+    """Images per feature (the paper's 5)."""
+    min_tokens: int = 6
+    """Tokens of an image that must exceed the threshold (the paper: 6 of 256)."""
+    threshold: float = 0.2
+    """A token counts when its activation exceeds this fraction of the feature's maximum."""
+
+    def __post_init__(self) -> None:
+        if self.n_images < 1 or self.min_tokens < 1:
+            raise ValueError("n_images and min_tokens must be >= 1")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
+
+
+@dataclass
+class DissectConfig:
+    """Binarisation of features and concepts."""
+
+    activation_threshold: float = 0.2
+    """A feature is on where it exceeds this fraction of its maximum activation."""
+    concept_fraction: float = 0.5
+    """A token shows a concept when at least this fraction of its pixels do."""
+    min_iou: float = 0.1
+    """A feature 'covers' its best concept when the IoU reaches this (distinct-concept count)."""
+
+    def __post_init__(self) -> None:
+        for name in ("activation_threshold", "concept_fraction", "min_iou"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"DissectConfig.{name} must be in [0, 1], got {getattr(self, name)}")
