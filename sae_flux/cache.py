@@ -386,12 +386,16 @@ class CacheReader:
         """Shuffled batches through a mixing buffer of ``buffer_tokens`` (``epochs=None``: forever).
 
         Shards are visited in a seeded random order; tokens are mixed across the shards that
-        share the buffer. The final partial batch of each epoch is dropped.
+        share the buffer. The final partial batch of each epoch is dropped, so endless batches
+        of a cache smaller than one batch are refused (they would never yield).
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if not self.manifest.shards:
             raise ValueError(f"cache {self.path} has no finished shards")
+        if epochs is None and self.num_tokens < batch_size:
+            raise ValueError(f"cache {self.path} holds {self.num_tokens} tokens, fewer than one batch of "
+                             f"{batch_size}: endless batches would never yield one")
         gen = torch.Generator().manual_seed(seed)
         epoch = 0
         while epochs is None or epoch < epochs:

@@ -14,12 +14,14 @@ In diffusers >= 0.35 both block kinds return ``(encoder_hidden_states, hidden_st
 text stream is tuple index 0 and the image stream index 1, and both take the streams as the
 keyword arguments ``encoder_hidden_states`` / ``hidden_states``.
 
-Inside your own nnsight trace, :func:`read` and :func:`write` address a stream by name::
+Inside your own nnsight trace, :func:`read` and :func:`write` address a stream by name, at one
+denoising step: the first, unless a ``for step in tracer.iter[...]`` loop picks the steps::
 
     flux = Flux.tiny()
     with flux.model.generate("a red circle", **flux.generation_kwargs()) as tracer:
-        acts = read(flux.model, "double.1.img").save()   # (batch, tokens, d_model)
-        write(flux.model, "double.1.img", acts * 0.5)    # edit the stream in place
+        for step in tracer.iter[:]:                          # every denoising step
+            acts = read(flux.model, "double.1.img")          # (batch, tokens, d_model)
+            write(flux.model, "double.1.img", acts * 0.5)    # edit the stream in place
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def resolve(name: str, n_double: int, n_single: int) -> HookPoint:
 
 
 def all_hook_points(n_double: int, n_single: int, delta: bool = False) -> list[str]:
-    """Every hook-point name of a model, in execution order."""
+    """The hook-point names of a model in execution order; the ``.delta`` forms with ``delta=True``."""
     names = []
     for kind, count in (("double", n_double), ("single", n_single)):
         for i in range(count):
