@@ -71,11 +71,22 @@ def build_from_cache(
 def _skip_seen(
     batches: Iterator[ActivationBatch], resume: ITDA | None
 ) -> Iterator[ActivationBatch]:
-    """Drop the batches a resumed dictionary has already consumed (same batch size)."""
+    """Drop the batches a resumed dictionary has already consumed (same batch size).
+
+    A dictionary that has read the whole source already is refused with that reason (resuming
+    continues a build that stopped early, at ``max_atoms`` or at a bad batch).
+    """
     if resume is None:
         return batches
     seen = int((resume.cfg.metadata.get("itda_build", {}) or {}).get("batches_seen", 0))
-    return itertools.islice(batches, seen, None)
+    rest = itertools.islice(batches, seen, None)
+    first = next(rest, None)
+    if first is None:
+        raise ValueError(
+            f"nothing left to build from: the resumed dictionary has already read all {seen} batches of "
+            f"this source (--resume continues a build that stopped early, at max_atoms or at a bad batch)"
+        )
+    return itertools.chain([first], rest)
 
 
 def lm_layers(model: Any) -> Any:

@@ -240,7 +240,7 @@ class Flux:
         return hookpoints.block_counts(self.pipeline.transformer)
 
     def hook_points(self, delta: bool = False) -> list[str]:
-        """Every valid hook-point name of this model, in execution order."""
+        """The hook-point names of this model in execution order; the ``.delta`` forms with ``delta=True``."""
         return hookpoints.all_hook_points(*self.block_counts, delta=delta)
 
     def resolve(self, hook: str) -> hookpoints.HookPoint:

@@ -1,4 +1,4 @@
-"""``sae-flux hooks``: list a model's hook points."""
+"""``sae-flux hooks``: list every hook point of a model, the ``.delta`` forms included."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("hooks", help="list the hook points of a model")
     parser.add_argument("--model", default="tiny", help="tiny, organism, a repo id or a directory")
-    parser.add_argument("--delta", action="store_true", help="also list the .delta variants")
+    parser.add_argument("--no-delta", dest="delta", action="store_false",
+                        help="leave out the .delta variants (block output minus block input)")
     parser.set_defaults(func=run)
 
 

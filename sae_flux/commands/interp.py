@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(index, IndexConfig)
     index.set_defaults(func=_guard(run_index))
 
-    for name, helptext in (("images", "generate the images the selected features need"),
+    for name, helptext in (("images", "generate the images explain shows (selected images and distractors)"),
                            ("render", "write feature cards (PNG)"),
                            ("explain", "explain and detection-score features with a VLM"),
                            ("ground-truth", "dissection IoU + concept detection on the organism, with a browser")):
@@ -115,22 +115,33 @@ def _features(args: argparse.Namespace, index: Any) -> list[int]:
 
 
 def _selections(args: argparse.Namespace, index: Any, prompts: list[str], seed: int) -> list[Any]:
-    from sae_flux.cache import load_flux
-    from sae_flux.interp.index import write_images
+    """The selected images of the chosen features (generated when missing): what a card shows."""
     from sae_flux.interp.select import select
 
     cfg = dataclass_from_args(SelectConfig, args)
     chosen = [s for s in (select(index, f, cfg) for f in _features(args, index)) if s.images]
-    needed = sorted({i for s in chosen for i in s.images})
-    if any(not index.image_path(i).is_file() for i in needed):
-        write_images(index, load_flux(args.model), prompts, needed, seed=seed, batch_size=64)
+    _generate(args, index, prompts, seed, sorted({i for s in chosen for i in s.images}))
     return chosen
 
 
+def _generate(args: argparse.Namespace, index: Any, prompts: list[str], seed: int, images: list[int]) -> None:
+    """Generate the listed images that the index does not hold yet (loads the model only then)."""
+    from sae_flux.cache import load_flux
+    from sae_flux.interp.index import write_images
+
+    missing = [i for i in images if not index.image_path(i).is_file()]
+    if missing:
+        write_images(index, load_flux(args.model), prompts, missing, seed=seed, batch_size=64)
+
+
 def run_images(args: argparse.Namespace) -> int:
+    """Generate every image ``explain`` shows: each feature's selected images and its distractors."""
+    from sae_flux.interp.explain import missing_images, plan
+
     index, prompts, seed = _context(args, args.index)
-    chosen = _selections(args, index, prompts, seed)
-    logger.info("images of %d features are in %s", len(chosen), index.images_dir)
+    plans = plan(index, _features(args, index), dataclass_from_args(SelectConfig, args))
+    _generate(args, index, prompts, seed, missing_images(index, plans))
+    logger.info("images of %d features (with their distractors) are in %s", len(plans), index.images_dir)
     return 0
 
 
@@ -153,7 +164,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from sae_flux.interp.hf import HFChat
 
     index, prompts, seed = _context(args, args.index)
-    features = [s.feature for s in _selections(args, index, prompts, seed)]
+    features = _features(args, index)
     if args.backend == "openai":
         cfg = ChatConfig(base_url=args.base_url, model=args.vlm_model, cache_dir=args.cache_dir,
                          max_retries=args.max_retries, backoff=args.backoff)
@@ -163,7 +174,8 @@ def run_explain(args: argparse.Namespace) -> int:
             raise ValueError("--backend hf needs --vlm-model PATH (a local transformers VLM checkpoint)")
         interpreter = VLMInterpreter(HFChat.from_pretrained(args.vlm_model, cache_dir=args.cache_dir),
                                      name=f"hf:{Path(args.vlm_model).name}")
-    results = interpret(index, interpreter, features, out=args.results, select_cfg=dataclass_from_args(SelectConfig, args))
+    results = interpret(index, interpreter, features, out=args.results, select_cfg=dataclass_from_args(SelectConfig, args),
+                        make_images=lambda ids: _generate(args, index, prompts, seed, ids))
     for r in results:
         score = r.detection.score if r.detection else float("nan")
         logger.info("feature %d: %s (detection %.3f)", r.feature, r.explanation.pattern, score)

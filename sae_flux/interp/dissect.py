@@ -133,6 +133,7 @@ class ConceptInterpreter:
     """VLM-free explainer/scorer: explanation = best concept; rating = share of the image showing it."""
 
     name = "concept"
+    uses_images = False
 
     def __init__(self, dissection: Dissection, labels: Labels, concept_fraction: float = 0.5) -> None:
         self.dissection = dissection

@@ -30,7 +30,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -42,6 +42,8 @@ from sae_flux.interp.select import SelectConfig, Selection, plain_images, render
 logger = logging.getLogger(__name__)
 
 PROMPTS = Path(__file__).with_name("prompts")
+#: Distractor images per feature in the detection score (the paper's 5).
+N_DISTRACTORS = 5
 
 
 def prompt(name: str) -> str:
@@ -64,6 +66,8 @@ class Interpreter(Protocol):
     """Explains a feature from its selected examples and rates an explanation on images."""
 
     name: str
+    uses_images: bool
+    """Whether it looks at the generated images (then they must exist before it is asked)."""
 
     def explain(self, index: IndexReader, selection: Selection) -> Explanation: ...
 
@@ -72,6 +76,8 @@ class Interpreter(Protocol):
 
 class VLMInterpreter:
     """The paper's explainer and scorer on a vision-language chat backend."""
+
+    uses_images = True
 
     def __init__(self, backend: ChatBackend, name: str = "vlm", scale: int = 4) -> None:
         self.backend = backend
@@ -169,28 +175,63 @@ class FeatureResult:
         return asdict(self)
 
 
+class Plan(NamedTuple):
+    """What explaining one feature shows the interpreter: its selected images, then distractors."""
+
+    selection: Selection
+    negatives: list[int]
+
+    @property
+    def images(self) -> list[int]:
+        return [*self.selection.images, *self.negatives]
+
+
+def plan(
+    index: IndexReader, features: Sequence[int], select_cfg: SelectConfig | None = None,
+    n_distractors: int = N_DISTRACTORS, seed: int = 0,
+) -> list[Plan]:
+    """The selection and the distractors of each feature (features with no selected image are left out)."""
+    live = [int(f) for f in range(index.width) if len(index.top_images(f)[1])]
+    plans = []
+    for f in features:
+        chosen = select(index, f, select_cfg)
+        if chosen.images:
+            plans.append(Plan(chosen, distractors(index, chosen.feature, chosen.images, n_distractors, seed, live)))
+    return plans
+
+
+def missing_images(index: IndexReader, plans: Sequence[Plan]) -> list[int]:
+    """Images the plans show (selected and distractors) that are not generated yet."""
+    return sorted({i for p in plans for i in p.images if not index.image_path(i).is_file()})
+
+
 def interpret(
     index: IndexReader, interpreter: Interpreter, features: Sequence[int], out: str | Path | None = None,
-    select_cfg: SelectConfig | None = None, n_distractors: int = 5, seed: int = 0,
+    select_cfg: SelectConfig | None = None, n_distractors: int = N_DISTRACTORS, seed: int = 0,
     on_result: Callable[[FeatureResult], None] | None = None,
+    make_images: Callable[[list[int]], object] | None = None,
 ) -> list[FeatureResult]:
     """Explain and detection-score ``features``, appending each to the JSONL ``out`` when done.
 
-    Features already in ``out`` are skipped (a rerun continues). When the backend fails for
-    good, the finished features stay in ``out`` and :class:`BackendError` says how many.
+    Features already in ``out`` are skipped (a rerun continues). Before the first request, every
+    image an interpreter that looks at images will be shown (each feature's selected images and
+    its distractors) must exist: missing ones are passed to ``make_images`` (for example
+    ``lambda ids: write_images(index, flux, prompts, ids, seed=...)``), or, without it, a
+    ``FileNotFoundError`` lists them. When the backend fails for good, the finished features stay
+    in ``out`` and :class:`BackendError` says how many.
     """
     for f in features:
         index.check_feature(f)
     done = _finished(out, index.name, interpreter.name)
     results = list(done.values())
-    live = [int(f) for f in range(index.width) if len(index.top_images(f)[1])]
+    plans = plan(index, [f for f in features if int(f) not in done], select_cfg, n_distractors, seed)
+    if interpreter.uses_images:
+        _ensure_images(index, plans, make_images)
     density = index.density()
-    for f in tqdm([f for f in features if int(f) not in done], desc=f"interpret {index.name}", unit="feature"):
-        chosen = select(index, f, select_cfg)
-        if not chosen.images:
-            continue
+    for p in tqdm(plans, desc=f"interpret {index.name}", unit="feature"):
+        f = p.selection.feature
         try:
-            result = _one(index, interpreter, chosen, live, n_distractors, seed, float(density[f]))
+            result = _one(index, interpreter, p, float(density[f]))
         except BackendError as err:
             raise BackendError(f"{err} (feature {f}; {len(results)} finished features kept in {out})") from err
         results.append(result)
@@ -202,12 +243,27 @@ def interpret(
     return results
 
 
-def _one(index: IndexReader, interpreter: Interpreter, chosen: Selection, live: list[int],
-         n_distractors: int, seed: int, density: float) -> FeatureResult:
-    explanation = interpreter.explain(index, chosen)
-    negatives = distractors(index, chosen.feature, chosen.images, n_distractors, seed, live)
-    scored = detection(interpreter, index, explanation.pattern, chosen.images, negatives) if negatives else None
-    return FeatureResult(index.name, chosen.feature, interpreter.name, chosen.images, explanation, scored, density)
+def _ensure_images(index: IndexReader, plans: Sequence[Plan], make_images: Callable[[list[int]], object] | None) -> None:
+    missing = missing_images(index, plans)
+    if missing and make_images is not None:
+        make_images(missing)
+        missing = missing_images(index, plans)
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} images the interpreter would be shown are missing from {index.images_dir} "
+            f"(first: {missing[:5]}): it sees each feature's selected images and its distractors (top "
+            f"images of other features); generate them first with `sae-flux interp images {index.path}` "
+            f"(or write_images), or pass make_images"
+        )
+
+
+def _one(index: IndexReader, interpreter: Interpreter, chosen: Plan, density: float) -> FeatureResult:
+    selection = chosen.selection
+    explanation = interpreter.explain(index, selection)
+    scored = (detection(interpreter, index, explanation.pattern, selection.images, chosen.negatives)
+              if chosen.negatives else None)
+    return FeatureResult(index.name, selection.feature, interpreter.name, selection.images, explanation, scored,
+                         density)
 
 
 def _finished(out: str | Path | None, dictionary: str, interpreter: str) -> dict[int, FeatureResult]:

@@ -230,6 +230,15 @@ def test_cli_build_from_cache_then_resume_continues(flux_cache, tmp_path):
     torch.testing.assert_close(resumed.W_dec[:40], first.W_dec)
 
 
+def test_resuming_a_build_that_read_the_whole_cache_says_so(flux_cache):
+    whole = itda.build_from_cache(flux_cache, itda.BuildConfig(target_l0=4, loss_threshold=0.3), batch_size=64,
+                                  progress=False)
+    seen = whole.cfg.metadata.get("itda_build")["batches_seen"]
+    with pytest.raises(ValueError, match=rf"nothing left to build from: .* already read all {seen} batches"):
+        itda.build_from_cache(flux_cache, itda.BuildConfig(target_l0=4, loss_threshold=0.3), batch_size=64,
+                              resume=whole, progress=False)
+
+
 def test_two_hooks_of_one_cache_share_the_jaccard_address_space(flux_cache):
     d = itda.build_from_cache(
         flux_cache, itda.BuildConfig(target_l0=4, loss_threshold=0.3), batch_size=64, progress=False

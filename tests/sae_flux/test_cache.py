@@ -185,6 +185,11 @@ def test_reader_batches_cover_every_token_once_per_epoch(tiny_flux, prompt_file,
     assert torch.equal(seen, again)
     two = list(reader.batches(batch_size=64, seed=3, epochs=2))
     assert len(two) == 2 * (everything.shape[0] // 64)
+    endless = reader.batches(batch_size=64, epochs=None)
+    assert len([next(endless) for _ in range(3 * len(batches))]) == 3 * len(batches)
+    too_big = everything.shape[0] + 1
+    with pytest.raises(ValueError, match=rf"holds {everything.shape[0]} tokens, fewer than one batch of {too_big}"):
+        next(reader.batches(batch_size=too_big, epochs=None))
 
 
 def test_multi_hook_cache_needs_a_hook_name(tiny_flux, prompt_file, tmp_path):
@@ -209,10 +214,15 @@ def test_cli_writes_a_cache_and_reports_errors(prompt_file, tmp_path, caplog):
     assert "holds no cache" in caplog.text
 
 
-def test_hooks_cli_lists_the_model(capsys):
+def test_hooks_cli_lists_every_hook_point_with_the_delta_forms(capsys):
     assert cli_main(["hooks", "--model", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "2 double, 2 single blocks" in out and "double.1.mlp\ttransformer.transformer_blocks.1.ff.net.0" in out
+    names = [line.split("\t")[0] for line in out.splitlines()[1:]]
+    assert names[:5] == ["double.0.mlp", "double.0.txt", "double.0.txt.delta", "double.0.img", "double.0.img.delta"]
+    assert len(names) == 2 * 5 + 2 * 4 and "single.1.img.delta" in names
+    assert cli_main(["hooks", "--model", "tiny", "--no-delta"]) == 0
+    assert not any(".delta" in line for line in capsys.readouterr().out.splitlines())
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
+from vlm_server import VLMServer
 
 from sae_flux.cache import CacheConfig, write_cache
 from sae_flux.cli import main
@@ -76,3 +77,33 @@ def test_unreachable_endpoint_and_bad_feature_are_reported(setup, caplog, tmp_pa
 
 def tiny_width(root):
     return json.loads((root / "cache" / "manifest.json").read_text())["widths"]["double.1.mlp"]
+
+
+def test_explain_on_a_fresh_index_generates_every_image_it_shows_before_asking(setup, tmp_path):
+    root = setup
+    assert _run("index", root / "cache", "--hook", "double.1.img", "--dictionary", root / "sae-double.1.img",
+                "--name", "sae", "--out", tmp_path / "idx", "--top-n", 8) == 0
+    common = ["--prompts", root / "prompts.txt", "--model", "tiny", "--min-tokens", 1, "--max-features", 3,
+              "--cache-dir", tmp_path / "answers"]
+    with VLMServer() as vlm:
+        code = _run("explain", tmp_path / "idx", *common, "--base-url", vlm.url, "--vlm-model", "stand-in",
+                    "--results", tmp_path / "r.jsonl")
+    assert code == 0
+    results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(results) == 3 and all(r["detection"]["negatives"] for r in results)
+    shown = [tmp_path / "idx" / "images" / f"{i:06d}.png" for r in results
+             for i in r["images"] + r["detection"]["negatives"]]
+    assert all(path.is_file() for path in shown)
+    assert vlm.first_request_at is not None and max(p.stat().st_mtime for p in shown) <= vlm.first_request_at
+
+
+def test_images_makes_the_distractors_too_so_explain_needs_no_model(setup, tmp_path):
+    root = setup
+    assert _run("index", root / "cache", "--hook", "double.1.img", "--dictionary", root / "sae-double.1.img",
+                "--name", "sae", "--out", tmp_path / "idx", "--top-n", 8) == 0
+    common = ["--prompts", root / "prompts.txt", "--min-tokens", 1, "--max-features", 3]
+    assert _run("images", tmp_path / "idx", *common, "--model", "tiny") == 0
+    with VLMServer() as vlm:  # a model that cannot load: explain must find every image in place
+        code = _run("explain", tmp_path / "idx", *common, "--model", str(tmp_path / "no-model"), "--base-url", vlm.url,
+                    "--vlm-model", "stand-in", "--cache-dir", tmp_path / "answers", "--results", tmp_path / "r.jsonl")
+    assert code == 0 and len((tmp_path / "r.jsonl").read_text().splitlines()) == 3

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from sae_flux.interp.chat import BackendError
-from sae_flux.interp.explain import VLMInterpreter, distractors, interpret, prompt
+from sae_flux.interp.explain import VLMInterpreter, distractors, interpret, plan, prompt
 from sae_flux.interp.index import FeatureSource, ImageBatch, IndexConfig, build_index
 from sae_flux.interp.select import SelectConfig, render_card, select
 
@@ -100,3 +100,25 @@ def test_distractors_are_top_images_of_other_features(index):
     chosen = distractors(index, 2, exclude=[2], n=3, seed=0)
     assert len(chosen) == 3 and 2 not in chosen
     assert set(chosen) <= {int(index.top_images(f)[1][0]) for f in range(8) if f != 2}
+
+
+def test_missing_distractor_images_are_made_before_the_first_request(index, tmp_path):
+    cfg = SelectConfig(min_tokens=1, threshold=0.0)
+    (planned,) = plan(index, [4], cfg, n_distractors=3)
+    assert planned.selection.images == [4, 5] and len(planned.negatives) == 3
+    for image in planned.negatives:
+        index.image_path(image).unlink()
+    chat = ScriptedChat()
+    with pytest.raises(FileNotFoundError, match=r"3 images the interpreter would be shown are missing .*distractors"):
+        interpret(index, VLMInterpreter(chat), [4], select_cfg=cfg, n_distractors=3)
+    assert chat.calls == []  # nothing was spent on a run that could not finish
+    made = []
+
+    def make_images(ids):
+        made.append(list(ids))
+        for i in ids:
+            Image.fromarray(np.full((16, 16, 3), 30 * i, dtype=np.uint8)).save(index.image_path(i))
+
+    (result,) = interpret(index, VLMInterpreter(chat), [4], select_cfg=cfg, n_distractors=3, make_images=make_images)
+    assert made == [sorted(planned.negatives)]
+    assert result.detection.negatives == planned.negatives and len(chat.calls) == 1 + 2 + 3
