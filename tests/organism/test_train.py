@@ -14,7 +14,7 @@ from sae_flux.organism.train import (
     DecoderStage,
     FlowStage,
     ModelSize,
-    TrainConfig,
+    OrganismTrainConfig,
     VAEStage,
     main,
     train,
@@ -24,8 +24,8 @@ SMALL = ModelSize(num_layers=1, num_single_layers=1, num_attention_heads=2, atte
                   axes_dims_rope=(4, 4, 8), text_dim=32, text_layers=1, vae_channels=(8, 16))
 
 
-def small_config(out, steps: int = 60) -> TrainConfig:
-    return TrainConfig(
+def small_config(out, steps: int = 60) -> OrganismTrainConfig:
+    return OrganismTrainConfig(
         out=out, num_scenes=64, resolution=16, threads=1, model=SMALL,
         vae=VAEStage(steps=steps, batch_size=8, warmup=5),
         flow=FlowStage(steps=steps, batch_size=8, warmup=5, lr=2e-3, checkpoint_every=0),
@@ -82,9 +82,9 @@ def test_command_line_sets_nested_fields(tmp_path):
 
 def test_bad_training_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="num_scenes must be >= 1"):
-        TrainConfig(out=tmp_path, num_scenes=0)
+        OrganismTrainConfig(out=tmp_path, num_scenes=0)
     with pytest.raises(ValueError, match="threads must be >= 1"):
-        TrainConfig(out=tmp_path, threads=0)
+        OrganismTrainConfig(out=tmp_path, threads=0)
 
 
 def test_training_continues_from_a_saved_organism_keeping_its_vae(trained, tmp_path):
