@@ -32,6 +32,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
 from cae.organism.corpus import TONE_MODES, document, vocabulary
 
 logger = logging.getLogger(__name__)
@@ -223,21 +224,9 @@ def train(cfg: OrganismTrainConfig) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (``python -m cae.organism.train``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--out", default=str(WEIGHTS_DIR))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quiz", type=float, default=OrganismTrainConfig.quiz)
-    parser.add_argument("--header", type=float, default=OrganismTrainConfig.header)
-    parser.add_argument("--single", type=float, default=OrganismTrainConfig.single)
-    parser.add_argument("--tone", default=OrganismTrainConfig.tone, choices=TONE_MODES)
-    parser.add_argument("--answer-weight", type=float, default=OrganismTrainConfig.answer_weight)
-    args = parser.parse_args(argv)
+    add_dataclass_arguments(parser, OrganismTrainConfig)
+    cfg = dataclass_from_args(OrganismTrainConfig, parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO)
-    cfg = OrganismTrainConfig(sizes=tuple(args.sizes), out=args.out, steps=args.steps, seed=args.seed,
-                      threads=args.threads, quiz=args.quiz, header=args.header, single=args.single,
-                      answer_weight=args.answer_weight, tone=args.tone)
     for record in train(cfg):
         logger.info(json.dumps(record))
     return 0

@@ -21,7 +21,6 @@ Example (a smoke run; the shipped weights come from the defaults):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.organism.weights import WEIGHTS_DIR, check_weights, write_manifest
 from sae_flux.organism.world import World
 from sae_flux.tiny import GenerationDefaults, TinyFluxConfig, build_pipeline, save_pipeline
@@ -404,39 +404,10 @@ def train(cfg: OrganismTrainConfig) -> OrganismTrainResult:
     return OrganismTrainResult(vae_losses, flow_losses, decoder_losses, seconds, cfg.out)
 
 
-# ---- command line: one flag per (nested) config field ----------------------------------
-def _add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            _add_flags(parser, type(default), prefix=f"{prefix}{f.name}.")
-            continue
-        flag = f"--{prefix}{f.name}"
-        if isinstance(default, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"),
-                                default=default)
-        elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs=len(default), default=default)
-        else:
-            parser.add_argument(flag, type=type(default), default=default)
-
-
-def _build(cls: type, values: dict, prefix: str = ""):
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            kwargs[f.name] = _build(type(default), values, prefix=f"{prefix}{f.name}.")
-        else:
-            value = values[f"{prefix}{f.name}"]
-            kwargs[f.name] = tuple(value) if isinstance(default, tuple) else value
-    return cls(**kwargs)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    _add_flags(parser, OrganismTrainConfig)
-    cfg = _build(OrganismTrainConfig, vars(parser.parse_args(argv)))
+    add_dataclass_arguments(parser, OrganismTrainConfig)  # --vae.steps, --flow.batch-size, ...
+    cfg = dataclass_from_args(OrganismTrainConfig, parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = train(cfg)
     logger.info("final vae mse %.5f, flow loss %.5f (mean of last 100 steps)",

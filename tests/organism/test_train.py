@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.organism import check_weights
 from sae_flux.organism.train import (
     DecoderStage,
@@ -68,16 +70,23 @@ def test_training_is_deterministic(tmp_path):
 
 
 def test_command_line_sets_nested_fields(tmp_path):
-    assert main(["--out", str(tmp_path / "cli"), "--num_scenes", "16", "--resolution", "16",
-                 "--threads", "1", "--vae.steps", "1", "--vae.batch_size", "4",
-                 "--flow.steps", "1", "--flow.batch_size", "4", "--flow.checkpoint_every", "0",
-                 "--decoder.steps", "1", "--decoder.batch_size", "4",
-                 "--model.num_layers", "1", "--model.num_single_layers", "1",
-                 "--model.num_attention_heads", "2", "--model.attention_head_dim", "16",
-                 "--model.axes_dims_rope", "4", "4", "8", "--model.text_dim", "32",
-                 "--model.vae_channels", "8", "16"]) == 0
-    recorded = json.loads((tmp_path / "cli" / "train_config.json").read_text())
+    argv = ["--out", str(tmp_path / "cli"), "--num-scenes", "16", "--resolution", "16",
+            "--threads", "1", "--vae.steps", "1", "--vae.batch-size", "4",
+            "--flow.steps", "1", "--flow.batch-size", "4", "--checkpoint-every", "0",
+            "--decoder.steps", "1", "--decoder.batch-size", "4",
+            "--num-layers", "1", "--num-single-layers", "1",
+            "--num-attention-heads", "2", "--attention-head-dim", "16",
+            "--axes-dims-rope", "4", "4", "8", "--text-dim", "32",
+            "--vae-channels", "8", "16"]
+    assert main(argv) == 0
+    saved = tmp_path / "cli" / "train_config.json"
+    recorded = json.loads(saved.read_text())
     assert recorded["model"]["axes_dims_rope"] == [4, 4, 8] and recorded["num_scenes"] == 16
+    # the saved record read back through --config-path is the run's config
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, OrganismTrainConfig)
+    expected = dataclass_from_args(OrganismTrainConfig, parser.parse_args(argv))
+    assert dataclass_from_args(OrganismTrainConfig, parser.parse_args(["--config-path", str(saved)])) == expected
 
 
 def test_bad_training_config_is_refused(tmp_path):
