@@ -17,9 +17,9 @@ import dataclasses
 import logging
 import sys
 import typing
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from _sae_flux_shared.usererror import OneLineParser, UserError, read_text, run_command
 from itda.build_config import BuildConfig
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def _config_from(args: argparse.Namespace) -> BuildConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``itda`` argument parser with every subcommand (light: no torch, no sae_lens)."""
-    parser = argparse.ArgumentParser(prog="itda", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="itda", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cache = sub.add_parser("build", help="build from a Flux activation cache (sae-flux cache)")
     cache.add_argument("--cache", required=True, help="activation cache directory")
@@ -131,12 +131,9 @@ def _run(args: argparse.Namespace) -> ITDA:
 
 
 def _read_texts(path: str) -> list[str]:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"texts file {file} not found")
-    texts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = [line for line in read_text(path, "texts file").splitlines() if line.strip()]
     if not texts:
-        raise ValueError(f"texts file {file} holds no non-empty lines")
+        raise UserError(f"texts file {path} holds no non-empty lines")
     return texts
 
 
@@ -146,32 +143,28 @@ def _load_lm(name: str) -> Any:
     return nnsight.LanguageModel(name, dispatch=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``itda`` console script; returns the exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+def _build(args: argparse.Namespace) -> int:
+    """Run the build and save it; a failed batch saves the atoms built so far, then refuses."""
     from itda.build import BuildError  # dispatch: after parsing, so --help stays light
 
     try:
         itda = _run(args)
     except BuildError as err:
-        if err.partial is not None:
-            err.partial.save_model(args.out)
-            logger.error(
-                "%s; the %d atoms built so far were saved to %s (rerun with --resume)",
-                err,
-                err.partial.cfg.d_sae,
-                args.out,
-            )
-        else:
-            logger.error("%s", err)
-        return 2
-    except (ValueError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 2
+        if err.partial is None:
+            raise
+        err.partial.save_model(args.out)
+        raise UserError(f"{err}; the {err.partial.cfg.d_sae} atoms built so far were saved to "
+                        f"{args.out} (rerun with --resume)") from err
     itda.save_model(args.out)
     logger.info("saved %d atoms x %d to %s", itda.cfg.d_sae, itda.cfg.d_in, args.out)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``itda`` console script; returns the exit status (2: bad input)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return run_command(f"itda {args.command}", lambda: _build(args))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict
 
 from cae.evaluate.config import EvalConfig, Placement, PromptBaseline
@@ -122,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
             return 0
         results = evaluate(cfg)
     except JudgeError as err:
-        print(f"cae eval: error: {err} (finished stages kept in {cfg.out})", file=sys.stderr)
-        return 2
+        raise JudgeError(f"{err} (finished stages kept in {cfg.out})", err.partial) from err
     print(json.dumps({"out": cfg.out, **results["summary"]}))
     return 0

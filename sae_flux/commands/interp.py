@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     index.add_argument("--name", help="label in reports (default: the directory name or 'neurons')")
     index.add_argument("--resume", action="store_true", help="continue an interrupted index")
     add_dataclass_arguments(index, IndexConfig)
-    index.set_defaults(func=_guard(run_index))
+    index.set_defaults(func=run_index)
 
     for name, helptext in (("images", "generate the images explain shows (selected images and distractors)"),
                            ("render", "write feature cards (PNG)"),
@@ -62,19 +62,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     explain.add_argument("--max-retries", type=int, default=4, help="retries of a failed request")
     explain.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry (doubling)")
     add_dataclass_arguments(commands.choices["ground-truth"], DissectConfig)
-
-
-def _guard(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        from sae_flux.interp.chat import BackendError
-
-        try:
-            return int(func(args) or 0)
-        except (IndexError, BackendError) as err:
-            logger.error("%s", err)
-            return 2
-
-    return run
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -203,5 +190,5 @@ def run_ground_truth(args: argparse.Namespace) -> int:
     return 0
 
 
-_RUNNERS = {"images": _guard(run_images), "render": _guard(run_render), "explain": _guard(run_explain),
-            "ground-truth": _guard(run_ground_truth)}
+_RUNNERS = {"images": run_images, "render": run_render, "explain": run_explain,
+            "ground-truth": run_ground_truth}
