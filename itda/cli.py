@@ -105,6 +105,8 @@ def _run(args: argparse.Namespace) -> ITDA:
     from itda.model import ITDA
 
     config = _config_from(args)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     resume = ITDA.load(args.out) if args.resume else None
     progress = not args.no_progress
     if args.command == "build":
@@ -112,7 +114,7 @@ def _run(args: argparse.Namespace) -> ITDA:
             args.cache,
             config,
             hook=args.hook,
-            batch_size=args.batch_size or 4096,
+            batch_size=4096 if args.batch_size is None else args.batch_size,
             resume=resume,
             progress=progress,
         )
@@ -123,7 +125,7 @@ def _run(args: argparse.Namespace) -> ITDA:
         texts,
         args.layer,
         config,
-        batch_size=args.batch_size or 8,
+        batch_size=8 if args.batch_size is None else args.batch_size,
         max_length=args.max_length,
         resume=resume,
         progress=progress,
