@@ -320,3 +320,64 @@ def test_docs_list_every_case(request) -> None:
         head, tail = text[: text.index(BEGIN) + len(BEGIN)], text[text.index(END):]
         DOC.write_text(f"{head}\n{_table(MESSAGES)}\n{tail}")
     assert _documented_ids() == [c.id for c in CASES]
+
+
+# -- degenerate results: warnings that name the cause, exit status 0 -------------------------------
+
+
+def test_pairs_the_vocabulary_cannot_tell_apart_warn_of_an_all_zero_vector(workspace: Path, caplog) -> None:
+    from cae.cli import main
+
+    data = workspace / "unknown-words.jsonl"
+    rows = [{"question": f"story : friend {i} .", "answer_matching_behavior": " zzqx",
+             "answer_not_matching_behavior": " qqzx"} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("WARNING"):
+        assert main(["train", "--model", "organism:tiny", "--data", str(data), "--layers", "1",
+                     "--out", str(workspace / "out" / "zero-vector")]) == 0
+    assert "the steering vector at layer 1 is all zeros" in caplog.text
+    assert "the model cannot tell them apart" in caplog.text
+
+
+def test_a_dictionary_with_no_live_latent_is_a_warning_in_eval(workspace: Path, caplog, capsys) -> None:
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    from sae_flux.cli import main
+
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=16, metadata=SAEMetadata(hook_name=HOOK)))
+    with torch.no_grad():
+        sae.b_enc.fill_(-1e6)  # nothing ever fires
+    sae.save_model(workspace / "out" / "dead-sae")
+    with caplog.at_level("WARNING"):
+        assert main(["eval", str(workspace / "out" / "dead-sae"), "--cache", str(workspace / "cache"),
+                     "--tokens", "64"]) == 0
+    assert json.loads(capsys.readouterr().out)["dead_fraction"] == 1.0
+    assert "has no live latent: none of its 16 latents fired on the 64 tokens" in caplog.text
+
+
+# -- a full disk: safetensors' own error reads as the ENOSPC message -------------------------------
+
+
+def test_a_full_disk_under_safetensors_is_one_line_saying_disk_full(capsys) -> None:
+    from safetensors import SafetensorError
+
+    from _sae_flux_shared.usererror import run_command
+
+    def write() -> int:
+        # what save_file raised on a full 64 KiB tmpfs (safetensors does not report /dev/full)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    assert run_command("sae-flux cache", write) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("sae-flux cache: error: disk full") and "rerun with --resume" in line
+
+
+def test_a_bug_is_not_hidden_as_a_bad_input() -> None:
+    from _sae_flux_shared.usererror import run_command
+
+    def buggy() -> int:
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        run_command("cae train", buggy)
