@@ -165,7 +165,7 @@ def test_the_dictionary_loader_refuses_bad_references(dictionaries, tmp_path):
     assert parse_reference(dictionaries[0]) == dictionaries[0]
     assert parse_reference("org/name:double.1.img") == HubReference("org/name", "double.1.img")
     assert parse_reference("runs/sae") == Path("runs/sae")
-    with pytest.raises(FileNotFoundError, match="not a SAELens dictionary directory"):
+    with pytest.raises(FileNotFoundError, match="dictionary .*missing does not exist"):
         load_dictionary(tmp_path / "missing")
     with pytest.raises(ValueError, match=r"trained on hook 'double.1.img', not on 'double.0.img'"):
         load_dictionary(dictionaries[0], hook="double.0.img")
