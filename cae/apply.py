@@ -199,7 +199,26 @@ def combined(
         check_compatible(sv, model, force)
         for layer, vec_D in sv.vectors.items():
             total[layer] = total.get(layer, 0) + m * vec_D.float()
+    check_overflow(total, steers, model)
     return total
+
+
+def check_overflow(total: dict[int, Tensor], steers: Sequence[tuple[SteeringVector, float]],
+                   model: Any) -> None:
+    """Refuse a steering sum the model's activations cannot hold: an entry beyond its dtype's
+    range, or one whose square summed over the width overflows float32 in the next RMS norm
+    (``cae generate --multiplier 1e38`` would generate empty text)."""
+    params = next(iter(hf_module(model).parameters()), None)
+    dtype = params.dtype if params is not None and params.dtype.is_floating_point else torch.float32
+    for layer, vec_D in total.items():
+        largest = float(vec_D.abs().max()) if vec_D.numel() else 0.0
+        limit = min(torch.finfo(dtype).max, math.sqrt(torch.finfo(torch.float32).max / vec_D.numel()))
+        if not math.isfinite(largest) or largest > limit:
+            multipliers = ", ".join(f"{m:g}" for _, m in steers)
+            raise ValueError(
+                f"multiplier {multipliers} makes the steering entries at layer {layer} reach "
+                f"{largest:.3g}, which would overflow the model's {str(dtype).removeprefix('torch.')} "
+                f"activations (limit {limit:.3g}): use a smaller multiplier")
 
 
 @contextmanager

@@ -19,9 +19,9 @@ import importlib
 import importlib.util
 import json
 import logging
-import sys
 from collections.abc import Sequence
 
+from _sae_flux_shared.usererror import OneLineParser, run_command
 from cae.names import AGGREGATOR_NAMES, POSITIONS
 from cae.read import READ_RULES
 
@@ -75,7 +75,7 @@ def _placement_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cae`` argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="cae", description="Steering vectors for HF LMs.")
+    parser = OneLineParser(prog="cae", description="Steering vectors for HF LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a steering vector from contrastive pairs")
@@ -113,11 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cae`` console script; bad input exits with status 2."""
     logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        print(f"cae {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    # TypeError: a model of a kind cae cannot steer (cae.model.hf_module)
+    return run_command(f"cae {args.command}", lambda: args.func(args), also=(TypeError,))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,15 @@ def pair_from_record(record: object, where: str) -> Pair:
     )
 
 
+def _text(path: Path) -> str:
+    """The file's UTF-8 text; a binary or mis-encoded file is refused naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"dataset file {path} is not UTF-8 text ({err.reason} at byte "
+                         f"{err.start}): expected MWE JSONL or CAA JSON") from err
+
+
 def load_mwe_jsonl(path: str | Path) -> list[Pair]:
     """Read an Anthropic model-written-evaluation JSONL file (blank lines are skipped).
 
@@ -80,15 +89,14 @@ def load_mwe_jsonl(path: str | Path) -> list[Pair]:
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     pairs = []
-    with path.open(encoding="utf-8") as lines:
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: malformed JSON ({err.msg})") from err
-            pairs.append(pair_from_record(record, f"{path}:{n}"))
+    for n, line in enumerate(_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: malformed JSON ({err.msg})") from err
+        pairs.append(pair_from_record(record, f"{path}:{n}"))
     if not pairs:
         raise ValueError(f"{path}: dataset is empty (no JSON lines)")
     return pairs
@@ -108,7 +116,7 @@ def load_caa_json(path: str | Path) -> list[Pair]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = _text(path)
     try:
         records = json.loads(text)
     except json.JSONDecodeError as err:

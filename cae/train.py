@@ -179,7 +179,21 @@ def training_activations(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) ->
 def aggregate(acts: Activations, aggregator: str) -> dict[int, Tensor]:
     """Per-layer steering directions from the activations of both completions."""
     agg = get_aggregator(aggregator)
-    return {layer: agg(acts.pos[layer], acts.neg[layer]) for layer in acts.pos}
+    vectors = {layer: agg(acts.pos[layer], acts.neg[layer]) for layer in acts.pos}
+    for layer, vec_D in vectors.items():
+        if not bool(vec_D.any()):
+            warn_zero_vector(layer, acts, aggregator)
+    return vectors
+
+
+def warn_zero_vector(layer: int, acts: Activations, aggregator: str) -> None:
+    """Say why the vector at ``layer`` is all zeros (steering with it changes nothing)."""
+    same = torch.equal(acts.pos[layer], acts.neg[layer])
+    cause = ("the two answers of every pair give identical activations there: the model cannot "
+             "tell them apart (e.g. words its vocabulary maps to the same unknown token)"
+             if same else f"the {aggregator!r} aggregator returned zeros for these activations")
+    logger.warning("the steering vector at layer %d is all zeros, so steering with it does "
+                   "nothing: %s", layer, cause)
 
 
 def train_vectors(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> dict[int, Tensor]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -261,7 +262,11 @@ class SteeringVector:
             meta = VectorMeta(**raw)
         except TypeError as err:
             raise ValueError(f"{path / CFG_NAME}: bad metadata ({err})") from err
-        tensors = load_file(str(path / WEIGHTS_NAME))
+        try:
+            tensors = load_file(str(path / WEIGHTS_NAME))
+        except SafetensorError as err:
+            raise ValueError(f"{path / WEIGHTS_NAME} is not a readable safetensors file "
+                             f"(truncated or corrupt: {err})") from err
         vectors = {int(k.split(".", 1)[1]): v for k, v in tensors.items()}
         return cls(vectors, meta)
 
@@ -293,8 +298,15 @@ class SteeringVector:
         """
         if Path(repo_id_or_dir).is_dir():
             return cls.load(repo_id_or_dir)
+        if Path(repo_id_or_dir).exists():
+            raise ValueError(f"vector {repo_id_or_dir} is a file, not a steering-vector directory")
         from huggingface_hub import hf_hub_download
 
-        paths = [hf_hub_download(str(repo_id_or_dir), name, revision=revision, token=token,
-                                 cache_dir=cache_dir) for name in (CFG_NAME, WEIGHTS_NAME)]
+        try:
+            paths = [hf_hub_download(str(repo_id_or_dir), name, revision=revision, token=token,
+                                     cache_dir=cache_dir) for name in (CFG_NAME, WEIGHTS_NAME)]
+        except (OSError, ValueError) as err:  # hub errors: not found, offline, invalid repo id
+            raise FileNotFoundError(
+                f"vector directory {repo_id_or_dir} does not exist, and it is no Hub repo that "
+                f"could be fetched either ({type(err).__name__})") from err
         return cls.load(Path(paths[0]).parent)

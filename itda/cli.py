@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
+from _sae_flux_shared.cliargs import add_dataclass_arguments, dataclass_from_args
+from _sae_flux_shared.usererror import OneLineParser, UserError, read_text, run_command
 from itda.build_config import BuildConfig
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``itda`` argument parser with every subcommand (light: no torch, no sae_lens)."""
-    parser = argparse.ArgumentParser(prog="itda", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="itda", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cache = sub.add_parser("build", help="build from a Flux activation cache (sae-flux cache)")
     cache.add_argument("--cache", required=True, help="activation cache directory")
@@ -58,6 +58,8 @@ def _run(args: argparse.Namespace) -> ITDA:
     from itda.model import ITDA
 
     config = dataclass_from_args(BuildConfig, args)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     resume = ITDA.load(args.out) if args.resume else None
     progress = not args.no_progress
     if args.command == "build":
@@ -65,7 +67,7 @@ def _run(args: argparse.Namespace) -> ITDA:
             args.cache,
             config,
             hook=args.hook,
-            batch_size=args.batch_size or 4096,
+            batch_size=4096 if args.batch_size is None else args.batch_size,
             resume=resume,
             progress=progress,
         )
@@ -76,7 +78,7 @@ def _run(args: argparse.Namespace) -> ITDA:
         texts,
         args.layer,
         config,
-        batch_size=args.batch_size or 8,
+        batch_size=8 if args.batch_size is None else args.batch_size,
         max_length=args.max_length,
         resume=resume,
         progress=progress,
@@ -84,12 +86,9 @@ def _run(args: argparse.Namespace) -> ITDA:
 
 
 def _read_texts(path: str) -> list[str]:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"texts file {file} not found")
-    texts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = [line for line in read_text(path, "texts file").splitlines() if line.strip()]
     if not texts:
-        raise ValueError(f"texts file {file} holds no non-empty lines")
+        raise UserError(f"texts file {path} holds no non-empty lines")
     return texts
 
 
@@ -99,32 +98,28 @@ def _load_lm(name: str) -> Any:
     return nnsight.LanguageModel(name, dispatch=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``itda`` console script; returns the exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+def _build(args: argparse.Namespace) -> int:
+    """Run the build and save it; a failed batch saves the atoms built so far, then refuses."""
     from itda.build import BuildError  # dispatch: after parsing, so --help stays light
 
     try:
         itda = _run(args)
     except BuildError as err:
-        if err.partial is not None:
-            err.partial.save_model(args.out)
-            logger.error(
-                "%s; the %d atoms built so far were saved to %s (rerun with --resume)",
-                err,
-                err.partial.cfg.d_sae,
-                args.out,
-            )
-        else:
-            logger.error("%s", err)
-        return 2
-    except (ValueError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 2
+        if err.partial is None:
+            raise
+        err.partial.save_model(args.out)
+        raise UserError(f"{err}; the {err.partial.cfg.d_sae} atoms built so far were saved to "
+                        f"{args.out} (rerun with --resume)") from err
     itda.save_model(args.out)
     logger.info("saved %d atoms x %d to %s", itda.cfg.d_sae, itda.cfg.d_in, args.out)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``itda`` console script; returns the exit status (2: bad input)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return run_command(f"itda {args.command}", lambda: _build(args))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from jaxtyping import Float
 from sae_lens import SAE, SAEConfig
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -252,12 +253,19 @@ class ITDA(SAE[ITDAConfig]):
         cfg_path = path / SAE_CFG_FILENAME
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} not found: not a saved SAE directory")
-        arch = json.loads(cfg_path.read_text()).get("architecture")
+        try:
+            arch = json.loads(cfg_path.read_text(encoding="utf-8")).get("architecture")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+            raise ValueError(f"{cfg_path} is not a JSON object of SAE settings ({err})") from err
         if arch != "itda":
             raise ValueError(f"{cfg_path} names architecture {arch!r}, not 'itda'")
         if not (path / SAE_WEIGHTS_FILENAME).is_file():
             raise FileNotFoundError(f"{path / SAE_WEIGHTS_FILENAME} not found")
-        sae = SAE.load_from_disk(path, device=device, dtype=dtype)
+        try:
+            sae = SAE.load_from_disk(path, device=device, dtype=dtype)
+        except SafetensorError as err:
+            raise ValueError(f"{path}: a weights file is not a readable safetensors file "
+                             f"(truncated or corrupt: {err})") from err
         assert isinstance(sae, ITDA)
         sae.load_provenance(path)
         return sae

@@ -128,6 +128,8 @@ class Manifest:
 def read_prompts(path: str | Path) -> list[str]:
     """Prompts of a UTF-8 text file, one per non-blank line; clear errors for bad files."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"prompt file {path} is a directory, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
     raw = path.read_bytes()

@@ -49,6 +49,12 @@ class CacheConfig:
             raise ValueError("CacheConfig.hooks is empty: name at least one hook point")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPE_NAMES)}")
+        if self.resolution is not None and self.resolution < 1:
+            raise ValueError(f"resolution must be a positive number of pixels, got {self.resolution}")
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if self.steps is not None and (not self.steps or min(self.steps) < 0):
+            raise ValueError(f"steps must be denoising step indices >= 0, got {self.steps}")
         if self.batch_size < 1 or self.shard_prompts < 1:
             raise ValueError("batch_size and shard_prompts must be >= 1")
         if self.shard_prompts % self.batch_size:

@@ -14,10 +14,11 @@ import pkgutil
 import sys
 
 import sae_flux.commands as commands
+from _sae_flux_shared.usererror import OneLineParser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sae-flux", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="sae-flux", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
@@ -42,11 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, OSError) as err:
-        logging.getLogger("sae_flux").error("%s", err)
-        return 2
+    prog = " ".join(["sae-flux", args.command, *filter(None, [getattr(args, "interp_command", None)])])
+    # IndexError: a feature or image id outside the index (sae_flux.interp.index)
+    return run_command(prog, lambda: args.func(args), also=(IndexError,))
 
 
 if __name__ == "__main__":

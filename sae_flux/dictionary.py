@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from huggingface_hub import snapshot_download
 from sae_lens import SAE
 from sae_lens.registry import SAE_CLASS_REGISTRY
+from safetensors import SafetensorError
 
 import itda  # noqa: F401  (registers the "itda" architecture with sae_lens)
 
@@ -65,7 +66,8 @@ def local_directory(ref: str | Path, endpoint: str | None = None) -> Path:
 def _architecture(path: Path) -> str:
     cfg_path = path / "cfg.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{path} is not a SAELens dictionary directory (no cfg.json)")
+        what = "does not exist" if not path.exists() else "is not a SAELens dictionary directory (no cfg.json)"
+        raise FileNotFoundError(f"dictionary {path} {what}")
     try:
         cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -99,7 +101,11 @@ def load_dictionary(
             f"{path}: architecture {architecture!r} is not registered with sae_lens (import the package "
             f"that defines it first); registered: {', '.join(sorted(SAE_CLASS_REGISTRY))}"
         )
-    dictionary = SAE.load_from_disk(path, device=device)
+    try:
+        dictionary = SAE.load_from_disk(path, device=device)
+    except SafetensorError as err:
+        raise ValueError(f"{path}: a weights file is not a readable safetensors file (truncated or "
+                         f"corrupt: {err})") from err
     if hook is not None:
         check_hook(dictionary, hook, ref)
     return dictionary

@@ -41,6 +41,10 @@ def evaluate_dictionary(cfg: EvalConfig) -> dict[str, Any]:
     if width != sae.cfg.d_in:
         raise ValueError(f"the data in {where} has d_model {width} but the dictionary has d_in={sae.cfg.d_in}")
     metrics = evaluate(sae, batches, max_tokens=cfg.tokens, progress=True)
+    if metrics.dead_fraction == 1.0:
+        logger.warning("dictionary %s has no live latent: none of its %d latents fired on the %d "
+                       "tokens of the window (wrong hook or scale of the data, or a dead dictionary)",
+                       cfg.dictionary, sae.cfg.d_sae, metrics.tokens)
     report = {**metrics.record(), "dictionary": cfg.dictionary, "hook": hook, "data": where,
               "window": f"first {metrics.tokens} tokens, in order, of the data ({where})"}
     if cfg.downstream_prompts:

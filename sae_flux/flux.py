@@ -277,7 +277,21 @@ class Flux:
         """Pipeline keyword arguments with this model's defaults (size, steps, text length)."""
         kwargs = self.defaults.call_kwargs()
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        self.check_generation(kwargs)
         return kwargs
+
+    def check_generation(self, kwargs: dict[str, Any]) -> None:
+        """Refuse sizes that are no whole number of image tokens and fewer than one step."""
+        stride = 2 * self.pipeline.vae_scale_factor
+        for side in ("height", "width"):
+            size = kwargs.get(side)
+            if size is not None and (size < stride or size % stride):
+                raise ValueError(
+                    f"resolution {size} is not a positive multiple of {stride}, the pixels per image "
+                    f"token of {self.model_id} (e.g. {max(stride, size - size % stride)})")
+        steps = kwargs.get("num_inference_steps")
+        if steps is not None and steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
 
     # -- running ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""One config-to-CLI mechanism (``_sae_flux_cliargs``) for sae_flux, itda and cae.
+"""One config-to-CLI mechanism (``_sae_flux_shared.cliargs``) for sae_flux, itda and cae.
 
 Specification: every command's options come from its config dataclass (nested configs as
 option groups), and ``--config-path`` reads the record the command saves back into the same
@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 import pytest
 
-from _sae_flux_cliargs import ConfigFileError, add_dataclass_arguments, dataclass_from_args
+from _sae_flux_shared.cliargs import ConfigFileError, add_dataclass_arguments, dataclass_from_args
 from cae.organism.train import OrganismTrainConfig as LMOrganismTrainConfig
 from itda.build_config import BuildConfig
 from sae_flux.demo_config import DemoConfig
@@ -155,12 +155,12 @@ def test_a_record_of_another_shape_is_refused_naming_the_problem(tmp_path, conte
         dataclass_from_args(TrainConfig, _sae_flux("train").parse_args(["--config-path", str(path), "--out", "o"]))
 
 
-def test_a_missing_config_file_is_one_line_exit_2_through_the_cli(tmp_path, caplog):
+def test_a_missing_config_file_is_one_line_exit_2_through_the_cli(tmp_path, capsys):
     from sae_flux.cli import main
 
     assert main(["train", "--config-path", str(tmp_path / "nope.json")]) == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and errors[0].endswith("nope.json: no such file") and "\n" not in errors[0]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("nope.json: no such file"), err
 
 
 def test_lm_organism_config_is_its_own_class():

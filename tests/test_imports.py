@@ -138,3 +138,15 @@ def test_library_modules_do_not_import_the_demo_or_the_clis():
         if on_top(target) and not on_top(source) and source not in PACKAGES
     )
     assert wrong == []
+
+
+def test_the_shared_leaf_imports_no_project_package():
+    """``_sae_flux_shared`` (user errors, the HTTP client) serves all three packages: a leaf."""
+    wrong = sorted(
+        f"{path.name} -> {target}"
+        for path in (ROOT / "_sae_flux_shared").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        for target in _imported(node)
+        if target.split(".")[0] in PACKAGES
+    )
+    assert wrong == []

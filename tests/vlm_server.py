@@ -12,6 +12,13 @@ Use it as a context manager; ``.url`` is the API root to pass as ``base_url`` /
 
     with VLMServer() as vlm:
         OpenAIChat(ChatConfig(base_url=vlm.url, model="stand-in")).ask(...)
+
+A request with one text message (the cae judge's) is answered ``"0.5"``. For the HTTP client's
+tests, ``VLMServer(script=[...])`` misbehaves on purpose, one mode per request in order (then
+``ok``): ``ok``; ``500`` (a server error); ``retry-after:VALUE`` (429 with that ``Retry-After``);
+``drip`` (the answer one byte every ``drip_s`` seconds); ``drip-headers`` (even the status line and
+headers one byte at a time); ``cut`` (half the promised body, then the connection closes: an
+incomplete read). ``.headers`` holds every chat request's headers.
 """
 
 from __future__ import annotations
@@ -39,8 +46,10 @@ def colour_counts(image: Image.Image) -> dict[str, int]:
     return {name: int((nearest == i).sum()) for i, name in enumerate(COLOURS)}
 
 
-def answer(body: dict[str, Any]) -> dict[str, Any]:
-    """The stand-in's JSON answer to one chat-completions request."""
+def answer(body: dict[str, Any]) -> dict[str, Any] | str:
+    """The stand-in's answer to one chat-completions request (JSON for the VLM, a number for a judge)."""
+    if len(body["messages"]) == 1:
+        return "0.5"
     parts = body["messages"][1]["content"]
     images = [Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1])))
               for p in parts if p["type"] == "image_url"]
@@ -57,7 +66,12 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
 class VLMServer:
     """A threaded loopback HTTP server answering chat completions with :func:`answer`."""
 
-    def __init__(self) -> None:
+    def __init__(self, script: list[str] | None = None, drip_s: float = 0.05) -> None:
+        self.script = list(script or [])
+        """Misbehaviours still to play, one per chat request (see the module docstring)."""
+        self.drip_s = drip_s
+        """Seconds between two bytes in the drip modes."""
+        self.headers: list[dict[str, str]] = []
         self.requests = 0
         self.first_request_at: float | None = None
         """``time.time()`` when the first chat request arrived."""
@@ -85,18 +99,56 @@ def _handler_for(server: VLMServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 (http.server naming)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path.rstrip("/") != "/v1/chat/completions":
-                status, payload = 404, {"error": {"message": f"no route {self.path}"}}
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
+                return
+            server.requests += 1
+            server.headers.append(dict(self.headers))
+            if server.first_request_at is None:
+                server.first_request_at = time.time()
+            mode = server.script.pop(0) if server.script else "ok"
+            reply = answer(body)
+            content = reply if isinstance(reply, str) else json.dumps(reply)
+            payload = {"choices": [{"message": {"role": "assistant", "content": content}}]}
+            if mode == "500":
+                self._send(500, {"error": {"message": "internal error"}})
+            elif mode.startswith("retry-after:"):
+                self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": mode.split(":", 1)[1]})
+            elif mode == "cut":
+                data = json.dumps(payload).encode()
+                self._head(200, len(data))
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+            elif mode in ("drip", "drip-headers"):
+                data = json.dumps(payload).encode()
+                head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(data)}\r\n\r\n").encode()
+                if mode == "drip":
+                    self.wfile.write(head)
+                self._drip(data if mode == "drip" else head + data)
             else:
-                server.requests += 1
-                if server.first_request_at is None:
-                    server.first_request_at = time.time()
-                content = json.dumps(answer(body))
-                status, payload = 200, {"choices": [{"message": {"role": "assistant", "content": content}}]}
-            data = json.dumps(payload).encode()
+                self._send(200, payload)
+
+        def _drip(self, data: bytes) -> None:
+            for i in range(len(data)):
+                try:
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                except OSError:  # the client gave up: that is the point of the test
+                    return
+                time.sleep(server.drip_s)
+
+        def _head(self, status: int, length: int, extra: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Length", str(length))
+            for key, value in (extra or {}).items():
+                self.send_header(key, value)
             self.end_headers()
+
+        def _send(self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+            data = json.dumps(payload).encode()
+            self._head(status, len(data), extra)
             self.wfile.write(data)
 
     return Handler

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict
 
 from cae.evaluate.config import EvalConfig, Placement, PromptBaseline
@@ -87,6 +86,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "sequential or a JSON object")
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for --ood")
     p.add_argument("--judge-model", default="judge", help="model name sent to the judge")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="overall deadline of one judge request in seconds (every byte of the answer)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the judge's API key (sent only over https "
+                        "or to loopback)")
+    p.add_argument("--allow-insecure-key", action="store_true",
+                   help="send the API key over plain http to a judge host that is not loopback")
     p.set_defaults(func=run)
 
 
@@ -106,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
         max_windows=args.max_windows, seed=args.seed, other_data=args.other_data,
         ood=args.ood, ood_behaviour=args.ood_behaviour, open=args.open, judge_fn=args.judge_fn,
         judge_url=args.judge_url,
-        judge_model=args.judge_model, adversarial=args.adversarial,
+        judge_model=args.judge_model, judge_timeout=args.timeout,
+        judge_api_key_env=args.api_key_env, allow_insecure_key=args.allow_insecure_key,
+        adversarial=args.adversarial,
         adversarial_tokens=args.adversarial_tokens,
         adversarial_top_k=args.adversarial_top_k or None,
         adversarial_budget=args.adversarial_budget, normalize=args.normalize,
@@ -122,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
             return 0
         results = evaluate(cfg)
     except JudgeError as err:
-        print(f"cae eval: error: {err} (finished stages kept in {cfg.out})", file=sys.stderr)
-        return 2
+        raise JudgeError(f"{err} (finished stages kept in {cfg.out})", err.partial) from err
     print(json.dumps({"out": cfg.out, **results["summary"]}))
     return 0

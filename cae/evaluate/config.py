@@ -6,8 +6,10 @@ Importing this module imports no torch; validation in ``__post_init__`` does.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -121,6 +123,12 @@ class EvalConfig:
     """OpenAI-compatible endpoint root for the OOD judge (needed with ``ood``)."""
     judge_model: str = "judge"
     """Model name sent to the judge endpoint."""
+    judge_timeout: float = 30.0
+    """Overall deadline of one judge request in seconds (every byte of the answer included)."""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the judge endpoint's API key (none sent when it is unset)."""
+    allow_insecure_key: bool = False
+    """Send the API key over plain http to a judge host that is not loopback."""
     adversarial: int = 0
     """Held-out items searched for inputs reversing the largest multiplier (0: skip)."""
     adversarial_tokens: int = 4
@@ -198,7 +206,17 @@ class EvalConfig:
         if self.open and self.judge_fn is None and self.judge_url is None:
             raise ValueError("--open prompts need a judge: a function (judge_fn) or an endpoint "
                              "(judge_url)")
+        if self.judge_url is not None:
+            from cae.evaluate.judge import EndpointJudge
+
+            # the URL, the deadline and where the key may go, checked before any training
+            EndpointJudge(self.judge_url, self.judge_model, "check", **self.judge_options())
         if self.judge_fn is not None:
             from cae.evaluate.judge import load_judge_function
 
             load_judge_function(self.judge_fn)  # fail before any training
+
+    def judge_options(self) -> dict[str, Any]:
+        """The HTTP settings of every :class:`cae.evaluate.judge.EndpointJudge` of this run."""
+        return {"api_key": os.environ.get(self.judge_api_key_env) or None,
+                "timeout": self.judge_timeout, "allow_insecure_key": self.allow_insecure_key}

@@ -3,23 +3,25 @@
 The CAE paper (Hao et al. 2025, arXiv 2505.03189) scores open-ended continuations of its
 OOD prompts with an LLM judge against a rubric. ``EndpointJudge`` is such a judge as a
 plain callable ``(prompt, completion) -> score`` (the ``cae.evaluate.shift.Judge`` type):
-it posts a chat-completions request (standard library HTTP, no SDK), reads the first
-number in the reply, and retries with exponential backoff when the endpoint is
-unreachable or the reply has no number; after the last try it raises ``JudgeError``.
+it posts a chat-completions request through the one endpoint client of the project
+(:class:`_sae_flux_shared.endpoint.ChatClient`: an overall deadline per request, retries with
+capped exponential backoff and a capped ``Retry-After``, the API key sent only over https or to
+loopback), reads the first number in the reply, and retries a reply that has none like a
+transient failure; after the last try it raises ``JudgeError``.
 ``cae.evaluate.shift.judged_effect`` attaches the scores finished so far to that error.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from _sae_flux_shared.endpoint import ChatClient, EndpointConfig, EndpointError
+from _sae_flux_shared.usererror import ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ DEFAULT_TEMPLATE = (
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-class JudgeError(RuntimeError):
+class JudgeError(ServiceError):
     """A judge failed after its retries; ``partial`` holds the scores computed before it."""
 
     def __init__(self, message: str, partial: list[float] | None = None) -> None:
@@ -58,52 +60,50 @@ class EndpointJudge:
     criteria: str = ""
     """Extra rubric (the OOD files' ``criteria``)."""
     api_key: str | None = None
-    """Bearer token, if the endpoint needs one."""
+    """Bearer token, if the endpoint needs one (sent only over https or to loopback unless
+    ``allow_insecure_key``)."""
     retries: int = 3
     """Tries per call."""
     backoff: float = 1.0
-    """Seconds before the second try; doubled after each failure."""
+    """Seconds before the second try; doubled after each failure (capped at ``max_backoff``)."""
     timeout: float = 30.0
-    """Seconds per HTTP request."""
+    """Overall deadline of one HTTP request in seconds."""
+    max_backoff: float = 60.0
+    """Cap on any wait between tries, a server's Retry-After included."""
+    allow_insecure_key: bool = False
+    """Send ``api_key`` over plain http to a host that is not loopback."""
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
+    """Waits between tries (tests pass a recorder)."""
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
-        if self.retries < 1 or self.backoff < 0 or self.timeout <= 0:
-            raise ValueError("retries must be >= 1, backoff >= 0 and timeout > 0")
+        if self.retries < 1:
+            raise ValueError(f"retries must be >= 1, got {self.retries}")
+        self._client = ChatClient(EndpointConfig(
+            self.base_url, api_key=self.api_key, timeout=self.timeout, attempts=self.retries,
+            backoff=self.backoff, max_backoff=self.max_backoff,
+            allow_insecure_key=self.allow_insecure_key), sleep=self.sleep)
 
-    def _request(self, prompt: str, completion: str) -> str:
+    def _body(self, prompt: str, completion: str) -> dict[str, object]:
         text = DEFAULT_TEMPLATE.format(behaviour=self.behaviour, criteria=self.criteria,
                                        prompt=prompt, completion=completion)
-        body = json.dumps({"model": self.model, "temperature": 0,
-                           "messages": [{"role": "user", "content": text}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.base_url.rstrip("/") + "/chat/completions", body,
-                                     headers)
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-            return json.loads(resp.read())["choices"][0]["message"]["content"]
+        return {"model": self.model, "temperature": 0,
+                "messages": [{"role": "user", "content": text}]}
 
     def __call__(self, prompt: str, completion: str) -> float:
         """Score one continuation; retries, then ``JudgeError``."""
-        delay, last = self.backoff, ""
-        for attempt in range(1, self.retries + 1):
-            try:
-                reply = self._request(prompt, completion)
-                found = _NUMBER.search(reply)
-                if found:
-                    return float(found.group())
-                last = f"unparseable reply {reply[:80]!r} (no number)"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                last = f"endpoint {self.base_url} unreachable ({err})"
-            except (KeyError, IndexError, TypeError, ValueError) as err:
-                last = f"unparseable response from {self.base_url} ({err!r})"
-            logger.warning("judge try %d/%d failed: %s", attempt, self.retries, last)
-            if attempt < self.retries:
-                time.sleep(delay)
-                delay *= 2
-        raise JudgeError(f"judge failed after {self.retries} tries: {last}")
+        try:
+            return self._client.complete(self._body(prompt, completion), _first_number)
+        except EndpointError as err:
+            tries = f"after {err.attempts} tries" if err.attempts else "at once"
+            raise JudgeError(f"judge failed {tries}: {err.problem or err}") from err
+
+
+def _first_number(reply: str) -> float:
+    """The first number in a judge's reply, or ValueError (retried by the client)."""
+    found = _NUMBER.search(reply)
+    if found is None:
+        raise ValueError(f"unparseable reply {reply[:80]!r} (no number)")
+    return float(found.group())
 
 
 def load_judge_function(spec: str) -> Callable[[str, str], float]:

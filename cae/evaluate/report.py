@@ -363,7 +363,7 @@ def shift_stage(
         prompts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()
                    if line.strip()]
         judge: Any = judge_fn or EndpointJudge(cfg.judge_url or "", cfg.judge_model,
-                                               Path(path).stem)
+                                               Path(path).stem, **cfg.judge_options())
         open_rows(f"open/{Path(path).name}", prompts, judge)
     if cfg.ood is not None and cfg.judge_url is not None:
         sets = [s for s in load_ood_dir(cfg.ood)
@@ -372,7 +372,7 @@ def shift_stage(
             raise ValueError(f"{cfg.ood}: no OOD files for behaviour {cfg.ood_behaviour!r}")
         for ood_set in sets:
             judge = EndpointJudge(cfg.judge_url, cfg.judge_model, ood_set.behaviour,
-                                  ood_set.prompts[0].criteria or "")
+                                  ood_set.prompts[0].criteria or "", **cfg.judge_options())
             open_rows(f"{ood_set.kind}/{ood_set.behaviour}-{ood_set.length}",
                       [p.prompt for p in ood_set.prompts], judge)
     return rows

@@ -32,7 +32,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
+from _sae_flux_shared.cliargs import add_dataclass_arguments, dataclass_from_args
 from cae.organism.corpus import TONE_MODES, document, vocabulary
 
 logger = logging.getLogger(__name__)

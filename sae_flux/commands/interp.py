@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
+from _sae_flux_shared.cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.interp.config import DissectConfig, IndexConfig, SelectConfig
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     index.add_argument("--name", help="label in reports (default: the directory name or 'neurons')")
     index.add_argument("--resume", action="store_true", help="continue an interrupted index")
     add_dataclass_arguments(index, IndexConfig)
-    index.set_defaults(func=_guard(run_index))
+    index.set_defaults(func=run_index)
 
     for name, helptext in (("images", "generate the images explain shows (selected images and distractors)"),
                            ("render", "write feature cards (PNG)"),
@@ -61,20 +62,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     explain.add_argument("--results", default="explanations.jsonl", help="JSONL of finished features")
     explain.add_argument("--max-retries", type=int, default=4, help="retries of a failed request")
     explain.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry (doubling)")
+    explain.add_argument("--max-backoff", type=float, default=60.0,
+                         help="cap on any wait between retries, a server's Retry-After included")
+    explain.add_argument("--timeout", type=float, default=120.0,
+                         help="overall deadline of one request in seconds (every byte of the answer)")
+    explain.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                         help="environment variable holding the API key (sent only over https or to loopback)")
+    explain.add_argument("--allow-insecure-key", action="store_true",
+                         help="send the API key over plain http to a host that is not loopback")
     add_dataclass_arguments(commands.choices["ground-truth"], DissectConfig)
-
-
-def _guard(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        from sae_flux.interp.chat import BackendError
-
-        try:
-            return int(func(args) or 0)
-        except (IndexError, BackendError) as err:
-            logger.error("%s", err)
-            return 2
-
-    return run
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -87,11 +83,26 @@ def run_index(args: argparse.Namespace) -> int:
     else:
         source = dictionary_source(args.dictionary, args.name)
     extra = {"cache": str(Path(args.cache).resolve()), "cache_settings": reader.manifest.settings}
-    index = build_index(dataclass_from_args(IndexConfig, args), source, cache_images(args.cache, reader.hook, args.step),
+    images = _finite(cache_images(args.cache, reader.hook, args.step), args.cache)
+    index = build_index(dataclass_from_args(IndexConfig, args), source, images,
                         resume=args.resume, hook=reader.hook, extra=extra)
     logger.info("index %s: %d images, %d features (%d live)", index.path, index.num_images, index.width,
                 int((index.top["max_F"] > 0).sum()))
     return 0
+
+
+def _finite(batches: Iterator[Any], cache: str) -> Iterator[Any]:
+    """The cache's image batches, refusing one whose activations hold NaN or inf (they would
+    enter the index as top activations)."""
+    import torch
+
+    for batch in batches:
+        bad = ~torch.isfinite(batch.acts_ITD)
+        if bad.any():
+            images = batch.image_I[bad.flatten(1).any(1)].tolist()
+            raise ValueError(f"activation cache {cache} holds {int(bad.sum())} non-finite (NaN or inf) "
+                             f"values in images {images[:5]}: refusing to index them")
+        yield batch
 
 
 def _context(args: argparse.Namespace, path: str) -> tuple[Any, list[str], int]:
@@ -163,18 +174,21 @@ def run_explain(args: argparse.Namespace) -> int:
     from sae_flux.interp.explain import VLMInterpreter, interpret
     from sae_flux.interp.hf import HFChat
 
+    select_cfg = dataclass_from_args(SelectConfig, args)
     index, prompts, seed = _context(args, args.index)
     features = _features(args, index)
     if args.backend == "openai":
         cfg = ChatConfig(base_url=args.base_url, model=args.vlm_model, cache_dir=args.cache_dir,
-                         max_retries=args.max_retries, backoff=args.backoff)
+                         max_retries=args.max_retries, backoff=args.backoff, max_backoff=args.max_backoff,
+                         timeout=args.timeout, api_key_env=args.api_key_env,
+                         allow_insecure_key=args.allow_insecure_key)
         interpreter = VLMInterpreter(OpenAIChat(cfg), name=f"openai:{cfg.model}")
     else:
         if not args.vlm_model:
             raise ValueError("--backend hf needs --vlm-model PATH (a local transformers VLM checkpoint)")
         interpreter = VLMInterpreter(HFChat.from_pretrained(args.vlm_model, cache_dir=args.cache_dir),
                                      name=f"hf:{Path(args.vlm_model).name}")
-    results = interpret(index, interpreter, features, out=args.results, select_cfg=dataclass_from_args(SelectConfig, args),
+    results = interpret(index, interpreter, features, out=args.results, select_cfg=select_cfg,
                         make_images=lambda ids: _generate(args, index, prompts, seed, ids))
     for r in results:
         score = r.detection.score if r.detection else float("nan")
@@ -203,5 +217,5 @@ def run_ground_truth(args: argparse.Namespace) -> int:
     return 0
 
 
-_RUNNERS = {"images": _guard(run_images), "render": _guard(run_render), "explain": _guard(run_explain),
-            "ground-truth": _guard(run_ground_truth)}
+_RUNNERS = {"images": run_images, "render": run_render, "explain": run_explain,
+            "ground-truth": run_ground_truth}

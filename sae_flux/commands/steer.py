@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
+from _sae_flux_shared.cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.steering.config import SteerConfig
 
 

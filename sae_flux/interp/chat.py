@@ -4,10 +4,12 @@ The explainer and detection scorer of Shabalin et al. 2025 (arXiv 2505.24360; th
 gemini-2.0-flash with structured output) talk to a model through one method,
 ``ChatBackend.ask(system, text, images, keys) -> dict``. :class:`OpenAIChat` speaks the
 OpenAI chat-completions protocol (hosted models and local servers such as vLLM): images are
-sent as base64 PNG ``image_url`` parts, ``response_format`` asks for a JSON object, transient
-failures (unreachable host, HTTP 429 / 5xx, invalid JSON) are retried with exponential
-backoff, and every answer is cached on disk by a hash of the request, so a rerun costs
-nothing. Only the standard library is used.
+sent as base64 PNG ``image_url`` parts, ``response_format`` asks for a JSON object, and every
+answer is cached on disk by a hash of the request, so a rerun costs nothing. The HTTP exchange
+(overall deadline, retries with capped backoff and ``Retry-After``, the API key sent only over
+https or to loopback) is the one client shared with the cae judge,
+:class:`_sae_flux_shared.endpoint.ChatClient`; an answer that is not the JSON asked for is
+retried like a transient failure.
 
 Example:
     >>> chat = OpenAIChat(  # doctest: +SKIP
@@ -26,8 +28,6 @@ import logging
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +35,12 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from _sae_flux_shared.endpoint import ChatClient, EndpointConfig, EndpointError
+from _sae_flux_shared.usererror import ServiceError
+
 logger = logging.getLogger(__name__)
 
-#: HTTP statuses worth retrying (rate limit, server trouble).
-RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504)
-
-
-class BackendError(RuntimeError):
+class BackendError(ServiceError):
     """A model backend failed for good (after its retries)."""
 
 
@@ -109,13 +108,18 @@ class ChatConfig:
     model: str | None = None
     """Model name (env ``SAE_FLUX_VLM_MODEL``)."""
     api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the key (none is sent when it is unset, e.g. for local vLLM)."""
+    """Environment variable holding the key (none is sent when it is unset, e.g. for local vLLM);
+    it is sent only over https or to a loopback address unless ``allow_insecure_key``."""
     max_retries: int = 4
     """Retries after the first attempt for transient failures."""
     backoff: float = 2.0
-    """Seconds before the first retry; doubled each time (a Retry-After header wins)."""
+    """Seconds before the first retry; doubled each time (a Retry-After header wins), capped."""
+    max_backoff: float = 60.0
+    """Cap on any wait between attempts, a server's Retry-After included."""
     timeout: float = 120.0
-    """Seconds per HTTP request."""
+    """Overall deadline of one HTTP request in seconds (every byte of the answer included)."""
+    allow_insecure_key: bool = False
+    """Send the API key over plain http to a host that is not loopback."""
     cache_dir: str | None = ".sae-flux-vlm-cache"
     """Directory of cached answers (None: no cache)."""
     temperature: float = 0.0
@@ -128,8 +132,16 @@ class ChatConfig:
             raise ValueError("no endpoint: set ChatConfig.base_url (--base-url) or SAE_FLUX_VLM_BASE_URL")
         if not self.model:
             raise ValueError("no model: set ChatConfig.model (--vlm-model) or SAE_FLUX_VLM_MODEL")
-        if self.max_retries < 0 or self.backoff < 0:
-            raise ValueError("max_retries and backoff must be >= 0")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        self.endpoint()  # checks the URL, the timings and where the key may go
+
+    def endpoint(self) -> EndpointConfig:
+        """The HTTP settings of :class:`~_sae_flux_shared.endpoint.ChatClient`."""
+        return EndpointConfig(
+            str(self.base_url), api_key=os.environ.get(self.api_key_env) or None,
+            timeout=self.timeout, attempts=self.max_retries + 1, backoff=self.backoff,
+            max_backoff=self.max_backoff, allow_insecure_key=self.allow_insecure_key)
 
 
 class OpenAIChat:
@@ -138,8 +150,12 @@ class OpenAIChat:
     def __init__(self, cfg: ChatConfig, sleep: Callable[[float], None] = time.sleep) -> None:
         self.cfg = cfg
         self.cache = ResponseCache(cfg.cache_dir)
-        self.sleep = sleep
-        self.requests_sent = 0
+        self.client = ChatClient(cfg.endpoint(), sleep=sleep)
+
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests sent so far (retries included; cached answers send none)."""
+        return self.client.requests_sent
 
     def request(self, system: str, text: str, images: Sequence[Image.Image]) -> dict[str, Any]:
         """The chat-completions request body."""
@@ -159,56 +175,9 @@ class OpenAIChat:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        problem = ""
-        for attempt in range(self.cfg.max_retries + 1):
-            if attempt:
-                self.sleep(self._delay(attempt, problem))
-            try:
-                answer = parse_json(self._post(body), keys)
-            except _Transient as err:
-                problem = str(err)
-                logger.warning("attempt %d/%d failed: %s", attempt + 1, self.cfg.max_retries + 1, problem)
-                continue
-            except ValueError as err:  # invalid JSON: the model may do better next time
-                problem = str(err)
-                logger.warning("attempt %d/%d: %s", attempt + 1, self.cfg.max_retries + 1, problem)
-                continue
-            self.cache.put(key, answer)
-            return answer
-        raise BackendError(f"{self.cfg.base_url} failed after {self.cfg.max_retries + 1} attempts: {problem}")
-
-    def _delay(self, attempt: int, problem: str) -> float:
-        match = re.search(r"retry-after=([0-9.]+)", problem)
-        return float(match.group(1)) if match else self.cfg.backoff * 2 ** (attempt - 1)
-
-    def _post(self, body: dict[str, Any]) -> str:
-        url = f"{str(self.cfg.base_url).rstrip('/')}/chat/completions"
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.cfg.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        data = json.dumps(body).encode("utf-8")
-        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
-        self.requests_sent += 1
         try:
-            with urllib.request.urlopen(request, timeout=self.cfg.timeout) as response:
-                payload = json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode("utf-8", "replace")[:200]
-            if err.code in RETRY_STATUS:
-                retry = err.headers.get("Retry-After") if err.headers else None
-                raise _Transient(f"HTTP {err.code} from {url}: {detail}"
-                                 + (f" retry-after={retry}" if retry else "")) from err
-            raise BackendError(f"HTTP {err.code} from {url}: {detail}") from err
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            raise _Transient(f"endpoint {url} is unreachable: {err}") from err
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{url} answered with a body that is not JSON: {err}") from err
-        try:
-            return str(payload["choices"][0]["message"]["content"])
-        except (KeyError, IndexError, TypeError) as err:
-            raise ValueError(f"{url} answered without choices[0].message.content: {str(payload)[:200]}") from err
-
-
-class _Transient(Exception):
-    """A failure worth retrying."""
+            answer = self.client.complete(body, lambda content: parse_json(content, keys))
+        except EndpointError as err:
+            raise BackendError(str(err)) from err
+        self.cache.put(key, answer)
+        return answer

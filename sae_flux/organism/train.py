@@ -38,7 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
+from _sae_flux_shared.cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.organism.weights import WEIGHTS_DIR, check_weights, write_manifest
 from sae_flux.organism.world import World
 from sae_flux.tiny import GenerationDefaults, TinyFluxConfig, build_pipeline, save_pipeline

@@ -67,8 +67,10 @@ def test_from_pretrained_reads_a_hub_cache_offline(tmp_path, monkeypatch):
     back = SteeringVector.from_pretrained("someone/kind-vector", cache_dir=tmp_path / "hub")
     assert back.meta == sv.meta
     assert all(torch.equal(back.vectors[k], sv.vectors[k]) for k in sv.vectors)
-    with pytest.raises(huggingface_hub.errors.LocalEntryNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"vector directory someone/missing does not exist, "
+                       r"and it is no Hub repo that could be fetched either") as err:
         SteeringVector.from_pretrained("someone/missing", cache_dir=tmp_path / "hub")
+    assert isinstance(err.value.__cause__, huggingface_hub.errors.LocalEntryNotFoundError)
 
 
 def test_arithmetic_sums_scales_and_unions_layers():

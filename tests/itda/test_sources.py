@@ -133,7 +133,7 @@ def test_cli_build_lm_writes_a_loadable_dictionary(tiny_lm, tmp_path):
     assert d.cfg.target_l0 == 2 and d.describe(0).hook == "layers.1.output"
 
 
-def test_cli_reports_bad_threshold_and_exits_nonzero(tmp_path, caplog):
+def test_cli_reports_bad_threshold_and_exits_nonzero(tmp_path, caplog, capsys):
     with caplog.at_level(logging.ERROR):
         code = itda_main(
             [
@@ -147,7 +147,7 @@ def test_cli_reports_bad_threshold_and_exits_nonzero(tmp_path, caplog):
             ]
         )
     assert code == 2
-    assert "loss_threshold must be in (0, 1], got 1.5" in caplog.text
+    assert "loss_threshold must be in (0, 1], got 1.5" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

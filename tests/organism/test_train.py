@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 
-from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
+from _sae_flux_shared.cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.organism import check_weights
 from sae_flux.organism.train import (
     DecoderStage,

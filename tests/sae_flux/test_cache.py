@@ -201,17 +201,17 @@ def test_multi_hook_cache_needs_a_hook_name(tiny_flux, prompt_file, tmp_path):
         CacheReader(out, hook="single.0.img")
 
 
-def test_cli_writes_a_cache_and_reports_errors(prompt_file, tmp_path, caplog):
+def test_cli_writes_a_cache_and_reports_errors(prompt_file, tmp_path, caplog, capsys):
     out = tmp_path / "cli"
     argv = ["cache", "--model", "tiny", "--prompts", str(prompt_file), "--hooks", "double.1.img",
             "--out", str(out), "--num-inference-steps", "1", "--batch-size", "4", "--shard-prompts", "8"]
     assert cli_main(argv) == 0
     assert CacheReader(out).num_tokens == len(PROMPTS) * 64
     assert cli_main(argv[:-6] + ["--hooks", "double.9.img", "--out", str(tmp_path / "x")]) == 2
-    assert "out of range" in caplog.text
+    assert "out of range" in capsys.readouterr().err
     assert cli_main(["cache", "--model", "tiny", "--prompts", str(prompt_file), "--hooks", "double.1.img",
                      "--out", str(tmp_path / "y"), "--resume"]) == 2
-    assert "holds no cache" in caplog.text
+    assert "holds no cache" in capsys.readouterr().err
 
 
 def test_hooks_cli_lists_every_hook_point_with_the_delta_forms(capsys):

@@ -31,12 +31,12 @@ def test_demo_runs_every_stage_and_writes_a_report(tmp_path):
     assert (out / "interp" / "browser.html").is_file()
 
 
-def test_demo_refuses_an_existing_output_directory(tmp_path, caplog):
+def test_demo_refuses_an_existing_output_directory(tmp_path, capsys):
     (tmp_path / "demo").mkdir()
     with pytest.raises(FileExistsError, match="exists; pass --overwrite"):
         run_demo(DemoConfig(out=str(tmp_path / "demo")))
     assert cli_main(["demo", "--out", str(tmp_path / "demo")]) == 2
-    assert "pass --overwrite" in caplog.text
+    assert "pass --overwrite" in capsys.readouterr().err
 
 
 def test_demo_config_rejects_too_few_prompts():

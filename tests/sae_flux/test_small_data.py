@@ -88,7 +88,7 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("ERROR")]
+    return [line for line in stderr.splitlines() if "error" in line.lower()]
 
 
 # -- the readers -------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_sae_flux_train_refuses_a_cache_smaller_than_one_batch_in_one_line(small
     done = run_cli("sae_flux.cli", "train", "--cache", str(small_cache), "--out", str(tmp_path / "sae"),
                    "--batch-size", str(BATCH))
     assert done.returncode == 2, done.stderr
-    assert _error_lines(done.stderr) == [f"ERROR sae_flux: activation cache {small_cache} {REFUSAL}"]
+    assert _error_lines(done.stderr) == [f"sae-flux train: error: activation cache {small_cache} {REFUSAL}"]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "sae").exists(), "the refusal comes before anything is written"
 

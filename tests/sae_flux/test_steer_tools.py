@@ -44,11 +44,11 @@ def test_steer_grid_has_a_row_per_prompt_and_a_column_per_scale(tiny_flux, sae_d
     assert json.loads(path.with_suffix(".json").read_text())["features"] == [3, 9]
 
 
-def test_steer_command_reports_a_feature_beyond_the_dictionary(sae_dir, tmp_path, caplog):
+def test_steer_command_reports_a_feature_beyond_the_dictionary(sae_dir, tmp_path, capsys):
     code = main(["steer", "--model", "tiny", "--dictionary", str(sae_dir), "--features", "64",
                  "--prompts", "a red circle", "--out", str(tmp_path / "g.png")])
     assert code == 2
-    assert "feature 64 is beyond the dictionary (d_sae=64" in caplog.text
+    assert "feature 64 is beyond the dictionary (d_sae=64" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
 
 

@@ -69,7 +69,7 @@ def test_unparseable_replies_are_retried_then_a_clear_error(stub):
 
 def test_unreachable_endpoint_is_a_clear_error():
     judge = EndpointJudge("http://127.0.0.1:9/v1", "m", "b", retries=2, backoff=0, timeout=2)
-    with pytest.raises(JudgeError, match=r"after 2 tries: endpoint http://127.0.0.1:9/v1 unreachable"):
+    with pytest.raises(JudgeError, match=r"after 2 tries: endpoint http://127.0.0.1:9/v1/chat/completions is unreachable"):
         judge("p", "c")
 
 
@@ -82,7 +82,7 @@ def test_a_failing_judge_keeps_the_scores_computed_so_far(stub):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"base_url": "localhost:8000"}, "must be an http"),
+    ({"base_url": "localhost:8000"}, "must be http"),
     ({"retries": 0}, "retries must be >= 1"),
 ])
 def test_bad_judge_settings_are_refused(kwargs, message):

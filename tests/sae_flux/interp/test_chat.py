@@ -113,6 +113,7 @@ def test_client_error_is_not_retried(tmp_path):
 
 
 def test_config_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a key for a plain-http host is refused
     monkeypatch.setenv("SAE_FLUX_VLM_BASE_URL", "http://example.invalid/v1")
     monkeypatch.setenv("SAE_FLUX_VLM_MODEL", "m")
     cfg = ChatConfig()

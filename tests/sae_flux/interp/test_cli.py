@@ -49,27 +49,28 @@ def test_index_and_ground_truth_write_scores_cards_and_browser(setup, caplog):
     assert len(list((root / "gt" / "cards").glob("*.png"))) >= 2
 
 
-def test_dictionary_of_another_hook_is_refused(setup, caplog):
+def test_dictionary_of_another_hook_is_refused(setup, caplog, capsys):
     root = setup
     with caplog.at_level(logging.ERROR):
         code = _run("index", root / "cache", "--hook", "double.1.img", "--dictionary", root / "sae-double.0.img",
                     "--out", root / "idx-bad")
-    assert code == 2 and "trained on hook 'double.0.img' but the activations come from 'double.1.img'" in caplog.text
+    assert code == 2 and "trained on hook 'double.0.img' but the activations come from 'double.1.img'" in capsys.readouterr().err
 
 
-def test_unreachable_endpoint_and_bad_feature_are_reported(setup, caplog, tmp_path):
+def test_unreachable_endpoint_and_bad_feature_are_reported(setup, caplog, tmp_path, capsys):
     root = setup
     if not (root / "idx-mlp").exists():
         _run("index", root / "cache", "--hook", "double.1.mlp", "--neurons", "--out", root / "idx-mlp")
     common = ["--prompts", root / "prompts.txt", "--model", "tiny", "--min-tokens", 1]
     with caplog.at_level(logging.ERROR):
         code = _run("explain", root / "idx-mlp", "--features", 100000, *common)
-    assert code == 2 and "feature 100000 is out of range" in caplog.text
+    assert code == 2 and "feature 100000 is out of range" in capsys.readouterr().err
     caplog.clear()
     with caplog.at_level(logging.ERROR):
         code = _run("explain", root / "idx-mlp", "--features", 3, *common, "--base-url", "http://127.0.0.1:9/v1",
                     "--vlm-model", "m", "--max-retries", 1, "--backoff", 0, "--cache-dir", tmp_path / "c", "--results", tmp_path / "r.jsonl")
-    assert code == 2 and "failed after 2 attempts: endpoint" in caplog.text and "is unreachable" in caplog.text
+    err = capsys.readouterr().err
+    assert code == 2 and "failed after 2 attempts: endpoint" in err and "is unreachable" in err
     with caplog.at_level(logging.ERROR):
         code = _run("images", root / "idx-mlp", "--prompts", root / "cache" / "manifest.json", "--model", "tiny")
     assert code == 2

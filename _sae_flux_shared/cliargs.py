@@ -45,6 +45,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from _sae_flux_shared.usererror import UserError
+
 T = TypeVar("T")
 
 CONFIG_PATH = "config_path"
@@ -52,7 +54,7 @@ CONFIG_PATH = "config_path"
 _GIVEN = "_given_on_command_line"
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(UserError):
     """A ``--config-path`` file that cannot be read back as the command's config."""
 
 
