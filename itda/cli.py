@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from itda.build_config import BuildConfig
+from itda.build_config import STREAM_KEY, BuildConfig
 
 if TYPE_CHECKING:
     from itda.model import ITDA
@@ -94,40 +94,45 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="tokens (build) or texts (build-lm) per batch",
         )
-        p.add_argument("--resume", action="store_true", help="continue the dictionary in --out")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the build in --out from its newest checkpoint (or start it)")
+        p.add_argument("--checkpoint-every", type=int, default=16, metavar="BATCHES",
+                       help="commit a checkpoint to OUT/checkpoints every this many batches "
+                            "(0: never; default: 16)")
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         _add_config_flags(p)
     return parser
 
 
-def _run(args: argparse.Namespace) -> ITDA:
-    from itda import sources  # dispatch: torch and sae_lens load here, not for --help
-    from itda.model import ITDA
+def _run(args: argparse.Namespace) -> tuple[ITDA, bool]:
+    """Build (or resume) the dictionary of ``args``; True when it is new and must be saved.
+
+    Checkpoints go to ``OUT/checkpoints`` every ``--checkpoint-every`` batches
+    (:mod:`itda.checkpoint`); ``--resume`` continues from the newest saved progress, or starts
+    afresh when nothing was saved.
+    """
+    from itda import checkpoint, sources  # dispatch: torch and sae_lens load here, not for --help
+    from itda.build import build
 
     config = _config_from(args)
-    resume = ITDA.load(args.out) if args.resume else None
-    progress = not args.no_progress
+    out = Path(args.out)
     if args.command == "build":
-        return sources.build_from_cache(
-            args.cache,
-            config,
-            hook=args.hook,
-            batch_size=args.batch_size or 4096,
-            resume=resume,
-            progress=progress,
-        )
-    texts = _read_texts(args.texts)
-    model = _load_lm(args.model)
-    return sources.build_from_lm(
-        model,
-        texts,
-        args.layer,
-        config,
-        batch_size=args.batch_size or 8,
-        max_length=args.max_length,
-        resume=resume,
-        progress=progress,
+        batches, meta = sources.cache_batches(args.cache, args.hook, args.batch_size or 4096)
+    else:
+        texts = _read_texts(args.texts)
+        batches, meta = sources.lm_stream(_load_lm(args.model), texts, args.layer,
+                                          args.batch_size or 8, args.max_length)
+    settings = {"build": dataclasses.asdict(config), "stream": meta[STREAM_KEY]}
+    if not args.resume and checkpoint.checkpoints(out):
+        raise FileExistsError(f"{out} holds an unfinished ITDA build: pass --resume (or use a new directory)")
+    point = checkpoint.resume_point(out, settings, config.max_atoms) if args.resume else None
+    resume = None if point is None else (point.state or point.dictionary)
+    itda = build(
+        sources.skip_seen(batches, resume), config, resume=resume, progress=not args.no_progress,
+        metadata=meta, checkpoint=lambda state: checkpoint.save_checkpoint(out, state, settings),
+        checkpoint_every=args.checkpoint_every,
     )
+    return itda, point is None or itda is not point.dictionary
 
 
 def _read_texts(path: str) -> list[str]:
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from itda.build import BuildError  # dispatch: after parsing, so --help stays light
 
     try:
-        itda = _run(args)
+        itda, new = _run(args)
     except BuildError as err:
         if err.partial is not None:
             err.partial.save_model(args.out)
@@ -166,11 +171,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             logger.error("%s", err)
         return 2
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         logger.error("%s", err)
         return 2
-    itda.save_model(args.out)
-    logger.info("saved %d atoms x %d to %s", itda.cfg.d_sae, itda.cfg.d_in, args.out)
+    from itda.checkpoint import remove_checkpoints
+
+    if new:
+        itda.save_model(args.out)
+        logger.info("saved %d atoms x %d to %s", itda.cfg.d_sae, itda.cfg.d_in, args.out)
+    else:
+        logger.info("%s is finished already (%d atoms); nothing to do", args.out, itda.cfg.d_sae)
+    remove_checkpoints(args.out)
     return 0
 
 

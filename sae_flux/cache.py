@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import _sae_flux_commit as commit
 import torch
 from jaxtyping import Float
 from safetensors import SafetensorError
@@ -44,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+import _sae_flux_commit as commit
 from sae_flux.cache_config import DTYPE_NAMES, CacheConfig
 from sae_flux.sources import batch_rows
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from _sae_flux_commit import ResumeError
 from sae_flux import cache as cache_mod
 from sae_flux.cache import CacheConfig, CacheReader, Manifest, read_prompts, write_cache
-from _sae_flux_commit import ResumeError
 from sae_flux.cli import main as cli_main
 
 PROMPTS = [f"a {c} {s} on the {p}" for c in ("red", "blue", "green") for s in ("circle", "square") for p in ("left", "right")]
