@@ -86,7 +86,7 @@ def run_index(args: argparse.Namespace) -> int:
         source = neuron_source(reader.hook, reader.d_model, name=args.name or "neurons")
     else:
         source = dictionary_source(args.dictionary, args.name)
-    extra = {"cache": str(Path(args.cache).resolve()), "cache_settings": reader.manifest.settings}
+    extra = {"cache": args.cache, "cache_settings": reader.manifest.settings}  # the path as given
     index = build_index(dataclass_from_args(IndexConfig, args), source, cache_images(args.cache, reader.hook, args.step),
                         resume=args.resume, hook=reader.hook, extra=extra)
     logger.info("index %s: %d images, %d features (%d live)", index.path, index.num_images, index.width,
