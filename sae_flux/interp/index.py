@@ -42,6 +42,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -459,8 +460,8 @@ def write_images(
         pixels_I3HW = flux.generate([prompts[i] for i in ids], seed=seed, prompt_ids=ids, **generation)
         for image, pixels_3HW in zip(ids, pixels_I3HW, strict=True):
             array = (pixels_3HW.clamp(0, 1).permute(1, 2, 0).float().numpy() * 255).round()
-            path = reader.image_path(image)
-            Image.fromarray(array.astype(np.uint8)).save(path)
+            path = reader.image_path(image)  # committed: a kill never leaves a half PNG that counts as made
+            commit.write_with(path, partial(Image.fromarray(array.astype(np.uint8)).save, format="PNG"))
             written.append(path)
     return written
 
