@@ -242,6 +242,8 @@ def _prepare_out(cfg: TrainConfig, resume: bool) -> bool:
     """
     out = Path(cfg.out)
     commit.remove_temporaries(out / CHECKPOINTS)
+    for old in checkpoints(out)[: -cfg.keep_checkpoints]:  # a kill may strike before the pruning
+        shutil.rmtree(old)
     found = bool(checkpoints(out))
     if found and not resume:
         raise FileExistsError(f"output directory {out} is not empty: it holds checkpoints of a run (pass --resume)")

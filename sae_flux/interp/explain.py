@@ -224,6 +224,8 @@ def interpret(
     for f in features:
         index.check_feature(f)
     lines = commit.read_jsonl(out) if out is not None else []  # a line a kill tore is dropped
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
     done = _finished(lines, index.name, interpreter.name)
     results = list(done.values())
     plans = plan(index, [f for f in features if int(f) not in done], select_cfg, n_distractors, seed)
