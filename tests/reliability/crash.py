@@ -2,8 +2,10 @@
 
 Five jobs run as their command lines on the tiny model: ``sae-flux cache``, ``sae-flux train``,
 ``itda build``, ``sae-flux interp index`` and ``sae-flux interp explain`` (answered by the
-loopback VLM stand-in, ``tests/vlm_server.py``). Each kill is a real ``SIGKILL`` of the job's
-process, struck one of two ways, in turn:
+loopback VLM stand-in, ``tests/vlm_server.py``). Each run is a child process forked from the
+harness once the packages are imported (a fresh interpreter costs a minute on a busy machine),
+running the command line's ``main``; each kill is a real ``SIGKILL`` of that process, struck one
+of two ways, in turn:
 
 - ``op``: at a random file operation (``SAE_FLUX_CRASH_AFTER=k``, :mod:`_sae_flux_commit`): the
   process kills itself right after writing or renaming its k-th file, i.e. between any two renames;
@@ -30,8 +32,8 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +47,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 logger = logging.getLogger("crash")
 
-PYTHON = sys.executable
 FEATURES = ("0", "1", "2", "3", "4", "5")
 """Features ``interp explain`` interprets (each one a VLM explanation and a detection score)."""
 
@@ -62,7 +63,7 @@ class Job:
 
 
 def _cli(module: str, *args: str) -> list[str]:
-    return [PYTHON, "-m", module, *args]
+    return [module, *args]
 
 
 def jobs(ws: Path, vlm_url: str) -> dict[str, Job]:
@@ -99,24 +100,61 @@ def prepare(ws: Path) -> None:
     placeholder = jobs(ws, "http://127.0.0.1:9/v1")
     for name, out in (("cache", ws / "cache"), ("train", ws / "sae"), ("interp index", ws / "index")):
         if not out.exists():
-            _check(subprocess.run(placeholder[name].argv(out), env=_env(), capture_output=True, text=True))
-    _check(subprocess.run(_cli("sae_flux.cli", "interp", "images", str(ws / "index"), "--prompts",
-                               str(ws / "prompts.txt"), "--model", "tiny", "--features", *FEATURES,
-                               "--min-tokens", "1"), env=_env(), capture_output=True, text=True))
+            _check(placeholder[name].argv(out), run(placeholder[name].argv(out)))
+    images = _cli("sae_flux.cli", "interp", "images", str(ws / "index"), "--prompts", str(ws / "prompts.txt"),
+                  "--model", "tiny", "--features", *FEATURES, "--min-tokens", "1")
+    _check(images, run(images))
 
 
-def _check(done: subprocess.CompletedProcess[str]) -> None:
-    if done.returncode != 0:
-        raise RuntimeError(f"{done.args} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+def _check(argv: list[str], status: int) -> None:
+    if status != 0:
+        raise RuntimeError(f"{argv} failed with status {status}")
 
 
-def _env(crash_after: int | None = None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
-    env.pop(commit.CRASH_ENV, None)
-    if crash_after is not None:
-        env[commit.CRASH_ENV] = str(crash_after)
-    return env
+def _main(argv: list[str]) -> int:
+    """The command line's own entry point, in this process."""
+    module, args = argv[0], argv[1:]
+    if module == "itda.cli":
+        from itda.cli import main as itda_main
+
+        return itda_main(args)
+    from sae_flux.cli import main
+
+    return main(args)
+
+
+def start(argv: list[str], crash_after: int | None = None, report: Path | None = None) -> int:
+    """Fork a child that runs ``argv`` (killing itself at file operation ``crash_after``); its pid.
+
+    ``report`` receives the number of file operations of a run that ends.
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 1
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        commit._operations = 0
+        os.environ.pop(commit.CRASH_ENV, None)
+        if crash_after is not None:
+            os.environ[commit.CRASH_ENV] = str(crash_after)
+        status = _main(argv)
+        if report is not None:
+            report.write_text(str(commit.operations()))
+    finally:
+        os._exit(status)
+
+
+def wait(pid: int) -> int:
+    """The child's exit status (``-9`` when it was killed)."""
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def run(argv: list[str], crash_after: int | None = None) -> int:
+    return wait(start(argv, crash_after))
 
 
 # -- one job -----------------------------------------------------------------------------------------
@@ -169,61 +207,40 @@ class Trial:
 
 
 def reference(job: Job, out: Path) -> tuple[dict[str, bytes], int, float]:
-    """The uninterrupted run: its files, its file operations (counted in-process) and its duration."""
-    from _sae_flux_commit import crash_after, operations
-
-    start = time.monotonic()
-    _check(subprocess.run(job.argv(out), env=_env(), capture_output=True, text=True))
-    duration = time.monotonic() - start
-    counted = out.with_name(out.name + "-count")
-    argv = job.argv(counted)
-    with crash_after(None):
-        _in_process(argv)
-        total = operations()
-    return files(job.output(out)), total, duration
-
-
-def _in_process(argv: list[str]) -> int:
-    module, args = argv[2], argv[3:]
-    if module == "itda.cli":
-        from itda.cli import main as itda_main
-
-        return itda_main(args)
-    from sae_flux.cli import main
-
-    return main(args)
+    """The uninterrupted run: its files, its number of file operations and its duration."""
+    report = out.with_name(out.name + ".operations")
+    begin = time.monotonic()
+    _check(job.argv(out), wait(start(job.argv(out), report=report)))
+    duration = time.monotonic() - begin
+    return files(job.output(out)), int(report.read_text()), duration
 
 
 def kill_by_operation(job: Job, out: Path, k: int) -> bool:
     """Run the job until it kills itself at file operation ``k``; False when it finished first."""
-    done = subprocess.run(job.argv(out), env=_env(k), capture_output=True, text=True)
-    return done.returncode == -signal.SIGKILL
+    return run(job.argv(out), crash_after=k) == -signal.SIGKILL
 
 
-def kill_by_time(job: Job, out: Path, delay: float, timeout: float = 600) -> bool:
-    """SIGKILL the job ``delay`` seconds after its output appeared; False when it finished first."""
-    proc = subprocess.Popen(job.argv(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        proc.wait(timeout=delay)
-        return False
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return True
+def kill_by_time(job: Job, out: Path, delay: float) -> bool:
+    """SIGKILL the job ``delay`` seconds after it started; False when it finished first."""
+    pid = start(job.argv(out))
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    return wait(pid) == -signal.SIGKILL
 
 
 def trial(job: Job, out: Path, expected: dict[str, bytes], how: str, point: float | int) -> Trial:
     killed = kill_by_operation(job, out, int(point)) if how == "op" else kill_by_time(job, out, float(point))
     corrupt = corrupt_files(out) if out.exists() else []
-    done = subprocess.run(job.argv(out) + job.resume_flag, env=_env(), capture_output=True, text=True)
-    got = files(job.output(out)) if done.returncode == 0 else {}
+    status = run(job.argv(out) + job.resume_flag)
+    got = files(job.output(out)) if status == 0 else {}
     differ = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
-    detail = done.stderr.strip().splitlines()[-1] if done.returncode else ", ".join(differ[:4])
     return Trial(job.name, how, f"{point:.2f}s" if how == "time" else f"op {point}", killed, corrupt,
-                 done.returncode == 0, done.returncode == 0 and not differ, detail)
+                 status == 0, status == 0 and not differ, f"exit {status}" if status else ", ".join(differ[:4]))
 
 
 def sweep(ws: Path, names: list[str], kills: int, seed: int, vlm_url: str) -> list[Trial]:
@@ -265,9 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", default="crash-out", help="scratch directory (removed first)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import shutil
-
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread: forking after torch is loaded is then safe
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from vlm_server import VLMServer
+
+    import itda.cli  # noqa: F401  (imported once, before the children are forked)
+    import sae_flux.cli  # noqa: F401
 
     ws = Path(args.workspace)
     shutil.rmtree(ws, ignore_errors=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _sae_flux_commit import InjectedCrash, crash_after, operations
 from PIL import Image
+from reliability.crash import corrupt_files, files
 from vlm_server import VLMServer
 
-from reliability.crash import corrupt_files, files
+from _sae_flux_commit import InjectedCrash, crash_after, operations
 from sae_flux.interp.chat import ChatConfig, OpenAIChat
 from sae_flux.interp.config import IndexConfig, SelectConfig
 from sae_flux.interp.explain import VLMInterpreter, interpret
