@@ -72,11 +72,11 @@ def jobs(ws: Path, vlm_url: str) -> dict[str, Job]:
     return {
         "cache": Job("cache", lambda out: _cli(
             "sae_flux.cli", "cache", "--model", "tiny", "--prompts", prompts, "--hooks", "double.1.img",
-            "--out", str(out), "--steps", "0", "--batch-size", "2", "--shard-prompts", "2")),
+            "--out", str(out), "--num-inference-steps", "1", "--batch-size", "2", "--shard-prompts", "2")),
         "train": Job("train", lambda out: _cli(
             "sae_flux.cli", "train", "--cache", cache, "--out", str(out), "--expansion-factor", "2", "--k", "4",
-            "--total-tokens", str(64 * 40), "--batch-size", "64", "--checkpoint-every", "8", "--log-every", "4",
-            "--normalize-tokens", "256", "--buffer-tokens", "512", "--eval-tokens", "256")),
+            "--total-tokens", str(64 * 16), "--batch-size", "64", "--checkpoint-every", "4", "--log-every", "2",
+            "--normalize-tokens", "256", "--buffer-tokens", "384", "--eval-tokens", "128")),
         "itda build": Job("itda build", lambda out: _cli(
             "itda.cli", "build", "--cache", cache, "--out", str(out), "--batch-size", "32", "--checkpoint-every",
             "2", "--target-l0", "4", "--loss-threshold", "0.3", "--no-progress")),
@@ -96,7 +96,7 @@ def prepare(ws: Path) -> None:
     from sae_flux.organism.world import prompts
 
     ws.mkdir(parents=True, exist_ok=True)
-    (ws / "prompts.txt").write_text("\n".join(prompts(8, seed=0)) + "\n")
+    (ws / "prompts.txt").write_text("\n".join(prompts(6, seed=0)) + "\n")
     placeholder = jobs(ws, "http://127.0.0.1:9/v1")
     for name, out in (("cache", ws / "cache"), ("train", ws / "sae"), ("interp index", ws / "index")):
         if not out.exists():
@@ -274,6 +274,16 @@ def table(trials: list[Trial]) -> str:
     return "\n".join(rows)
 
 
+def _import_everything() -> None:
+    """Import what the jobs load lazily once, here, so that no forked child imports it again."""
+    import importlib
+
+    for name in ("itda.cli", "itda.build", "itda.checkpoint", "itda.sources", "sae_flux.cli", "sae_flux.cache",
+                 "sae_flux.flux", "sae_flux.train", "sae_flux.interp.index", "sae_flux.interp.explain",
+                 "sae_flux.interp.chat", "sae_flux.interp.select", "sae_flux.dictionary", "wandb"):
+        importlib.import_module(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10, help="kills per job")
@@ -287,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from vlm_server import VLMServer
 
-    import itda.cli  # noqa: F401  (imported once, before the children are forked)
-    import sae_flux.cli  # noqa: F401
+    _import_everything()
 
     ws = Path(args.workspace)
     shutil.rmtree(ws, ignore_errors=True)
