@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+import _sae_flux_shared.commit as commit
 from cae.model import hidden_size, model_id
 
 logger = logging.getLogger(__name__)
@@ -236,12 +237,12 @@ class SteeringVector:
     # -- files and the Hub -----------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``cfg.json`` and ``vectors.safetensors`` into ``directory``."""
+        """Commit ``vectors.safetensors`` and then ``cfg.json`` into ``directory`` (:mod:`_sae_flux_shared.commit`)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {f"layer.{k}": v.contiguous() for k, v in self.vectors.items()}
-        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "cae"})
-        (out / CFG_NAME).write_text(json.dumps(asdict(self.meta), indent=2) + "\n")
+        commit.save_safetensors(out / WEIGHTS_NAME, tensors, metadata={"format": "cae"})
+        commit.write_json(out / CFG_NAME, asdict(self.meta), indent=2)
         return out
 
     @classmethod

@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from itda import pursuit
-from itda.build_config import BuildConfig
+from itda.build_config import STREAM_KEY, BuildConfig
 from itda.model import GRAM_MAX_BYTES, ITDA, ITDAConfig
 from itda.provenance import Provenance
 
@@ -79,7 +79,7 @@ def _grown(buffer: Tensor, needed: int, limit: int) -> int:
     return max(needed, min(2 * buffer.shape[0], limit))
 
 
-class _State:
+class BuildState:
     """The growing dictionary: unit atoms, their Gram matrix, provenance, statistics.
 
     Atoms and the Gram matrix live in buffers that grow geometrically up to ``max_atoms``
@@ -105,6 +105,32 @@ class _State:
     @property
     def atoms_FD(self) -> Tensor:
         return self._atoms_CD[: self.size]
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Everything a checkpoint needs to continue bit for bit (the Gram matrix included)."""
+        out = {"atoms_FD": self.atoms_FD, "mean_D": self.mean_D, "std_D": self.std_D,
+               "atoms_capacity": torch.tensor(self._atoms_CD.shape[0])}
+        if self._gram_CC is not None:
+            out["gram_FF"] = self.gram_FF.contiguous()  # type: ignore[union-attr]
+            out["gram_capacity"] = torch.tensor(self._gram_CC.shape[0])
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], prov: Provenance, max_atoms: int,
+                     tokens_seen: int, batches_seen: int) -> BuildState:
+        """The state :meth:`tensors` saved, in buffers of the same capacity (same arithmetic)."""
+        atoms_FD = tensors["atoms_FD"]
+        state = cls(tensors["mean_D"], tensors["std_D"], atoms_FD[:0], prov, max_atoms)
+        state._atoms_CD = atoms_FD.new_empty(int(tensors["atoms_capacity"]), atoms_FD.shape[1])
+        state._atoms_CD[: len(atoms_FD)] = atoms_FD
+        state.size = int(atoms_FD.shape[0])
+        state._gram_CC = None
+        if "gram_FF" in tensors:
+            cap = int(tensors["gram_capacity"])
+            state._gram_CC = atoms_FD.new_empty(cap, cap)
+            state._gram_CC[: state.size, : state.size] = tensors["gram_FF"]
+        state.tokens_seen, state.batches_seen = tokens_seen, batches_seen
+        return state
 
     @property
     def gram_FF(self) -> Tensor | None:
@@ -141,17 +167,22 @@ def build(
     batches: Iterable[Tensor | ActivationBatch | tuple],
     config: BuildConfig,
     *,
-    resume: ITDA | None = None,
+    resume: ITDA | BuildState | None = None,
     progress: bool = True,
     metadata: dict[str, Any] | None = None,
     on_batch: Callable[[ITDA], None] | None = None,
+    checkpoint: Callable[[BuildState], object] | None = None,
+    checkpoint_every: int = 0,
 ) -> ITDA:
     """Build an ITDA from a stream of activation batches (Algorithm 1).
 
     ``batches`` yields ``Tensor[n, d]``, ``ActivationBatch`` or ``(acts, prov)`` tuples.
     ``resume`` continues from a partial dictionary (its statistics and atoms are kept), e.g.
-    the ``partial`` of a ``BuildError`` or a saved dictionary loaded with ``ITDA.load``.
-    ``on_batch`` receives a snapshot of the dictionary after every batch (for learning curves).
+    the ``partial`` of a ``BuildError`` or a saved dictionary loaded with ``ITDA.load``, or
+    exactly from a checkpointed :class:`BuildState` (:mod:`itda.checkpoint`); a resumed build
+    whose stream has nothing left returns the dictionary as it is.
+    ``on_batch`` receives a snapshot of the dictionary after every batch (for learning curves);
+    ``checkpoint`` receives the state after every ``checkpoint_every`` batches (0: never).
 
     Example:
         >>> import torch
@@ -162,7 +193,9 @@ def build(
         >>> d.cfg.target_l0, d.cfg.d_in
         (4, 16)
     """
-    state = _state_from(resume, config.max_atoms) if resume is not None else None
+    state = resume if isinstance(resume, BuildState) else None
+    if isinstance(resume, ITDA):
+        state = _state_from(resume, config.max_atoms)
     seen_any = False
     bar = tqdm(batches, desc="itda build", unit="batch", disable=not progress)
     for index, raw in enumerate(bar):
@@ -180,7 +213,12 @@ def build(
         if state.size >= config.max_atoms:
             logger.info("dictionary reached max_atoms=%d; stopping", config.max_atoms)
             break
-    if not seen_any or state is None:
+        if checkpoint is not None and checkpoint_every and state.batches_seen % checkpoint_every == 0:
+            checkpoint(state)
+    if isinstance(resume, ITDA) and not seen_any:
+        logger.info("the resumed dictionary has read the whole stream already: nothing to add")
+        return resume
+    if state is None:
         raise ValueError("empty activation stream: the batches iterable yielded no activations")
     return _finish(state, config, metadata)
 
@@ -196,7 +234,7 @@ def _as_batch(raw: Tensor | ActivationBatch | tuple) -> ActivationBatch:
 def _validate(
     batch: ActivationBatch,
     index: int,
-    state: _State | None,
+    state: BuildState | None,
     config: BuildConfig,
     metadata: dict[str, Any] | None,
 ) -> None:
@@ -206,7 +244,7 @@ def _validate(
         raise BuildError(problem, partial)
 
 
-def _problem(acts: Tensor, index: int, state: _State | None) -> str | None:
+def _problem(acts: Tensor, index: int, state: BuildState | None) -> str | None:
     if acts.ndim != 2 or acts.shape[0] == 0:
         return f"batch {index} must be a non-empty (n, d) tensor, got shape {tuple(acts.shape)}"
     if state is not None and acts.shape[1] != state.atoms_FD.shape[1]:
@@ -220,11 +258,11 @@ def _problem(acts: Tensor, index: int, state: _State | None) -> str | None:
     return None
 
 
-def _normalise(state: _State, acts_ND: Tensor) -> Tensor:
+def _normalise(state: BuildState, acts_ND: Tensor) -> Tensor:
     return (acts_ND.float() - state.mean_D) / state.std_D
 
 
-def _seed(batch: ActivationBatch, config: BuildConfig) -> _State:
+def _seed(batch: ActivationBatch, config: BuildConfig) -> BuildState:
     acts_ND = batch.acts_ND.float()
     d = acts_ND.shape[1]
     mean_D = acts_ND.mean(0) if config.normalization != "none" else torch.zeros(d)
@@ -232,7 +270,7 @@ def _seed(batch: ActivationBatch, config: BuildConfig) -> _State:
     if config.normalization == "mean_std" and acts_ND.shape[0] > 1:
         std_D = acts_ND.std(0).clamp(min=1e-6)
     mean_D, std_D = mean_D.to(acts_ND.device), std_D.to(acts_ND.device)
-    state = _State(mean_D, std_D, torch.zeros(0, d, device=acts_ND.device), Provenance.empty(),
+    state = BuildState(mean_D, std_D, torch.zeros(0, d, device=acts_ND.device), Provenance.empty(),
                    config.max_atoms)
     gen = torch.Generator().manual_seed(config.seed)
     assert config.seed_atoms is not None
@@ -245,7 +283,7 @@ def _seed(batch: ActivationBatch, config: BuildConfig) -> _State:
     return state
 
 
-def _step(state: _State, batch: ActivationBatch, config: BuildConfig) -> int:
+def _step(state: BuildState, batch: ActivationBatch, config: BuildConfig) -> int:
     """Encode one batch and add its badly reconstructed activations; returns how many."""
     x_ND = _normalise(state, batch.acts_ND)
     l0 = min(config.target_l0, state.size)
@@ -269,12 +307,12 @@ def _step(state: _State, batch: ActivationBatch, config: BuildConfig) -> int:
 
 
 def _select_exact_mp(
-    state: _State, x_ND: Tensor, l0: int, config: BuildConfig
+    state: BuildState, x_ND: Tensor, l0: int, config: BuildConfig
 ) -> tuple[Tensor, Tensor]:
     """Rows to add, with their (unit-normalised) correlations with the current atoms.
 
     The exact pursuit starts from ``x @ atoms.T``; the rows of the chosen tokens, divided by
-    their norms, are the new atoms' Gram entries with the old ones, so ``_State.add`` does
+    their norms, are the new atoms' Gram entries with the old ones, so ``BuildState.add`` does
     not compute them again (at 16k atoms that was ~15% of a build). A token whose loss has
     fallen to the threshold is not pursued further: it cannot be added whatever the later
     steps do (matching pursuit never raises the loss).
@@ -299,7 +337,7 @@ def _select_exact_mp(
     return torch.cat(chosen), torch.cat(cross)
 
 
-def _select(state: _State, x_ND: Tensor, l0: int, config: BuildConfig) -> Tensor:
+def _select(state: BuildState, x_ND: Tensor, l0: int, config: BuildConfig) -> Tensor:
     """Rows to add, encoding with the configured pursuit (gradient, screened, or exact MP
     without a Gram matrix, which also stops at the threshold)."""
     candidates = None if config.candidates is None else max(config.candidates, l0)
@@ -350,15 +388,15 @@ def _dedup_mask(new_KD: Tensor, cross_KF: Tensor | None, config: BuildConfig) ->
     return keep
 
 
-def _batch_prov(batch: ActivationBatch, state: _State) -> Provenance:
+def _batch_prov(batch: ActivationBatch, state: BuildState) -> Provenance:
     return Provenance.for_batch(
         batch.acts_ND.shape[0], batch.source, batch.hook, batch.prov, state.tokens_seen
     )
 
 
-def _state_from(itda: ITDA, max_atoms: int) -> _State:
+def _state_from(itda: ITDA, max_atoms: int) -> BuildState:
     prov = itda.provenance if itda.provenance is not None else _unknown_prov(itda.cfg.d_sae)
-    state = _State(
+    state = BuildState(
         itda.b_dec.detach().float().clone(),
         itda.act_std.detach().float().clone(),
         itda.atoms.float().clone(),
@@ -376,7 +414,7 @@ def _unknown_prov(n: int) -> Provenance:
 
 
 def _finish(
-    state: _State,
+    state: BuildState,
     config: BuildConfig,
     metadata: dict[str, Any] | None,
     allow_small: bool = False,
@@ -387,10 +425,11 @@ def _finish(
             f"({state.size} atoms); lower loss_threshold or feed more activations"
         )
     meta = dict(metadata or {})
+    stream = meta.pop(STREAM_KEY, None)
     hooks = [h for h in state.prov.hooks if h]
     if hooks and "hook_name" not in meta:
         meta["hook_name"] = hooks[0]
-    meta["itda_build"] = asdict(config) | {
+    meta["itda_build"] = asdict(config) | ({"stream": stream} if stream is not None else {}) | {
         "tokens_seen": state.tokens_seen,
         "batches_seen": state.batches_seen,
     }

@@ -14,6 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+STREAM_KEY = "itda_stream"
+"""``metadata`` key of what identifies the stream (source, hook, batch size): recorded in
+``metadata.itda_build.stream`` and compared when a build resumes (:mod:`itda.checkpoint`)."""
+
 
 @dataclass
 class BuildConfig:

@@ -13,13 +13,15 @@ batch stops the build but the dictionary built so far is saved to ``--out`` firs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from _sae_flux_shared.cliargs import add_dataclass_arguments, dataclass_from_args
 from _sae_flux_shared.usererror import OneLineParser, UserError, read_text, run_command
-from itda.build_config import BuildConfig
+from itda.build_config import STREAM_KEY, BuildConfig
 
 if TYPE_CHECKING:
     from itda.model import ITDA
@@ -47,42 +49,47 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="tokens (build) or texts (build-lm) per batch",
         )
-        p.add_argument("--resume", action="store_true", help="continue the dictionary in --out")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the build in --out from its newest checkpoint (or start it)")
+        p.add_argument("--checkpoint-every", type=int, default=16, metavar="BATCHES",
+                       help="commit a checkpoint to OUT/checkpoints every this many batches "
+                            "(0: never; default: 16)")
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         add_dataclass_arguments(p, BuildConfig)
     return parser
 
 
-def _run(args: argparse.Namespace) -> ITDA:
-    from itda import sources  # dispatch: torch and sae_lens load here, not for --help
-    from itda.model import ITDA
+def _run(args: argparse.Namespace) -> tuple[ITDA, bool]:
+    """Build (or resume) the dictionary of ``args``; True when it is new and must be saved.
+
+    Checkpoints go to ``OUT/checkpoints`` every ``--checkpoint-every`` batches
+    (:mod:`itda.checkpoint`); ``--resume`` continues from the newest saved progress, or starts
+    afresh when nothing was saved.
+    """
+    from itda import checkpoint, sources  # dispatch: torch and sae_lens load here, not for --help
+    from itda.build import build
 
     config = dataclass_from_args(BuildConfig, args)
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    resume = ITDA.load(args.out) if args.resume else None
-    progress = not args.no_progress
+    out = Path(args.out)
     if args.command == "build":
-        return sources.build_from_cache(
-            args.cache,
-            config,
-            hook=args.hook,
-            batch_size=4096 if args.batch_size is None else args.batch_size,
-            resume=resume,
-            progress=progress,
-        )
-    texts = _read_texts(args.texts)
-    model = _load_lm(args.model)
-    return sources.build_from_lm(
-        model,
-        texts,
-        args.layer,
-        config,
-        batch_size=8 if args.batch_size is None else args.batch_size,
-        max_length=args.max_length,
-        resume=resume,
-        progress=progress,
+        batches, meta = sources.cache_batches(args.cache, args.hook, 4096 if args.batch_size is None else args.batch_size)
+    else:
+        texts = _read_texts(args.texts)
+        batches, meta = sources.lm_stream(_load_lm(args.model), texts, args.layer,
+                                          8 if args.batch_size is None else args.batch_size, args.max_length)
+    settings = {"build": dataclasses.asdict(config), "stream": meta[STREAM_KEY]}
+    if not args.resume and checkpoint.checkpoints(out):
+        raise FileExistsError(f"{out} holds an unfinished ITDA build: pass --resume (or use a new directory)")
+    point = checkpoint.resume_point(out, settings, config.max_atoms) if args.resume else None
+    resume = None if point is None else (point.state or point.dictionary)
+    itda = build(
+        sources.skip_seen(batches, resume), config, resume=resume, progress=not args.no_progress,
+        metadata=meta, checkpoint=lambda state: checkpoint.save_checkpoint(out, state, settings),
+        checkpoint_every=args.checkpoint_every,
     )
+    return itda, point is None or itda is not point.dictionary
 
 
 def _read_texts(path: str) -> list[str]:
@@ -103,15 +110,21 @@ def _build(args: argparse.Namespace) -> int:
     from itda.build import BuildError  # dispatch: after parsing, so --help stays light
 
     try:
-        itda = _run(args)
+        itda, new = _run(args)
     except BuildError as err:
         if err.partial is None:
             raise
         err.partial.save_model(args.out)
         raise UserError(f"{err}; the {err.partial.cfg.d_sae} atoms built so far were saved to "
                         f"{args.out} (rerun with --resume)") from err
-    itda.save_model(args.out)
-    logger.info("saved %d atoms x %d to %s", itda.cfg.d_sae, itda.cfg.d_in, args.out)
+    from itda.checkpoint import remove_checkpoints
+
+    if new:
+        itda.save_model(args.out)
+        logger.info("saved %d atoms x %d to %s", itda.cfg.d_sae, itda.cfg.d_in, args.out)
+    else:
+        logger.info("%s is finished already (%d atoms); nothing to do", args.out, itda.cfg.d_sae)
+    remove_checkpoints(args.out)
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 from typing_extensions import override
 
+import _sae_flux_shared.commit as commit
 from itda import pursuit
 from itda.provenance import PROVENANCE_FILENAME, AtomSource, Provenance
 
@@ -239,12 +241,27 @@ class ITDA(SAE[ITDAConfig]):
 
     @override
     def save_model(self, path: str | Path) -> tuple[Path, Path]:
-        weights, cfg = super().save_model(path)
+        """Commit the dictionary into ``path``: weights and provenance first, ``cfg.json`` last.
+
+        The old ``cfg.json`` is removed before the new files arrive, so a directory with a
+        ``cfg.json`` always holds one whole dictionary, whatever moment a kill strikes.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        staged = path / f"{commit.TMP_DIR_PREFIX}dictionary"
+        shutil.rmtree(staged, ignore_errors=True)
+        weights, cfg = super().save_model(staged)
+        files = [weights]
         if self.provenance is not None:
-            self.provenance.save(path)
+            files.append(self.provenance.save(staged))
         else:
             logger.warning("saving an ITDA without provenance to %s", path)
-        return weights, cfg
+        (path / cfg.name).unlink(missing_ok=True)
+        commit.fault_point(f"removed {path / cfg.name}")
+        for file in (*files, cfg):
+            commit.commit(file, path / file.name)
+        shutil.rmtree(staged)
+        return path / weights.name, path / cfg.name
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: str | None = None) -> ITDA:

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import Tensor
+
+import _sae_flux_shared.commit as commit
 
 PROVENANCE_FILENAME = "itda_provenance.safetensors"
 FORMAT = "itda-provenance/1"
@@ -160,7 +162,7 @@ class Provenance:
             "sources": json.dumps(self.sources),
             "hooks": json.dumps(self.hooks),
         }
-        save_file({k: v.contiguous() for k, v in self.columns.items()}, path, metadata=meta)
+        commit.save_safetensors(path, self.columns, metadata=meta)  # header keys sorted: same bytes
         return path
 
     @classmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from cae.model import block_output, decoder_layers
-from itda.build import ActivationBatch, BuildConfig, build
+from itda.build import ActivationBatch, BuildConfig, BuildState, build
+from itda.build_config import STREAM_KEY
 from itda.model import ITDA
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ def cache_batches(
     reader = CacheReader(path, hook=hook)
     settings = reader.manifest.settings
     source = str(settings.get("prompt_hash") or Path(path).name)
-    meta = {"model_name": reader.manifest.model_id, "hook_name": reader.hook}
+    meta: dict[str, Any] = {"model_name": reader.manifest.model_id, "hook_name": reader.hook}
+    meta[STREAM_KEY] = stream_settings(meta, source, batch_size)
 
     chunks = reader.in_order(batch_size)  # warns when the cache is smaller than one batch
     batches = (ActivationBatch(acts_ND, prov, reader.hook, source) for acts_ND, prov in chunks)
@@ -52,8 +54,10 @@ def build_from_cache(
     *,
     hook: str | None = None,
     batch_size: int = 4096,
-    resume: ITDA | None = None,
+    resume: ITDA | BuildState | None = None,
     progress: bool = True,
+    checkpoint: Callable[[BuildState], object] | None = None,
+    checkpoint_every: int = 0,
 ) -> ITDA:
     """Build an ITDA from a Flux activation cache (``sae-flux cache``), in cache order.
 
@@ -64,29 +68,27 @@ def build_from_cache(
         AtomSource(source='sha256:...', prompt=0, step=0, h=3, w=5, ...)
     """
     batches, meta = cache_batches(path, hook, batch_size)
-    batches = _skip_seen(batches, resume)
-    return build(batches, config or BuildConfig(), resume=resume, progress=progress, metadata=meta)
+    return build(skip_seen(batches, resume), config or BuildConfig(), resume=resume, progress=progress,
+                 metadata=meta, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 
 
-def _skip_seen(
-    batches: Iterator[ActivationBatch], resume: ITDA | None
+def stream_settings(meta: dict[str, Any], source: str, batch_size: int) -> dict[str, Any]:
+    """What identifies a stream for a resume: model, hook, source and batch size."""
+    return {"model_name": meta.get("model_name", ""), "hook_name": meta.get("hook_name", ""),
+            "source": source, "batch_size": batch_size}
+
+
+def skip_seen(
+    batches: Iterator[ActivationBatch], resume: ITDA | BuildState | None
 ) -> Iterator[ActivationBatch]:
-    """Drop the batches a resumed dictionary has already consumed (same batch size).
-
-    A dictionary that has read the whole source already is refused with that reason (resuming
-    continues a build that stopped early, at ``max_atoms`` or at a bad batch).
-    """
+    """Drop the batches a resumed build has already consumed (same batch size, compared on resume)."""
     if resume is None:
         return batches
-    seen = int((resume.cfg.metadata.get("itda_build", {}) or {}).get("batches_seen", 0))
-    rest = itertools.islice(batches, seen, None)
-    first = next(rest, None)
-    if first is None:
-        raise ValueError(
-            f"nothing left to build from: the resumed dictionary has already read all {seen} batches of "
-            f"this source (--resume continues a build that stopped early, at max_atoms or at a bad batch)"
-        )
-    return itertools.chain([first], rest)
+    if isinstance(resume, BuildState):
+        seen = resume.batches_seen
+    else:
+        seen = int((resume.cfg.metadata.get("itda_build", {}) or {}).get("batches_seen", 0))
+    return itertools.islice(batches, seen, None)
 
 
 def lm_layers(model: Any) -> Any:
@@ -143,6 +145,19 @@ def _residual(model: Any, enc: Any, layer: int) -> Tensor:
     return saved.detach().cpu()
 
 
+def lm_stream(
+    model: Any, texts: Sequence[str], layer: int, batch_size: int = 8, max_length: int = 256,
+    source: str = "texts",
+) -> tuple[Iterator[ActivationBatch], dict[str, Any]]:
+    """Batches of an LM's residual stream (:func:`lm_batches`) and the SAELens metadata they imply."""
+    if not texts:
+        raise ValueError("empty activation stream: no texts were given")
+    model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    meta: dict[str, Any] = {"model_name": model_name, "hook_name": f"layers.{layer}.output"}
+    meta[STREAM_KEY] = stream_settings(meta, source, batch_size) | {"max_length": max_length}
+    return lm_batches(model, texts, layer, batch_size, max_length, source), meta
+
+
 def build_from_lm(
     model: Any,
     texts: Sequence[str],
@@ -152,7 +167,7 @@ def build_from_lm(
     batch_size: int = 8,
     max_length: int = 256,
     source: str = "texts",
-    resume: ITDA | None = None,
+    resume: ITDA | BuildState | None = None,
     progress: bool = True,
 ) -> ITDA:
     """Build an ITDA on a Hugging Face LM's residual stream through nnsight.
@@ -164,9 +179,6 @@ def build_from_lm(
         >>> d.describe(0)  # doctest: +SKIP
         AtomSource(source='texts', prompt=..., token=..., hook='layers.6.output')
     """
-    if not texts:
-        raise ValueError("empty activation stream: no texts were given")
-    batches = _skip_seen(lm_batches(model, texts, layer, batch_size, max_length, source), resume)
-    model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-    meta = {"model_name": model_name, "hook_name": f"layers.{layer}.output"}
-    return build(batches, config or BuildConfig(), resume=resume, progress=progress, metadata=meta)
+    batches, meta = lm_stream(model, texts, layer, batch_size, max_length, source)
+    return build(skip_seen(batches, resume), config or BuildConfig(), resume=resume, progress=progress,
+                 metadata=meta)

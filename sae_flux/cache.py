@@ -10,8 +10,8 @@ Layout of a cache directory::
     <hook>/shard-00000.safetensors     # "acts" (tokens, width) + provenance columns
 
 Shard ``k`` holds prompts ``[k * shard_prompts, (k + 1) * shard_prompts)`` for every hook. A
-shard is written to a temporary name and renamed; the manifest is rewritten (also by rename)
-only after all hooks' files of a shard are in place. So a run killed at any point leaves a
+shard is committed (temporary name, fsync, rename: :mod:`_sae_flux_shared.commit`); the manifest is
+committed only after all hooks' files of a shard are in place (it first appears with shard 0). So a run killed at any point leaves a
 manifest that lists only complete shards, and ``resume=True`` regenerates exactly the missing
 ones (prompt ``j`` always uses seed ``seed + j``, so the result is byte-identical).
 
@@ -30,7 +30,7 @@ import errno
 import hashlib
 import json
 import logging
-import os
+import shutil
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+import _sae_flux_shared.commit as commit
 from sae_flux.cache_config import DTYPE_NAMES, CacheConfig
 from sae_flux.sources import batch_rows
 
@@ -104,10 +105,8 @@ class Manifest:
         return sum(s.tokens[hook] for s in self.shards)
 
     def save(self, directory: Path) -> None:
-        """Atomically replace ``directory/manifest.json``."""
-        tmp = directory / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1, sort_keys=True))
-        os.replace(tmp, directory / MANIFEST)
+        """Commit ``directory/manifest.json`` (:func:`_sae_flux_shared.commit.write_json`)."""
+        commit.write_json(directory / MANIFEST, asdict(self), sort_keys=True)
 
     @classmethod
     def load(cls, directory: Path) -> Manifest:
@@ -184,42 +183,32 @@ def settings_of(cfg: CacheConfig, flux: Any, prompts: Sequence[str]) -> dict[str
     }
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: cache has {old.get(k)!r}, requested {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-
-
 def _prepare(out: Path, manifest: Manifest, resume: bool) -> Manifest:
-    """The manifest to continue from, or a clear error if ``out`` holds something else."""
+    """The manifest to continue from, or a clear error if ``out`` holds something else.
+
+    A directory with nothing committed yet (missing, empty, or only a killed run's temporaries)
+    starts afresh, with or without ``resume``. The manifest is first written with the first shard.
+    """
     exists = (out / MANIFEST).is_file()
-    if resume and not exists:
-        raise FileNotFoundError(f"--resume given but {out} holds no cache ({MANIFEST} is missing)")
     if not exists:
-        if out.exists() and any(out.iterdir()):
+        if not commit.holds_nothing_saved(out, own=["shard-*.safetensors"]):
             raise FileExistsError(f"output directory {out} is not empty and holds no cache")
-        out.mkdir(parents=True, exist_ok=True)
-        manifest.save(out)
+        if resume and out.exists():
+            logger.info("%s holds no finished shard yet: starting the cache afresh", out)
+        commit.clear(out)
         return manifest
     old = Manifest.load(out)
-    differences = _diff(old.settings, manifest.settings)
-    if differences:
-        raise ValueError(
-            f"{out} holds a cache made with other settings; refusing to mix them:\n  "
-            + "\n  ".join(differences)
-        )
+    commit.check_same_settings(f"the cache in {out}", old.settings, manifest.settings)
     if not resume and not old.complete:
         raise FileExistsError(f"{out} holds an unfinished cache with these settings: pass --resume")
     return old
 
 
 def _write_shard(path: Path, tensors: dict[str, Tensor]) -> None:
-    """Write a shard under a temporary name and rename it; never leave a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Commit a shard (temporary name, fsync, rename); never leave a partial file."""
     try:
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
+        commit.write_with(path, lambda tmp: save_file(tensors, str(tmp)))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         if err.errno == errno.ENOSPC:
             raise OSError(
                 err.errno,
@@ -247,9 +236,23 @@ def write_cache(cfg: CacheConfig, resume: bool = False, flux: Any = None) -> Man
     widths = {h: flux.width(h) for h in cfg.hooks}
     out = Path(cfg.out)
     manifest = Manifest(settings_of(cfg, flux, prompts), widths, cfg.dtype, len(prompts))
+    created, existed = not (out / MANIFEST).is_file(), out.exists()
     manifest = _prepare(out, manifest, resume)
     for hook in cfg.hooks:
         (out / hook).mkdir(exist_ok=True)
+    finished = False
+    try:
+        _write_shards(cfg, flux, prompts, out, manifest)
+        finished = True
+    finally:
+        if not finished and created and not manifest.shards:  # a refused first shard leaves nothing
+            commit.clear(out) if existed else shutil.rmtree(out, ignore_errors=True)
+    logger.info("cache %s complete: %d shards", out, len(manifest.shards))
+    return manifest
+
+
+def _write_shards(cfg: CacheConfig, flux: Any, prompts: Sequence[str], out: Path, manifest: Manifest) -> None:
+    """Capture and commit every shard the manifest does not list yet (manifest last, per shard)."""
     done = {s.index for s in manifest.shards}
     n_shards = -(-len(prompts) // cfg.shard_prompts)
     todo = [k for k in range(n_shards) if k not in done]
@@ -274,8 +277,6 @@ def write_cache(cfg: CacheConfig, resume: bool = False, flux: Any = None) -> Man
         manifest.shards.append(ShardRecord(k, start, stop, counts))
         manifest.shards.sort(key=lambda s: s.index)
         manifest.save(out)
-    logger.info("cache %s complete: %d shards", out, len(manifest.shards))
-    return manifest
 
 
 def shard_path(out: Path, hook: str, index: int) -> Path:

@@ -197,7 +197,7 @@ class Flux:
         model.pipeline.to(device)
         if defaults is None:
             defaults = REAL_DEFAULTS["dev" if "dev" in str(repo_or_dir).lower() else "schnell"]
-        model_id = str(path.resolve()) if local else str(repo_or_dir)
+        model_id = str(repo_or_dir)  # as given: saved records hold no absolute path of this machine
         return cls(model, model_id, defaults)
 
     @classmethod

@@ -34,9 +34,10 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
+
+import _sae_flux_shared.commit as commit
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +77,13 @@ class DictionaryMetrics:
         directory = Path(directory)
         save_sparsity(directory / SPARSITY_FILE, self.density_F)
         record = {**self.record(), **(extra or {})}
-        (directory / METRICS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+        commit.write_json(directory / METRICS_FILE, record, indent=2, sort_keys=True)
 
 
 def save_sparsity(path: str | Path, density_F: Float[Tensor, " f"]) -> None:
     """``sparsity.safetensors`` as SAELens writes it: ``{"sparsity": log10(density + 1e-10)}``."""
     log_density_F = torch.log10(density_F.float().cpu() + DENSITY_EPS).contiguous()
-    save_file({"sparsity": log_density_F}, str(path))
+    commit.save_safetensors(path, {"sparsity": log_density_F})
 
 
 def load_metrics(directory: str | Path) -> dict[str, Any] | None:

@@ -35,7 +35,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +48,7 @@ from sae_lens.saes.sae import SAEMetadata, TrainStepOutput
 from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
+import _sae_flux_shared.commit as commit
 from sae_flux import normalize
 from sae_flux.metrics import DictionaryMetrics, evaluate
 from sae_flux.sources import ActivationSource, FluxStream
@@ -206,30 +206,18 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if p.is_dir())
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences between two config records (run-only fields ignored)."""
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        if key in RUN_ONLY_FIELDS:
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            diffs.append(f"{prefix}{key}: checkpoint has {a!r}, this run has {b!r}")
-    return diffs
+    return commit.settings_differences(old, new, ignore=RUN_ONLY_FIELDS)
 
 
 def save_checkpoint(trainer: SAETrainer[Any, Any], cfg: TrainConfig) -> Path:
-    """Write a checkpoint under a temporary name and rename it (never a partial checkpoint)."""
+    """Commit a checkpoint directory in one rename (never a partial checkpoint), then drop old ones."""
     root = Path(cfg.out) / CHECKPOINTS
     final = root / f"step-{trainer.n_training_steps:08d}"
-    tmp = root / f".tmp-step-{trainer.n_training_steps:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_checkpoint(checkpoint_name=tmp.name, base_path=root)
-    (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with commit.staged_directory(final) as tmp:
+        trainer.save_checkpoint(checkpoint_name=tmp.name, base_path=root)
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
     for old in checkpoints(Path(cfg.out))[: -cfg.keep_checkpoints]:
         shutil.rmtree(old)
     return final
@@ -238,26 +226,34 @@ def save_checkpoint(trainer: SAETrainer[Any, Any], cfg: TrainConfig) -> Path:
 def _resume(trainer: SAETrainer[Any, Any], cfg: TrainConfig) -> Path:
     latest = checkpoints(Path(cfg.out))[-1]
     old = json.loads((latest / CONFIG_FILE).read_text())
-    diffs = config_differences(old, cfg.to_dict())
-    if diffs:
-        raise ValueError(
-            f"checkpoint {latest} was made with a different config; refusing to resume:\n  "
-            + "\n  ".join(diffs)
-        )
+    commit.check_same_settings(f"training run {cfg.out} from {latest.name}", old, cfg.to_dict(),
+                               ignore=RUN_ONLY_FIELDS)
     trainer.sae.load_weights_from_checkpoint(latest)
     trainer.load_trainer_state(latest)
     logger.info("resumed from %s (step %d)", latest, trainer.n_training_steps)
     return latest
 
 
-def _prepare_out(cfg: TrainConfig, resume: bool) -> None:
+def _prepare_out(cfg: TrainConfig, resume: bool) -> bool:
+    """Make ``cfg.out`` ready; True when a checkpoint is there to resume from.
+
+    A directory a run left before its first checkpoint (a log, temporaries) holds nothing to
+    continue: with or without ``resume`` the run starts again there.
+    """
     out = Path(cfg.out)
-    if resume and not checkpoints(out):
-        raise FileNotFoundError(f"--resume given but {out} holds no checkpoint")
-    if not resume and out.exists() and any(out.iterdir()):
-        hint = " (it holds checkpoints: pass --resume)" if checkpoints(out) else ""
-        raise FileExistsError(f"output directory {out} is not empty{hint}")
-    out.mkdir(parents=True, exist_ok=True)
+    commit.remove_temporaries(out / CHECKPOINTS)
+    for old in checkpoints(out)[: -cfg.keep_checkpoints]:  # a kill may strike before the pruning
+        shutil.rmtree(old)
+    found = bool(checkpoints(out))
+    if found and not resume:
+        raise FileExistsError(f"output directory {out} is not empty: it holds checkpoints of a run (pass --resume)")
+    if not found:
+        if not commit.holds_nothing_saved(out, own=[LOG_FILE]):
+            raise FileExistsError(f"output directory {out} is not empty and holds no checkpoint")
+        if resume and out.exists():
+            logger.info("%s holds no checkpoint yet: training starts from step 0", out)
+        commit.clear(out)
+    return found
 
 
 # -- logging ----------------------------------------------------------------------------------
@@ -286,15 +282,12 @@ def step_record(trainer: SAETrainer[Any, Any], output: TrainStepOutput) -> dict[
 
 
 class _Log:
-    """``log.jsonl`` (truncated to the resumed step) and optional wandb."""
+    """``log.jsonl`` (cut back to the resumed step, committed) and optional wandb."""
 
     def __init__(self, cfg: TrainConfig, start_step: int) -> None:
         self.path = Path(cfg.out) / LOG_FILE
-        kept = []
-        if self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= start_step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [r for r in commit.read_jsonl(self.path) if r.get("step", 0) <= start_step]
+        commit.write_jsonl(self.path, kept)
         self.wandb: Any = None
         if cfg.wandb_project:
             import wandb
@@ -303,8 +296,7 @@ class _Log:
             wandb.init(project=cfg.wandb_project, config=cfg.to_dict())
 
     def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        commit.append_jsonl(self.path, record)
         if self.wandb is not None:
             self.wandb.log(record, step=record["step"])
 
@@ -335,7 +327,7 @@ def train_sae(
     batches = data.source.batches(cfg.optim.batch_size, seed=cfg.optim.seed,
                                   buffer_tokens=cfg.data.buffer_tokens, epochs=None)  # refuses data < 1 batch
     cfg = fit_to_data(cfg, data.source, data.description)
-    _prepare_out(cfg, resume)
+    resume = _prepare_out(cfg, resume)
     sae.cfg.metadata.dataset_path = data.description
     trainer = SAETrainer(trainer_config(cfg), sae, iter(()))
     if resume:
@@ -400,6 +392,16 @@ def _fit(trainer: SAETrainer[Any, Any], cfg: TrainConfig, batches: Iterator[torc
     bar.close()
 
 
+def _save_dictionary(sae: TrainingSAE[Any], out: Path) -> None:
+    """Commit the inference SAE's files into ``out``, ``cfg.json`` last (it names the others)."""
+    staged = out / f"{commit.TMP_DIR_PREFIX}dictionary"
+    shutil.rmtree(staged, ignore_errors=True)
+    weights, cfg_file = sae.save_inference_model(staged)
+    for file in (Path(weights), Path(cfg_file)):
+        commit.commit(file, out / file.name)
+    shutil.rmtree(staged)
+
+
 def _finish(trainer: SAETrainer[Any, Any], cfg: TrainConfig, data: _Data) -> TrainResult:
     found = checkpoints(Path(cfg.out))
     if not found or found[-1].name != f"step-{trainer.n_training_steps:08d}":
@@ -411,8 +413,8 @@ def _finish(trainer: SAETrainer[Any, Any], cfg: TrainConfig, data: _Data) -> Tra
         sae.fold_activation_whitening(whitening.mean, whitening.matrix, whitening.inverse_matrix)
         trainer.activation_scaler.whitening = None
     out = Path(cfg.out)
-    sae.save_inference_model(out)
-    (out / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+    _save_dictionary(sae, out)
+    commit.write_json(out / CONFIG_FILE, cfg.to_dict(), indent=2)
     eval_batches = data.source.batches(cfg.optim.batch_size, seed=cfg.optim.seed,
                                        buffer_tokens=cfg.data.buffer_tokens, epochs=1)
     saved = SAE.load_from_disk(out, device=cfg.device)

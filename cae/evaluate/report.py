@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+import _sae_flux_shared.commit as commit
 from cae.evaluate.config import EvalConfig
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class Results:
         self.write()
 
     def write(self) -> None:
-        self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+        """Commit the file (:mod:`_sae_flux_shared.commit`): a kill leaves the previous stage's whole file."""
+        commit.write_json(self.path, self.data)
 
 
 def evaluate(cfg: EvalConfig, lm: Any = None) -> dict[str, Any]:
@@ -123,7 +125,7 @@ def evaluate(cfg: EvalConfig, lm: Any = None) -> dict[str, Any]:
             summary[f"shift_effect_prompt_{b.name}"] = {r.name: r.effect for r in mine}
             summary[f"shift_ci95_prompt_{b.name}"] = {r.name: list(r.ci95) for r in mine}
     results.add("summary", summary)
-    (out / "index.html").write_text(summary_html(results.data))
+    commit.write_text(out / "index.html", summary_html(results.data))
     return results.data
 
 
@@ -321,7 +323,7 @@ def evaluate_seeds(cfg: EvalConfig, lm: Any = None) -> dict[str, Any]:
             "summary": over_seeds([d["summary"] for d in per_seed]),
             "warnings": {str(s): d.get("warnings", [])
                          for s, d in zip(cfg.seed_list(), per_seed, strict=True)}}
-    Path(cfg.out, "seeds.json").write_text(json.dumps(data, indent=1) + "\n")
+    commit.write_json(Path(cfg.out, "seeds.json"), data)
     return {**data, "per_seed": per_seed}
 
 

@@ -82,7 +82,7 @@ def run_index(args: argparse.Namespace) -> int:
         source = neuron_source(reader.hook, reader.d_model, name=args.name or "neurons")
     else:
         source = dictionary_source(args.dictionary, args.name)
-    extra = {"cache": str(Path(args.cache).resolve()), "cache_settings": reader.manifest.settings}
+    extra = {"cache": args.cache, "cache_settings": reader.manifest.settings}  # the path as given
     images = _finite(cache_images(args.cache, reader.hook, args.step), args.cache)
     index = build_index(dataclass_from_args(IndexConfig, args), source, images,
                         resume=args.resume, hook=reader.hook, extra=extra)

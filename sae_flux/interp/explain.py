@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from typing import Any, NamedTuple, Protocol
 from PIL import Image
 from tqdm.auto import tqdm
 
+import _sae_flux_shared.commit as commit
 from sae_flux.interp.chat import BackendError, ChatBackend
 from sae_flux.interp.index import IndexReader
 from sae_flux.interp.select import SelectConfig, Selection, plain_images, render_card, select
@@ -211,9 +211,10 @@ def interpret(
     on_result: Callable[[FeatureResult], None] | None = None,
     make_images: Callable[[list[int]], object] | None = None,
 ) -> list[FeatureResult]:
-    """Explain and detection-score ``features``, appending each to the JSONL ``out`` when done.
+    """Explain and detection-score ``features``, adding each to the JSONL ``out`` when done.
 
-    Features already in ``out`` are skipped (a rerun continues). Before the first request, every
+    ``out`` is committed after every feature (:mod:`_sae_flux_shared.commit`), so a kill loses at most
+    the feature in flight. Features already in ``out`` are skipped (a rerun continues). Before the first request, every
     image an interpreter that looks at images will be shown (each feature's selected images and
     its distractors) must exist: missing ones are passed to ``make_images`` (for example
     ``lambda ids: write_images(index, flux, prompts, ids, seed=...)``), or, without it, a
@@ -222,7 +223,10 @@ def interpret(
     """
     for f in features:
         index.check_feature(f)
-    done = _finished(out, index.name, interpreter.name)
+    lines = commit.read_jsonl(out) if out is not None else []  # a line a kill tore is dropped
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    done = _finished(lines, index.name, interpreter.name)
     results = list(done.values())
     plans = plan(index, [f for f in features if int(f) not in done], select_cfg, n_distractors, seed)
     if interpreter.uses_images:
@@ -235,9 +239,9 @@ def interpret(
         except BackendError as err:
             raise BackendError(f"{err} (feature {f}; {len(results)} finished features kept in {out})") from err
         results.append(result)
-        if out is not None:
-            with open(out, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(result.record()) + "\n")
+        if out is not None:  # committed whole: a kill leaves the old file or the new one
+            lines.append(result.record())
+            commit.write_jsonl(out, lines)
         if on_result is not None:
             on_result(result)
     return results
@@ -266,12 +270,10 @@ def _one(index: IndexReader, interpreter: Interpreter, chosen: Plan, density: fl
                          density)
 
 
-def _finished(out: str | Path | None, dictionary: str, interpreter: str) -> dict[int, FeatureResult]:
-    if out is None or not Path(out).is_file():
-        return {}
+def _finished(lines: list[dict[str, Any]], dictionary: str, interpreter: str) -> dict[int, FeatureResult]:
     done = {}
-    for line in Path(out).read_text(encoding="utf-8").splitlines():
-        raw = json.loads(line)
+    for line in lines:
+        raw = dict(line)
         if raw["dictionary"] == dictionary and raw["interpreter"] == interpreter:
             raw["explanation"] = Explanation(**raw["explanation"])
             raw["detection"] = Detection(**raw["detection"]) if raw["detection"] else None

@@ -12,8 +12,9 @@ the sparse per-token records are written to disk, shard by shard.
 
 Layout of an index directory (all tensors little-endian safetensors)::
 
-    index.json                     # IndexConfig + source record + progress (images done, shards)
-    top.safetensors                # peak_FN float32 (0 = empty slot), image_FN int64 (-1 = empty),
+    index.json                     # IndexConfig + source record + progress (images done, shards,
+                                   # the name of the current top table)
+    top-00007.safetensors          # peak_FN float32 (0 = empty slot), image_FN int64 (-1 = empty),
                                    # active_F int64 (tokens where the feature was kept and > 0),
                                    # max_F float32 (the feature's largest token activation)
     records/shard-00000.safetensors  # image int64[M], token int64[M] (row-major h*w+w),
@@ -21,8 +22,9 @@ Layout of an index directory (all tensors little-endian safetensors)::
                                    # pairs of a run of consecutive images, sorted by image, token
     images/000017.png              # generated image of global prompt id 17 (``sae-flux interp images``)
 
-``top.safetensors`` and ``index.json`` are rewritten (by rename) after each records shard, so
-a killed run resumes from the last finished shard (``resume=True``) with identical results.
+After each records shard a new top table ``top-<shard>.safetensors`` and then ``index.json``
+are committed (:mod:`_sae_flux_shared.commit`; ``index.json`` last, naming both), so a killed run
+resumes from the last finished shard (``resume=True``) with identical results.
 
 Legend: I = images in a batch, T = tokens per image, D = activation width, F = features,
 N = top images kept per feature, M = kept (token, feature) records.
@@ -38,25 +40,27 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float, Int
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+import _sae_flux_shared.commit as commit
 from sae_flux.interp.config import IndexConfig
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
 TOP_FILE = "top.safetensors"
+"""The top table of indexes written before tables were named per shard (``index.json`` names it now)."""
 RECORDS = "records"
 IMAGES = "images"
 FORMAT_VERSION = 1
@@ -197,19 +201,17 @@ class _Top:
                 "max_F": self.max_F}
 
 
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _atomic_save(path: Path, tensors: dict[str, Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+def _top_file(number: int) -> str:
+    """The top table committed with records shard ``number`` (``index.json`` names the current one)."""
+    return f"top-{number:05d}.safetensors"
 
 
 def _start(cfg: IndexConfig, record: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """The state to continue from; a directory holding no committed shard starts afresh.
+
+    Top tables that ``index.json`` does not name (written by a run killed before its manifest)
+    are removed: they are never read.
+    """
     out = Path(cfg.out)
     path = out / INDEX_FILE
     if path.is_file():
@@ -218,13 +220,21 @@ def _start(cfg: IndexConfig, record: dict[str, Any], resume: bool) -> dict[str, 
         state = json.loads(path.read_text())
         old = {k: state[k] for k in ("config", "source")}
         new = {k: record[k] for k in ("config", "source")}
-        if old != new:
-            raise ValueError(f"index {out} was built with {old}, not {new}; use a new directory")
+        commit.check_same_settings(f"the index in {out}", old, new)
+        for stale in out.glob("top-*.safetensors"):
+            if stale.name != state.get("top", TOP_FILE):
+                stale.unlink()
+        commit.remove_temporaries(out)
+        commit.remove_temporaries(out / RECORDS)
         return state
-    if out.exists() and any(out.iterdir()):
+    if not commit.holds_nothing_saved(out, own=["shard-*.safetensors", "top-*.safetensors"]):
         raise FileExistsError(f"{out} exists and is not an index; choose an empty directory")
+    if resume and out.exists():
+        logger.info("%s holds no finished records shard yet: the index starts from the first image", out)
+    commit.clear(out)
     (out / RECORDS).mkdir(parents=True, exist_ok=True)
-    return {**record, "images_done": 0, "shards": [], "grid": None, "format_version": FORMAT_VERSION}
+    return {**record, "images_done": 0, "shards": [], "grid": None, "top": None,
+            "format_version": FORMAT_VERSION}
 
 
 def build_index(
@@ -246,7 +256,7 @@ def build_index(
     out = Path(cfg.out)
     top = _Top.empty(source.width, cfg.top_n)
     if state["shards"]:
-        top = _Top(**load_file(str(out / TOP_FILE)))
+        top = _Top(**load_file(str(out / state.get("top", TOP_FILE))))
     skip, pending, seen = state["images_done"], [], 0
     for batch in tqdm(images, desc=f"index {source.name}", unit="batch"):
         check_source(source, hook or source.hook, batch.acts_ITD.shape[-1])
@@ -266,7 +276,7 @@ def build_index(
         _flush(out, state, pending, top)
     if state["images_done"] == 0:
         raise ValueError("no images reached the index (the activation stream was empty)")
-    _atomic_json(out / INDEX_FILE, state)
+    commit.write_json(out / INDEX_FILE, state, sort_keys=True)
     return IndexReader(out)
 
 
@@ -292,18 +302,27 @@ def _encode_batch(source: FeatureSource, ids_I: Tensor, acts_ITD: Tensor, top_k:
 
 
 def _flush(out: Path, state: dict[str, Any], pending: list[dict[str, Tensor]], top: _Top) -> None:
+    """Commit one step: the records shard and a new top table first, ``index.json`` (naming both) last.
+
+    The top table of each step has a name of its own, so until ``index.json`` is replaced it
+    still names the previous table and shard count: a kill at any point resumes from a
+    consistent state and never counts a shard twice.
+    """
     number = len(state["shards"])
     ids = torch.cat([p["ids"] for p in pending])
     tensors = {k: torch.cat([p[k] for p in pending]) for k in ("image", "token", "feature", "value")}
     order = torch.argsort(tensors["image"], stable=True)  # readers binary-search the image column
     tensors = {k: v[order] for k, v in tensors.items()}
     name = f"shard-{number:05d}.safetensors"
-    _atomic_save(out / RECORDS / name, tensors)
-    _atomic_save(out / TOP_FILE, top.tensors())
+    commit.save_safetensors(out / RECORDS / name, tensors)
+    previous, state["top"] = state.get("top"), _top_file(number)
+    commit.save_safetensors(out / state["top"], top.tensors())
     state["shards"].append({"file": name, "first_image": int(ids.min()), "last_image": int(ids.max()),
                             "images": len(ids), "records": len(tensors["value"])})
     state["images_done"] += len(ids)
-    _atomic_json(out / INDEX_FILE, state)
+    commit.write_json(out / INDEX_FILE, state, sort_keys=True)
+    if previous:
+        (out / previous).unlink(missing_ok=True)
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -324,9 +343,9 @@ class IndexReader:
         if not file.is_file():
             raise FileNotFoundError(f"{self.path} holds no max-activation index ({INDEX_FILE} is missing)")
         self.state = json.loads(file.read_text())
-        top_file = self.path / TOP_FILE
+        top_file = self.path / (self.state.get("top") or TOP_FILE)
         if not top_file.is_file():
-            raise FileNotFoundError(f"index {self.path} has no finished shard ({TOP_FILE} is missing)")
+            raise FileNotFoundError(f"index {self.path} has no finished shard ({top_file.name} is missing)")
         self.top = load_file(str(top_file))
         self.grid: tuple[int, int] = tuple(self.state["grid"])  # type: ignore[assignment]
         self._shard_cache: dict[str, dict[str, Tensor]] = {}
@@ -441,8 +460,8 @@ def write_images(
         pixels_I3HW = flux.generate([prompts[i] for i in ids], seed=seed, prompt_ids=ids, **generation)
         for image, pixels_3HW in zip(ids, pixels_I3HW, strict=True):
             array = (pixels_3HW.clamp(0, 1).permute(1, 2, 0).float().numpy() * 255).round()
-            path = reader.image_path(image)
-            Image.fromarray(array.astype(np.uint8)).save(path)
+            path = reader.image_path(image)  # committed: a kill never leaves a half PNG that counts as made
+            commit.write_with(path, partial(Image.fromarray(array.astype(np.uint8)).save, format="PNG"))
             written.append(path)
     return written
 

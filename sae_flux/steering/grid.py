@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+import _sae_flux_shared.commit as commit
 from sae_flux.steer import Edit, add_feature, clamp, steering
 from sae_flux.steering.config import SteerConfig
 
@@ -71,8 +72,6 @@ def steer_images(flux: Any, cfg: SteerConfig, dictionary: Any) -> list[list[Tens
 
 def run_steer(cfg: SteerConfig, flux: Any = None) -> Path:
     """Write the grid PNG (and its config as JSON) and return the PNG path."""
-    import json
-
     from sae_flux.cache import load_flux
     from sae_flux.dictionary import load_dictionary
 
@@ -85,7 +84,7 @@ def run_steer(cfg: SteerConfig, flux: Any = None) -> Path:
     image = grid_image(rows, [f"{prefix}{s:g}" for s in cfg.scales], cfg.cell)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
-    out.with_suffix(".json").write_text(json.dumps(asdict(cfg), indent=2))
+    commit.write_with(out, lambda tmp: image.save(tmp, format="PNG"))  # committed, then its record
+    commit.write_json(out.with_suffix(".json"), asdict(cfg), indent=2)
     logger.info("wrote %s (%d prompts x %d scales)", out, len(cfg.prompts), len(cfg.scales))
     return out

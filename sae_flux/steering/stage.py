@@ -12,8 +12,10 @@ draws 2, ``DemoSizes.samples``).
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
+import _sae_flux_shared.commit as commit
 from sae_flux.report import Figure
 from sae_flux.steer import feature_direction
 from sae_flux.steering.concepts import best_features, concept_tokens_from_cache, difference_of_means
@@ -50,7 +52,7 @@ def stage_steering(state: Any) -> None:
         grid = [[imgs[i] for imgs in result.images] for i in range(n_targets)]
         labels = ["none"] + [f"{c.method[:4]} x{c.scale:g}" for c in conditions]
         path = out / f"{concept}.png"
-        grid_image(grid, labels, cell=64).save(path)
+        commit.write_with(path, partial(grid_image(grid, labels, cell=64).save, format="PNG"))
         figures.append(Figure(str(path.relative_to(state.out)), f"steering toward {concept!r}: held-out captions "
                               f"without it (rows); unsteered, then each direction at x{DEMO_SCALES} the mean token norm"))
     state.report.numbers["steering"] = rows

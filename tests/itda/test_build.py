@@ -222,13 +222,13 @@ def test_target_l0_larger_than_the_built_dictionary_is_refused():
 
 
 def test_growing_state_keeps_atoms_in_order_and_the_gram_matrix_exact():
-    from itda.build import _State
+    from itda.build import BuildState
     from itda.provenance import Provenance
 
     gen = torch.Generator().manual_seed(0)
     chunks = [torch.nn.functional.normalize(torch.randn(n, 12, generator=gen), dim=1)
               for n in (3, 1, 7, 20, 2)]  # forces several buffer growths
-    state = _State(torch.zeros(12), torch.ones(12), chunks[0], Provenance.empty(), max_atoms=40)
+    state = BuildState(torch.zeros(12), torch.ones(12), chunks[0], Provenance.empty(), max_atoms=40)
     for chunk in chunks[1:]:
         state.add(chunk, Provenance.empty())
     expected_FD = torch.cat(chunks)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import itda
+from _sae_flux_shared.commit import InjectedCrash, crash_after, operations
 from itda.cli import main as itda_main
 from itda.sources import lm_batches
 
@@ -230,13 +231,47 @@ def test_cli_build_from_cache_then_resume_continues(flux_cache, tmp_path):
     torch.testing.assert_close(resumed.W_dec[:40], first.W_dec)
 
 
-def test_resuming_a_build_that_read_the_whole_cache_says_so(flux_cache):
-    whole = itda.build_from_cache(flux_cache, itda.BuildConfig(target_l0=4, loss_threshold=0.3), batch_size=64,
-                                  progress=False)
-    seen = whole.cfg.metadata.get("itda_build")["batches_seen"]
-    with pytest.raises(ValueError, match=rf"nothing left to build from: .* already read all {seen} batches"):
-        itda.build_from_cache(flux_cache, itda.BuildConfig(target_l0=4, loss_threshold=0.3), batch_size=64,
-                              resume=whole, progress=False)
+def test_resuming_a_build_that_read_the_whole_cache_returns_it_unchanged(flux_cache):
+    config = itda.BuildConfig(target_l0=4, loss_threshold=0.3)
+    whole = itda.build_from_cache(flux_cache, config, batch_size=64, progress=False)
+    again = itda.build_from_cache(flux_cache, config, batch_size=64, resume=whole, progress=False)
+    assert again is whole
+
+
+def _files(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_cli_build_killed_between_any_two_file_operations_resumes_to_the_same_bytes(flux_cache, tmp_path):
+    args = ["build", "--cache", str(flux_cache), "--target-l0", "4", "--loss-threshold", "0.3",
+            "--batch-size", "64", "--checkpoint-every", "2", "--no-progress"]
+    assert itda_main([*args, "--out", str(tmp_path / "ref")]) == 0
+    reference = _files(tmp_path / "ref")
+    assert set(reference) == {"cfg.json", "sae_weights.safetensors", "itda_provenance.safetensors"}
+    with crash_after(None):
+        itda_main([*args, "--out", str(tmp_path / "count")])
+        total = operations()
+    for k in sorted({1, 2, total // 2, total - 3, total - 1}):
+        out = tmp_path / f"killed-{k}"
+        with crash_after(k), pytest.raises(InjectedCrash):
+            itda_main([*args, "--out", str(out)])
+        assert itda_main([*args, "--out", str(out), "--resume"]) == 0, f"resume after operation {k}"
+        assert _files(out) == reference, f"killed at file operation {k} of {total}"
+
+
+def test_cli_resume_names_each_setting_that_differs_in_one_line(flux_cache, tmp_path, caplog):
+    out = tmp_path / "d"
+    args = ["build", "--cache", str(flux_cache), "--target-l0", "4", "--out", str(out), "--no-progress"]
+    with crash_after(12), pytest.raises(InjectedCrash):  # after the first checkpoint (8 operations)
+        itda_main([*args, "--batch-size", "64", "--checkpoint-every", "1"])
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["batch-00000001"]
+    assert itda_main([*args, "--batch-size", "32", "--loss-threshold", "0.2", "--resume"]) == 2
+    message = caplog.records[-1].getMessage()
+    assert "\n" not in message
+    assert "build.loss_threshold: saved 0.3, now 0.2" in message
+    assert "stream.batch_size: saved 64, now 32" in message
+    assert itda_main([*args, "--batch-size", "32"]) == 2
+    assert "holds an unfinished ITDA build: pass --resume" in caplog.records[-1].getMessage()
 
 
 def test_two_hooks_of_one_cache_share_the_jaccard_address_space(flux_cache):

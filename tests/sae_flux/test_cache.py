@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _sae_flux_shared.commit import ResumeError
 from sae_flux import cache as cache_mod
 from sae_flux.cache import CacheConfig, CacheReader, Manifest, read_prompts, write_cache
 from sae_flux.cli import main as cli_main
@@ -82,13 +83,13 @@ def test_crash_between_shard_and_manifest_resumes_identically(tiny_flux, prompt_
     write_cache(_cfg(prompt_file, reference), flux=tiny_flux)
     real_save, calls = Manifest.save, []
 
-    def crash_on_third_save(self, directory):
+    def crash_on_second_save(self, directory):
         calls.append(1)
-        if len(calls) == 3:  # initial manifest, shard 0, then die after writing shard 1's files
+        if len(calls) == 2:  # shard 0 committed, then die after writing shard 1's files
             raise KeyboardInterrupt("simulated crash")
         real_save(self, directory)
 
-    monkeypatch.setattr(Manifest, "save", crash_on_third_save)
+    monkeypatch.setattr(Manifest, "save", crash_on_second_save)
     out = tmp_path / "c"
     with pytest.raises(KeyboardInterrupt):
         write_cache(_cfg(prompt_file, out), flux=tiny_flux)
@@ -122,13 +123,27 @@ def test_disk_full_leaves_no_partial_shard_and_a_valid_manifest(tiny_flux, promp
 def test_other_settings_are_refused_with_what_differs(tiny_flux, prompt_file, tmp_path):
     out = tmp_path / "c"
     write_cache(_cfg(prompt_file, out), flux=tiny_flux)
-    with pytest.raises(ValueError, match=r"other settings.*\n.*seed: cache has 0, requested 7"):
+    with pytest.raises(ResumeError, match=r"cannot resume the cache in .*settings differ \(seed: saved 0, now 7\)"):
         write_cache(_cfg(prompt_file, out, seed=7), resume=True, flux=tiny_flux)
 
 
-def test_resume_without_manifest_is_refused(tiny_flux, prompt_file, tmp_path):
-    with pytest.raises(FileNotFoundError, match="--resume given but .* holds no cache"):
-        write_cache(_cfg(prompt_file, tmp_path / "empty"), resume=True, flux=tiny_flux)
+def test_resume_with_nothing_saved_starts_afresh(tiny_flux, prompt_file, tmp_path):
+    reference = tmp_path / "ref"
+    write_cache(_cfg(prompt_file, reference), flux=tiny_flux)
+    out = tmp_path / "killed"
+    (out / "double.1.img").mkdir(parents=True)  # what a run killed during its first shard leaves
+    (out / "double.1.img" / ".shard-00000.safetensors.tmp").write_bytes(b"half")
+    (out / "double.1.img" / "shard-00000.safetensors").write_bytes(b"not yet in the manifest")
+    assert write_cache(_cfg(prompt_file, out), resume=True, flux=tiny_flux).complete
+    assert _files(out) == _files(reference)
+    assert write_cache(_cfg(prompt_file, tmp_path / "never-made"), resume=True, flux=tiny_flux).complete
+
+
+def test_a_refused_first_shard_leaves_no_directory(tiny_flux, prompt_file, tmp_path):
+    out = tmp_path / "c"
+    with pytest.raises(ValueError):
+        write_cache(_cfg(prompt_file, out, steps=[99]), flux=tiny_flux)
+    assert not out.exists()
 
 
 def test_unfinished_cache_needs_resume(tiny_flux, prompt_file, tmp_path):
@@ -210,8 +225,11 @@ def test_cli_writes_a_cache_and_reports_errors(prompt_file, tmp_path, caplog, ca
     assert cli_main(argv[:-6] + ["--hooks", "double.9.img", "--out", str(tmp_path / "x")]) == 2
     assert "out of range" in capsys.readouterr().err
     assert cli_main(["cache", "--model", "tiny", "--prompts", str(prompt_file), "--hooks", "double.1.img",
+                     "--out", str(tmp_path / "y"), "--resume", "--seed", "3"]) == 0
+    assert cli_main(["cache", "--model", "tiny", "--prompts", str(prompt_file), "--hooks", "double.1.img",
                      "--out", str(tmp_path / "y"), "--resume"]) == 2
-    assert "holds no cache" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot resume the cache in" in err and "seed: saved 3, now 0" in err
 
 
 def test_hooks_cli_lists_every_hook_point_with_the_delta_forms(capsys):

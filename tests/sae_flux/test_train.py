@@ -184,7 +184,7 @@ def test_resume_refuses_a_checkpoint_from_a_different_config_and_says_what_diffe
     train_sae(_cfg(tmp_path / "sae", cache_dir, steps=20))
     changed = _cfg(tmp_path / "sae", cache_dir, steps=20,
                    optim=OptimConfig(total_tokens=20 * 128, batch_size=128, lr=5e-3))
-    with pytest.raises(ValueError, match=r"optim\.lr: checkpoint has 0\.001, this run has 0\.005"):
+    with pytest.raises(ValueError, match=r"cannot resume training run .*settings differ \(optim\.lr: saved 0\.001, now 0\.005\)"):
         train_sae(changed, resume=True)
 
 
@@ -192,9 +192,27 @@ def test_training_into_a_used_directory_without_resume_is_refused(cache_dir, tmp
     train_sae(_cfg(tmp_path / "sae", cache_dir, steps=20))
     with pytest.raises(FileExistsError, match="not empty.*pass --resume"):
         train_sae(_cfg(tmp_path / "sae", cache_dir, steps=20))
-    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
-        train_sae(_cfg(tmp_path / "empty", cache_dir, steps=20), resume=True)
-    assert not (tmp_path / "empty").exists()
+
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_or_without_resume(cache_dir, tmp_path):
+    reference = train_sae(_cfg(tmp_path / "ref", cache_dir, steps=20))
+    for resume in (True, False):
+        out = tmp_path / f"killed-{resume}"
+        (out / "checkpoints" / ".tmp-step-00000010").mkdir(parents=True)  # what a kill leaves behind
+        (out / "log.jsonl").write_text('{"step": 5, "loss": 1.0}\n{"step": 10, "lo')
+        again = train_sae(_cfg(out, cache_dir, steps=20), resume=resume)
+        assert torch.equal(again.sae.W_dec, reference.sae.W_dec)
+        assert (out / "log.jsonl").read_bytes() == (tmp_path / "ref" / "log.jsonl").read_bytes()
+    assert train_sae(_cfg(tmp_path / "never-made", cache_dir, steps=20), resume=True).steps == 20
+
+
+def test_a_corrupt_log_line_is_named_with_its_file_and_line(cache_dir, tmp_path):
+    train_sae(_cfg(tmp_path / "sae", cache_dir, steps=20))
+    log = tmp_path / "sae" / "log.jsonl"
+    log.write_text("{oops\n" + log.read_text())
+    with pytest.raises(ValueError, match=r"log\.jsonl line 1 is not valid JSON"):
+        train_sae(_cfg(tmp_path / "sae", cache_dir, steps=20), resume=True)
 
 
 class _NaNSource(TensorSource):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from _sae_flux_shared.commit import InjectedCrash, crash_after, is_temporary, operations
 from sae_flux.interp.index import (
     FeatureSource,
     ImageBatch,
@@ -100,8 +105,41 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path):
     assert resumed.num_images == 40
     for key in ("peak_FN", "image_FN", "active_F", "max_F"):
         assert torch.equal(resumed.top[key], full.top[key])
-    with pytest.raises(ValueError, match="was built with"):
+    with pytest.raises(ValueError, match=r"cannot resume the index in .*\(config\.top_n: saved 4, now 5\)"):
         build_index(IndexConfig(out=str(tmp_path / "part"), **{**cfg, "top_n": 5}), source, iter(batches), resume=True)
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    """Every file's bytes; ``index.json`` without ``config.out`` (the directory's own name)."""
+    files = {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    state = json.loads(files["index.json"])
+    del state["config"]["out"]
+    files["index.json"] = json.dumps(state, sort_keys=True).encode()
+    return files
+
+
+def test_a_kill_between_any_two_file_operations_resumes_to_the_same_files(tmp_path):
+    """The bug of issue 17: top table and index.json were two renames; a kill between them
+    made --resume encode the last shard twice. Each flush is 6 operations (records shard, top
+    table, index.json: written, renamed); operation 4 is that old crash point. The crash harness
+    (tests/reliability) tries every one."""
+    _, batches = _stream()
+    source, _ = _source()
+    cfg = dict(top_n=4, top_k=10, images_per_shard=8, batch_images=4)
+    with crash_after(None):
+        build_index(IndexConfig(out=str(tmp_path / "full"), **cfg), source, iter(batches))
+        total = operations()
+    reference = _files(tmp_path / "full")
+    assert total >= 20 and "index.json" in reference
+    for k in (1, 4, 6, 10, total - 1, total):
+        out = tmp_path / f"killed-{k}"
+        with crash_after(k), pytest.raises(InjectedCrash):
+            build_index(IndexConfig(out=str(out), **cfg), source, iter(batches))
+        for file in out.rglob("*.safetensors"):
+            if not is_temporary(file.name):
+                load_file(str(file))  # no half-written file is ever visible
+        build_index(IndexConfig(out=str(out), **cfg), source, iter(batches), resume=True)
+        assert _files(out) == reference, f"killed at file operation {k} of {total}"
 
 
 def test_dictionary_with_another_hook_or_width_is_refused(tmp_path):
