@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser("build", help="build from a Flux activation cache (sae-flux cache)")
     cache.add_argument("--cache", required=True, help="activation cache directory")
     cache.add_argument("--hook", default=None, help="hook to read (default: the only one)")
+    cache.add_argument(
+        "--sparsity-tokens",
+        type=int,
+        default=65_536,
+        help="measure atom firing rates (sparsity.safetensors) on this many build tokens; 0: skip",
+    )
     lm = sub.add_parser("build-lm", help="build on a Hugging Face causal LM's residual stream")
     lm.add_argument("--model", required=True, help="HF model id or local directory")
     lm.add_argument("--texts", required=True, help="UTF-8 file, one text per line")
@@ -115,6 +121,7 @@ def _run(args: argparse.Namespace) -> ITDA:
             batch_size=args.batch_size or 4096,
             resume=resume,
             progress=progress,
+            sparsity_tokens=args.sparsity_tokens,
         )
     texts = _read_texts(args.texts)
     model = _load_lm(args.model)

@@ -54,8 +54,12 @@ def build_from_cache(
     batch_size: int = 4096,
     resume: ITDA | None = None,
     progress: bool = True,
+    sparsity_tokens: int = 65_536,
 ) -> ITDA:
     """Build an ITDA from a Flux activation cache (``sae-flux cache``), in cache order.
+
+    Then measure every atom's firing rate on the first ``sparsity_tokens`` tokens of the same
+    cache, in the same order (``itda.sparsity``; saved as ``sparsity.safetensors``; 0: skip).
 
     Example:
         >>> config = BuildConfig(target_l0=32, loss_threshold=0.3)
@@ -65,7 +69,14 @@ def build_from_cache(
     """
     batches, meta = cache_batches(path, hook, batch_size)
     batches = _skip_seen(batches, resume)
-    return build(batches, config or BuildConfig(), resume=resume, progress=progress, metadata=meta)
+    itda = build(batches, config or BuildConfig(), resume=resume, progress=progress, metadata=meta)
+    if sparsity_tokens > 0:
+        again, _ = cache_batches(path, hook, batch_size)
+        rates = itda.measure_firing_rates(
+            (b.acts_ND for b in again), sparsity_tokens,
+            data=f"build data: the first tokens of cache {Path(path).name}, in cache order")
+        logger.info("firing rates measured on %d build tokens", rates.tokens)
+    return itda
 
 
 def _skip_seen(
