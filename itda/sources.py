@@ -39,7 +39,8 @@ def cache_batches(
     reader = CacheReader(path, hook=hook)
     settings = reader.manifest.settings
     source = str(settings.get("prompt_hash") or Path(path).name)
-    meta = {"model_name": reader.manifest.model_id, "hook_name": reader.hook}
+    meta = {"model_name": reader.manifest.model_id, "hook_name": reader.hook,
+            "dataset_path": f"activation cache {path} ({reader.manifest.tokens(reader.hook)} tokens)"}
 
     chunks = reader.in_order(batch_size)  # warns when the cache is smaller than one batch
     batches = (ActivationBatch(acts_ND, prov, reader.hook, source) for acts_ND, prov in chunks)
