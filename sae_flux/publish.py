@@ -51,7 +51,7 @@ from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
 from itda import ITDA
 from itda.provenance import PROVENANCE_FILENAME, Provenance
-from sae_flux.dictionary import load_dictionary
+from sae_flux.dictionary import load_dictionary, local_directory, reference_name
 from sae_flux.export import export_folder_name, export_matching_pursuit
 from sae_flux.metrics import SPARSITY_FILE, load_metrics
 from sae_flux.model_card import DictionaryCard, model_card, release_yaml
@@ -203,9 +203,11 @@ def plan(cfg: PublishConfig, work: Path) -> Plan:
     """Check every dictionary loads and gather what would be uploaded (exports written to ``work``)."""
     entries: list[DictionaryCard] = []
     uploads: list[Upload] = []
-    for directory in map(Path, cfg.dictionaries):
+    directories = [local_directory(ref, cfg.endpoint) for ref in cfg.dictionaries]  # folders or REPO_ID:FOLDER
+    for ref, directory in zip(cfg.dictionaries, directories, strict=True):
         dictionary = load_dictionary(directory)  # refuses anything plain sae_lens (+ itda) cannot load
-        entry, files = _card_entry(directory.resolve().name, directory, dictionary)
+        entry, files = _card_entry(reference_name(ref) if ":" in str(ref) else directory.resolve().name,
+                                   directory, dictionary)
         entries.append(entry)
         uploads += files
         if isinstance(dictionary, ITDA) and cfg.export_matching_pursuit:
@@ -222,7 +224,7 @@ def plan(cfg: PublishConfig, work: Path) -> Plan:
                       release=release)
     uploads += [Upload(RELEASE_FILE, release.encode()), Upload("README.md", card.encode())]
     result = Plan(cfg.repo, uploads, card, release, {e.sae_id: e.cfg for e in entries})
-    _check_no_local_paths(result, [Path(d) for d in cfg.dictionaries] + [work])
+    _check_no_local_paths(result, [*directories, work])
     return result
 
 
@@ -256,9 +258,10 @@ def resolve_token(token: str | None, token_env: str | None = None) -> str:
     return token
 
 
-def _remote_files(api: HfApi, cfg: PublishConfig) -> set[str]:
+def _remote_files(api: HfApi, cfg: PublishConfig) -> set[str] | None:
+    """The files of the repo's revision (``None``: no such repo)."""
     if not api.repo_exists(cfg.repo):
-        return set()
+        return None
     try:
         return set(api.list_repo_files(cfg.repo, revision=cfg.revision))
     except RevisionNotFoundError:
@@ -317,14 +320,16 @@ def publish(cfg: PublishConfig, token: str | None = None) -> str:
             return result.describe()
         api = HfApi(endpoint=cfg.endpoint, token=resolve_token(token, cfg.token_env))
         with _refused_credentials(cfg.repo):
-            remote = _remote_files(api, cfg)
+            found = _remote_files(api, cfg)
+            if found is None:
+                api.create_repo(cfg.repo, private=cfg.private)
+            remote = found or set()
             changed = _overwrites(api, cfg, result, remote)
             if changed and not cfg.force:
                 raise FileExistsError(
                     f"{cfg.repo} already holds {changed} with a different cfg.json: "
                     "publish under other names, or pass --force to replace them"
                 )
-            api.create_repo(cfg.repo, private=cfg.private, exist_ok=True)
             info = api.create_commit(cfg.repo, _operations(result, remote), commit_message=cfg.message,
                                      revision=cfg.revision)
     logger.info("published %s to %s: %s", sorted(result.configs), cfg.repo, info.commit_url)

@@ -26,7 +26,8 @@ class PublishConfig:
     """One upload (the CLI ``sae-flux publish`` and the API)."""
 
     dictionaries: list[str]
-    """Dictionary directories (SAE or ITDA); each is uploaded under its directory name."""
+    """Dictionaries (SAE or ITDA): directories or Hub references REPO_ID:FOLDER; each is uploaded
+    under its directory (folder) name."""
     repo: str
     """Hub repo id, ``org/name`` (created if missing)."""
     private: bool = False

@@ -55,7 +55,7 @@ def test_the_default_build_exports_exactly(small_itda, acts):
     assert mp.cfg.metadata.itda_export == {
         "exact": True, "approximate_because": [], "mirrored": True, "n_atoms": small_itda.cfg.d_sae}
     agreement = itda.compare_export(small_itda, mp, acts[2048:])
-    assert agreement.tokens == 1024 and agreement.same_support == 1.0
+    assert agreement.tokens == 1024 and agreement.same_support == agreement.same_significant_support == 1.0
     assert agreement.max_code_error <= 1e-5 * agreement.max_code
     assert agreement.max_recon_error <= 1e-5 * agreement.max_activation
 
