@@ -36,11 +36,11 @@ if TYPE_CHECKING:
         jaccard,
         to_matching_pursuit,
     )
-    from itda.sparsity import FiringRates, firing_rates
     from itda.model import ITDA, ITDAConfig
     from itda.provenance import AtomSource, Provenance
     from itda.pursuit import Pursuit, gradient_pursuit, matching_pursuit
     from itda.sources import build_from_cache, build_from_lm
+    from itda.sparsity import FiringRates, firing_rates
 
 _EXPORTS = {
     "ITDA": "itda.model",

@@ -229,7 +229,10 @@ def register_release(block: dict[str, Any]) -> list[str]:
         ['flux-saes']
         >>> SAE.from_pretrained("flux-saes", "double.1.img")  # doctest: +SKIP
     """
-    from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
+    from sae_lens.loading.pretrained_saes_directory import (
+        PretrainedSAELookup,
+        get_pretrained_saes_directory,
+    )
 
     directory = get_pretrained_saes_directory()
     for name, value in block.items():

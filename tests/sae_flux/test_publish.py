@@ -24,7 +24,6 @@ import itda
 from sae_flux.cache import CacheConfig, CacheReader, write_cache
 from sae_flux.cli import main as cli_main
 from sae_flux.dictionary import HubReference, load_dictionary, parse_reference
-from sae_flux.metrics import evaluate
 from sae_flux.model_card import register_release
 from sae_flux.publish import PublishConfig, publish, scrub_paths
 from sae_flux.train import DataConfig, DictionaryConfig, OptimConfig, TrainConfig, train_sae
