@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 
 from itda import ITDA, compare_export, export_problems, to_matching_pursuit
@@ -67,6 +68,5 @@ def _agreement(itda: ITDA, mp: Any, cache: str, tokens: int) -> dict[str, Any]:
     from sae_flux.cache import CacheReader
 
     reader = CacheReader(cache, hook=itda.cfg.metadata.hook_name or None)
-    batches = [acts for acts, _ in reader.in_order(tokens)]
-    x_ND = batches[0][:tokens]
+    x_ND = torch.cat([acts for acts, _ in reader.in_order(tokens)])[:tokens].float()
     return {**compare_export(itda, mp, x_ND)._asdict(), "data": f"first tokens of cache {Path(cache).name}"}
