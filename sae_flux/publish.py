@@ -324,6 +324,10 @@ def publish(cfg: PublishConfig, token: str | None = None) -> str:
             if found is None:
                 api.create_repo(cfg.repo, private=cfg.private)
             remote = found or set()
+            others = sorted({p.split("/", 1)[0] for p in remote if "/" in p} - set(result.configs))
+            if others:
+                logger.warning("%s also holds %s, which this publish's model card and release block do not "
+                               "describe: publish all of a repo's dictionaries together", cfg.repo, others)
             changed = _overwrites(api, cfg, result, remote)
             if changed and not cfg.force:
                 raise FileExistsError(
