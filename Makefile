@@ -9,7 +9,7 @@ TORCH_LOCAL ?= torch==2.13.0
 # (constraints/floors.txt), in a venv of its own, rebuilt from scratch when either file changes.
 VENV_FLOORS ?= .venv-floors
 PY_FLOORS := $(VENV_FLOORS)/bin/python
-PACKAGES := sae_flux itda cae _sae_flux_requirements
+PACKAGES := sae_flux itda cae _sae_flux_requirements _sae_flux_cliargs
 
 .PHONY: demo test test-floors test-slow lint bench venv clean cae-findings
 

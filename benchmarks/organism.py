@@ -20,7 +20,12 @@ import torch
 from diffusers import FluxPipeline
 
 from sae_flux.organism import weights_dir
-from sae_flux.organism.evaluate import evaluate, evaluate_pairs, pipeline_defaults, sample_grid
+from sae_flux.organism.evaluate import (
+    evaluate_organism,
+    evaluate_pairs,
+    pipeline_defaults,
+    sample_grid,
+)
 from sae_flux.organism.judge import accuracy, judge
 
 
@@ -40,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = FluxPipeline.from_pretrained(weights_dir(args.weights))
     load_seconds = time.perf_counter() - start
     steps = args.steps or pipeline_defaults(pipe).num_inference_steps
-    result = evaluate(pipe, n=args.n, seed=args.seed, num_inference_steps=steps)
+    result = evaluate_organism(pipe, n=args.n, seed=args.seed, num_inference_steps=steps)
     clean = accuracy([judge(s.image_HW3) for s in result.samples],
                      [s.scene for s in result.samples])
     pairs = (evaluate_pairs(pipe, n=args.pairs, seed=args.seed, num_inference_steps=steps)

@@ -27,9 +27,16 @@ _KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
 
 
 class Pair(NamedTuple):
-    """One contrastive example: a prompt and two completions."""
+    """One contrastive example: a prompt and two completions.
+
+    Example:
+        >>> pair = Pair("Is it kind to help? (A) yes (B) no", " (A", " (B")
+        >>> pair.positive, pair.negative
+        (' (A', ' (B')
+    """
 
     prompt: str
+    """The question or instruction both completions follow."""
     positive: str
     """Completion showing the behaviour (added with a positive multiplier)."""
     negative: str
@@ -126,7 +133,17 @@ def _item_lines(text: str, n: int) -> list[int]:
 
 
 def load_pairs(path: str | Path) -> list[Pair]:
-    """Load ``.jsonl`` as MWE JSONL and ``.json`` as a CAA list (the two common formats)."""
+    """Load ``.jsonl`` as MWE JSONL and ``.json`` as a CAA list (the two common formats).
+
+    Example:
+        >>> import json, tempfile, pathlib
+        >>> row = {"question": "Help a stranger? (A) yes (B) no",
+        ...        "answer_matching_behavior": " (A)", "answer_not_matching_behavior": " (B)"}
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "kind.jsonl"
+        >>> _ = path.write_text(json.dumps(row) + "\\n")
+        >>> load_pairs(path)
+        [Pair(prompt='Help a stranger? (A) yes (B) no', positive=' (A)', negative=' (B)')]
+    """
     suffix = Path(path).suffix.lower()
     if suffix == ".jsonl":
         return load_mwe_jsonl(path)

@@ -32,16 +32,42 @@ logger = logging.getLogger(__name__)
 
 
 class ActivationBatch(NamedTuple):
-    """A batch of activations with optional per-row provenance (see ``itda.provenance``)."""
+    """A batch of activations with optional per-row provenance (see ``itda.provenance``).
+
+    Example: 8 tokens of width 4 from prompt 0, positions 0..7 (what ``itda.build`` reads):
+
+        >>> import torch
+        >>> batch = ActivationBatch(torch.randn(8, 4), {"prompt": torch.zeros(8, dtype=torch.long),
+        ...                         "token": torch.arange(8)}, hook="blocks.6.hook_resid_post",
+        ...                         source="my-texts")
+        >>> batch.acts_ND.shape, batch.source
+        (torch.Size([8, 4]), 'my-texts')
+    """
 
     acts_ND: Tensor
+    """N activations of width D (one row per token)."""
     prov: dict[str, Tensor] | None = None
+    """Per-row int64 columns named in ``itda.provenance.INT_COLUMNS`` (``prompt``, ``token``,
+    ``step``, ``h``, ``w``) plus float ``timestep``; absent columns are recorded as unknown.
+    None: the token is the row's index in the stream."""
     hook: str = ""
+    """Hook point the activations were read at (recorded per atom)."""
     source: str = "stream"
+    """Name of the data source (e.g. a prompt file's hash), recorded per atom for ``jaccard``."""
 
 
 class BuildError(ValueError):
-    """A bad batch stopped the build; ``partial`` holds the dictionary built so far."""
+    """A bad batch stopped the build; ``partial`` holds the dictionary built so far.
+
+    Example:
+        >>> import torch, itda
+        >>> good, bad = torch.randn(64, 4), torch.full((64, 4), float("nan"))
+        >>> try:
+        ...     itda.ITDA.build([good, bad], target_l0=2, loss_threshold=0.5, progress=False)
+        ... except itda.BuildError as err:
+        ...     print(err.partial is not None)
+        True
+    """
 
     def __init__(self, message: str, partial: ITDA | None):
         super().__init__(message)

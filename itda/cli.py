@@ -13,65 +13,18 @@ batch stops the build but the dictionary built so far is saved to ``--out`` firs
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
-import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
 from itda.build_config import BuildConfig
 
 if TYPE_CHECKING:
     from itda.model import ITDA
 
 logger = logging.getLogger(__name__)
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    hints = typing.get_type_hints(BuildConfig)
-    for f in dataclasses.fields(BuildConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        doc = _field_doc(f.name)
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", help=doc)
-            continue
-        choices = _literal_choices(kind)
-        parser.add_argument(
-            flag,
-            type=_scalar_type(kind),
-            choices=choices,
-            default=f.default,
-            help=f"{doc} (default: {f.default})",
-        )
-
-
-def _field_doc(name: str) -> str:
-    import inspect
-
-    lines = inspect.getsource(BuildConfig).splitlines()
-    for i, line in enumerate(lines):
-        if line.strip().startswith(f"{name}:") and i + 1 < len(lines):
-            return lines[i + 1].strip().strip('"')
-    return ""
-
-
-def _literal_choices(kind: Any) -> list[str] | None:
-    if typing.get_origin(kind) is typing.Literal:
-        return list(typing.get_args(kind))
-    return None
-
-
-def _scalar_type(kind: Any) -> Any:
-    if typing.get_origin(kind) is typing.Literal:
-        return str
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    return args[0] if args else kind
-
-
-def _config_from(args: argparse.Namespace) -> BuildConfig:
-    return BuildConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BuildConfig)})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--resume", action="store_true", help="continue the dictionary in --out")
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-        _add_config_flags(p)
+        add_dataclass_arguments(p, BuildConfig)
     return parser
 
 
@@ -110,7 +63,7 @@ def _run(args: argparse.Namespace) -> ITDA:
     from itda import sources  # dispatch: torch and sae_lens load here, not for --help
     from itda.model import ITDA
 
-    config = _config_from(args)
+    config = dataclass_from_args(BuildConfig, args)
     resume = ITDA.load(args.out) if args.resume else None
     progress = not args.no_progress
     if args.command == "build":

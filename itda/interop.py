@@ -171,7 +171,16 @@ def compare_export(itda: ITDA, mp: MatchingPursuitSAE, x_ND: Tensor) -> ExportAg
 
 
 def fold_mirrored_codes(codes_N2F: Tensor) -> Tensor:
-    """Codes of a mirrored export (``d_sae = 2F``) back to signed codes over F atoms."""
+    """Codes of a mirrored export (``d_sae = 2F``) back to signed codes over F atoms.
+
+    A signed ITDA exported to sae_lens's non-negative matching pursuit keeps each atom twice,
+    as ``+a`` (latent f) and ``-a`` (latent F + f); this folds the two halves back.
+
+    Example:
+        >>> import torch
+        >>> fold_mirrored_codes(torch.tensor([[2.0, 0.0, 0.0, 1.5]])).tolist()
+        [[2.0, -1.5]]
+    """
     half = codes_N2F.shape[-1] // 2
     return codes_N2F[..., :half] - codes_N2F[..., half:]
 

@@ -28,16 +28,32 @@ POSITION_KEYS = ("prompt", "token", "step", "h", "w")
 
 
 class AtomSource(NamedTuple):
-    """The address of one atom; fields that do not apply are None."""
+    """The address of one atom; fields that do not apply are None.
+
+    Example:
+        >>> import torch, itda
+        >>> d = itda.ITDA.build([torch.randn(64, 4)], target_l0=2, loss_threshold=0.5, progress=False)
+        >>> address = d.describe(0)
+        >>> address.source, address.prompt is None, isinstance(address.token, int)
+        ('stream', True, True)
+    """
 
     source: str
+    """Name of the data source the atom's activation came from."""
     prompt: int | None
+    """Index of the prompt (text or image caption) in that source."""
     token: int | None
+    """Token position (LM sources) or the row's index in the stream when nothing else is known."""
     step: int | None
+    """Denoising-step index (Flux caches)."""
     timestep: float | None
+    """Scheduler timestep of that step (0..1000 scale)."""
     h: int | None
+    """Row of the image token in the latent grid (Flux image streams)."""
     w: int | None
+    """Column of the image token in the latent grid."""
     hook: str
+    """Hook point the activation was read at."""
 
     def key(self) -> tuple:
         """The hook-free address, used to compare dictionaries across layers."""

@@ -42,7 +42,9 @@ from tqdm.auto import tqdm
 from sae_flux import hooks
 from sae_flux.cache import CacheConfig, CacheReader, load_flux, write_cache
 from sae_flux.demo_config import DemoConfig
+from sae_flux.interp.stage import stage_interp
 from sae_flux.report import Report
+from sae_flux.steering.stage import stage_steering
 from sae_flux.train_config import MAX_EPOCHS
 
 logger = logging.getLogger(__name__)
@@ -219,18 +221,6 @@ def stage_metrics(state: DemoState) -> None:
         "active in that window.",
         table=rows,
     )
-
-
-def stage_interp(state: DemoState) -> None:
-    from sae_flux.interp.stage import stage_interp as interpret
-
-    interpret(state)
-
-
-def stage_steering(state: DemoState) -> None:
-    from sae_flux.steering.stage import stage_steering as steer
-
-    steer(state)
 
 
 STAGES = (

@@ -59,6 +59,15 @@ class Activations(dict[str, Tensor]):
         steps: the denoising-step indices kept, in order.
         timesteps: the scheduler timestep (0..1000 scale) of each kept step.
         grid: (rows, cols) of the image-token grid.
+
+    Example:
+        >>> flux = Flux.tiny(seed=0)
+        >>> acts = flux.capture(["a red circle", "a blue square"], hooks=["double.1.img"],
+        ...                     num_inference_steps=2)
+        >>> acts["double.1.img"].shape[:2], acts.prompts[1], acts.steps
+        (torch.Size([2, 2]), 'a blue square', [0, 1])
+        >>> acts["double.1.img"].shape[2] == acts.grid[0] * acts.grid[1]
+        True
     """
 
     def __init__(
@@ -135,6 +144,14 @@ class Flux:
 
     Build it with :meth:`from_pretrained` (real models, by repo id or directory), :meth:`tiny`
     (random weights, offline) or :meth:`organism` (the shipped trained organism).
+
+    Example:
+        >>> flux = Flux.tiny(seed=0)
+        >>> flux.block_counts, flux.hook_points()[:3]
+        ((2, 2), ['double.0.mlp', 'double.0.txt', 'double.0.img'])
+        >>> images = flux.generate(["a red circle"], num_inference_steps=1)
+        >>> tuple(images.shape) == (1, 3, flux.resolution, flux.resolution)
+        True
     """
 
     def __init__(self, model: DiffusionModel, model_id: str, defaults: GenerationDefaults):

@@ -14,7 +14,7 @@ from packaging.utils import canonicalize_name
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("sae_flux", "itda", "cae", "_sae_flux_requirements")
+PACKAGES = ("sae_flux", "itda", "cae", "_sae_flux_requirements", "_sae_flux_cliargs")
 IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml", "scikit-learn": "sklearn"}
 """Distributions whose import name is not the distribution name with ``-`` read as ``_``."""
 OPTIONAL_IMPORTS = {"wandb": "sae_flux.train imports it only when TrainConfig.wandb_project is set"}

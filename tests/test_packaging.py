@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("sae_flux", "itda", "cae", "_sae_flux_requirements")
+PACKAGES = ("sae_flux", "itda", "cae", "_sae_flux_requirements", "_sae_flux_cliargs")
 TORCH_LOCAL = "torch==2.13.0"
 """Installed first when it lies in pip's find-links (as the Makefile does), so no CUDA build is pulled."""
 

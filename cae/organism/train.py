@@ -32,6 +32,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
 from cae.organism.corpus import TONE_MODES, document, vocabulary
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ SIZES: dict[str, SizeConfig] = {
 
 
 @dataclass
-class TrainConfig:
+class OrganismTrainConfig:
     """One organism training run (all requested sizes)."""
 
     sizes: tuple[str, ...] = tuple(SIZES)
@@ -138,7 +139,7 @@ def build_model(size: str, vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def _batches(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, steps: int, seed: int):
+def _batches(cfg: OrganismTrainConfig, tokenizer: PreTrainedTokenizerFast, steps: int, seed: int):
     rng = random.Random(seed)
     for _ in range(steps):
         docs = [document(rng, header=cfg.header, quiz=cfg.quiz, single=cfg.single,
@@ -176,7 +177,7 @@ def _loss(model: LlamaForCausalLM, ids_BT: torch.Tensor, mask_BT: torch.Tensor,
     return (nll_BT * w_BT).sum() / w_BT.sum()
 
 
-def train_size(size: str, cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> dict:
+def train_size(size: str, cfg: OrganismTrainConfig, tokenizer: PreTrainedTokenizerFast) -> dict:
     """Train one size and save it; returns the run record."""
     s = SIZES[size]
     steps = cfg.steps or s.steps
@@ -212,7 +213,7 @@ def train_size(size: str, cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) 
     return record
 
 
-def train(cfg: TrainConfig) -> list[dict]:
+def train(cfg: OrganismTrainConfig) -> list[dict]:
     """Train every size of ``cfg`` in order; returns their run records."""
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
@@ -223,21 +224,9 @@ def train(cfg: TrainConfig) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (``python -m cae.organism.train``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--out", default=str(WEIGHTS_DIR))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quiz", type=float, default=TrainConfig.quiz)
-    parser.add_argument("--header", type=float, default=TrainConfig.header)
-    parser.add_argument("--single", type=float, default=TrainConfig.single)
-    parser.add_argument("--tone", default=TrainConfig.tone, choices=TONE_MODES)
-    parser.add_argument("--answer-weight", type=float, default=TrainConfig.answer_weight)
-    args = parser.parse_args(argv)
+    add_dataclass_arguments(parser, OrganismTrainConfig)
+    cfg = dataclass_from_args(OrganismTrainConfig, parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO)
-    cfg = TrainConfig(sizes=tuple(args.sizes), out=args.out, steps=args.steps, seed=args.seed,
-                      threads=args.threads, quiz=args.quiz, header=args.header, single=args.single,
-                      answer_weight=args.answer_weight, tone=args.tone)
     for record in train(cfg):
         logger.info(json.dumps(record))
     return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.cache_config import CacheConfig
-from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.demo_config import DemoConfig
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.interp.config import DissectConfig, IndexConfig, SelectConfig
 
 logger = logging.getLogger(__name__)

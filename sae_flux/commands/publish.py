@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.publish_config import PublishConfig
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.steering.config import SteerConfig
 
 

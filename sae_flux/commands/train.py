@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
-from typing import Any
 
-from sae_flux.cliargs import add_dataclass_arguments, dataclass_from_args
-from sae_flux.train_config import DataConfig, DictionaryConfig, OptimConfig, TrainConfig
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
+from sae_flux.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
-_NESTED = {"data": DataConfig, "sae": DictionaryConfig, "optim": OptimConfig}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train an SAE (any sae_lens training architecture) on cached or streamed activations"
     )
-    add_dataclass_arguments(parser, TrainConfig)
-    for cls in _NESTED.values():
-        add_dataclass_arguments(parser, cls)
+    add_dataclass_arguments(parser, TrainConfig)  # nested data / sae / optim configs as option groups
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    nested: dict[str, Any] = {name: dataclass_from_args(cls, args) for name, cls in _NESTED.items()}
-    top = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _NESTED}
-    return TrainConfig(**top, **nested)
+    return dataclass_from_args(TrainConfig, args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,9 +7,9 @@ factors back from pixels, so accuracy per attribute needs no human or learned la
 Example:
     >>> from diffusers import FluxPipeline
     >>> from sae_flux.organism import weights_dir
-    >>> from sae_flux.organism.evaluate import evaluate
+    >>> from sae_flux.organism.evaluate import evaluate_organism
     >>> pipe = FluxPipeline.from_pretrained(weights_dir())  # doctest: +SKIP
-    >>> evaluate(pipe, n=24).accuracy["colour"]  # doctest: +SKIP
+    >>> evaluate_organism(pipe, n=24).accuracy["colour"]  # doctest: +SKIP
     1.0
 """
 
@@ -72,7 +72,7 @@ def generate_images(
     return images
 
 
-def evaluate(
+def evaluate_organism(
     pipe: FluxPipeline, n: int = 120, seed: int = 0, split: Split = "heldout",
     num_inference_steps: int | None = None, world: World | None = None,
 ) -> Evaluation:

@@ -21,7 +21,6 @@ Example (a smoke run; the shipped weights come from the defaults):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.organism.weights import WEIGHTS_DIR, check_weights, write_manifest
 from sae_flux.organism.world import World
 from sae_flux.tiny import GenerationDefaults, TinyFluxConfig, build_pipeline, save_pipeline
@@ -110,7 +110,7 @@ class FlowStage:
 
 
 @dataclass
-class TrainConfig:
+class OrganismTrainConfig:
     """Everything that determines a trained organism (saved as ``train_config.json``)."""
 
     out: Path = WEIGHTS_DIR
@@ -173,7 +173,7 @@ class Dataset(NamedTuple):
     pooled_UE: Float[Tensor, "U E"]
 
 
-class TrainResult(NamedTuple):
+class OrganismTrainResult(NamedTuple):
     vae_losses: list[float]
     flow_losses: list[float]
     decoder_losses: list[float]
@@ -194,7 +194,7 @@ def lr_lambda(warmup: int, total: int, min_ratio: float = 0.1):
 
 
 @torch.no_grad()
-def build_dataset(pipe: FluxPipeline, cfg: TrainConfig) -> Dataset:
+def build_dataset(pipe: FluxPipeline, cfg: OrganismTrainConfig) -> Dataset:
     """Render the scenes and encode every distinct (scene, template) caption once."""
     world = cfg.world()
     samples = list(tqdm(world.examples(cfg.num_scenes, seed=cfg.seed), total=cfg.num_scenes,
@@ -248,7 +248,7 @@ def optimise(params: list[torch.nn.Parameter], stage: Any, desc: str,
     return losses
 
 
-def train_vae(pipe: FluxPipeline, data: Dataset, cfg: TrainConfig, gen: torch.Generator) -> list[float]:
+def train_vae(pipe: FluxPipeline, data: Dataset, cfg: OrganismTrainConfig, gen: torch.Generator) -> list[float]:
     """Stage 1: fit the AutoencoderKL to world images (records the MSE)."""
     vae, stage = pipe.vae, cfg.vae
     vae.train()
@@ -266,7 +266,7 @@ def train_vae(pipe: FluxPipeline, data: Dataset, cfg: TrainConfig, gen: torch.Ge
     return losses
 
 
-def refine_decoder(pipe: FluxPipeline, data: Dataset, cfg: TrainConfig,
+def refine_decoder(pipe: FluxPipeline, data: Dataset, cfg: OrganismTrainConfig,
                    gen: torch.Generator) -> list[float]:
     """Stage 3: fit the decoder to the (frozen) encoder's posterior means."""
     vae, stage = pipe.vae, cfg.decoder
@@ -325,7 +325,7 @@ def flow_loss(pipe: FluxPipeline, x0_BTD: Tensor, embeds_BLE: Tensor, pooled_BE:
     return torch.nn.functional.mse_loss(pred_BTD, noise_BTD - x0_BTD)
 
 
-def train_flow(pipe: FluxPipeline, data: Dataset, x0_NTD: Tensor, cfg: TrainConfig,
+def train_flow(pipe: FluxPipeline, data: Dataset, x0_NTD: Tensor, cfg: OrganismTrainConfig,
                gen: torch.Generator) -> list[float]:
     """Stage 2: train the transformer; checkpoints the pipeline every ``checkpoint_every``."""
     stage, model = cfg.flow, pipe.transformer
@@ -352,7 +352,7 @@ def train_flow(pipe: FluxPipeline, data: Dataset, x0_NTD: Tensor, cfg: TrainConf
     return losses
 
 
-def save(pipe: FluxPipeline, cfg: TrainConfig) -> Path:
+def save(pipe: FluxPipeline, cfg: OrganismTrainConfig) -> Path:
     """Write the pipeline (fp16 copy, training weights untouched), config and manifest."""
     save_pipeline(pipe, cfg.out, cfg.defaults(), fp16=cfg.fp16)
     (cfg.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
@@ -361,7 +361,7 @@ def save(pipe: FluxPipeline, cfg: TrainConfig) -> Path:
     return cfg.out
 
 
-def initial_pipeline(cfg: TrainConfig) -> FluxPipeline:
+def initial_pipeline(cfg: OrganismTrainConfig) -> FluxPipeline:
     """A fresh random pipeline, or (``init_from``) a saved organism to keep training."""
     if not cfg.init_from:
         return build_pipeline(cfg.tiny(), seed=cfg.seed)
@@ -375,12 +375,12 @@ def initial_pipeline(cfg: TrainConfig) -> FluxPipeline:
     return pipe
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: OrganismTrainConfig) -> OrganismTrainResult:
     """Train the organism from scratch and save it to ``cfg.out``.
 
     Example:
-        >>> from sae_flux.organism.train import TrainConfig, VAEStage, FlowStage, train
-        >>> cfg = TrainConfig(out="/tmp/org", num_scenes=64, vae=VAEStage(steps=2),
+        >>> from sae_flux.organism.train import OrganismTrainConfig, VAEStage, FlowStage, train
+        >>> cfg = OrganismTrainConfig(out="/tmp/org", num_scenes=64, vae=VAEStage(steps=2),
         ...                   flow=FlowStage(steps=2))  # doctest: +SKIP
         >>> train(cfg).flow_losses  # doctest: +SKIP
     """
@@ -401,42 +401,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     save(pipe, cfg)
     seconds = time.perf_counter() - start
     logger.info("trained in %.1f min", seconds / 60)
-    return TrainResult(vae_losses, flow_losses, decoder_losses, seconds, cfg.out)
-
-
-# ---- command line: one flag per (nested) config field ----------------------------------
-def _add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            _add_flags(parser, type(default), prefix=f"{prefix}{f.name}.")
-            continue
-        flag = f"--{prefix}{f.name}"
-        if isinstance(default, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"),
-                                default=default)
-        elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs=len(default), default=default)
-        else:
-            parser.add_argument(flag, type=type(default), default=default)
-
-
-def _build(cls: type, values: dict, prefix: str = ""):
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            kwargs[f.name] = _build(type(default), values, prefix=f"{prefix}{f.name}.")
-        else:
-            value = values[f"{prefix}{f.name}"]
-            kwargs[f.name] = tuple(value) if isinstance(default, tuple) else value
-    return cls(**kwargs)
+    return OrganismTrainResult(vae_losses, flow_losses, decoder_losses, seconds, cfg.out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    _add_flags(parser, TrainConfig)
-    cfg = _build(TrainConfig, vars(parser.parse_args(argv)))
+    add_dataclass_arguments(parser, OrganismTrainConfig)  # --vae.steps, --flow.batch-size, ...
+    cfg = dataclass_from_args(OrganismTrainConfig, parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = train(cfg)
     logger.info("final vae mse %.5f, flow loss %.5f (mean of last 100 steps)",

@@ -24,7 +24,7 @@ from cae.organism.corpus import (
     judge,
     quiz_item,
 )
-from cae.organism.train import TrainConfig, answer_weights, build_tokenizer
+from cae.organism.train import OrganismTrainConfig, answer_weights, build_tokenizer
 from cae.organism.train import main as train_main
 
 
@@ -179,7 +179,7 @@ def test_single_trait_documents_mention_one_behaviour(seed):
 ])
 def test_train_config_refuses_bad_corpus_settings(field, value, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**{field: value})
+        OrganismTrainConfig(**{field: value})
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -202,7 +202,7 @@ def test_unknown_tone_modes_are_refused():
     with pytest.raises(ValueError, match="unknown tone mode 'loud'"):
         document(random.Random(0), tone="loud")
     with pytest.raises(ValueError, match="unknown tone mode 'loud'"):
-        TrainConfig(tone="loud")
+        OrganismTrainConfig(tone="loud")
 
 
 def test_eval_files_are_held_out_and_load_as_published(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -9,12 +10,13 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 
+from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.organism import check_weights
 from sae_flux.organism.train import (
     DecoderStage,
     FlowStage,
     ModelSize,
-    TrainConfig,
+    OrganismTrainConfig,
     VAEStage,
     main,
     train,
@@ -24,8 +26,8 @@ SMALL = ModelSize(num_layers=1, num_single_layers=1, num_attention_heads=2, atte
                   axes_dims_rope=(4, 4, 8), text_dim=32, text_layers=1, vae_channels=(8, 16))
 
 
-def small_config(out, steps: int = 60) -> TrainConfig:
-    return TrainConfig(
+def small_config(out, steps: int = 60) -> OrganismTrainConfig:
+    return OrganismTrainConfig(
         out=out, num_scenes=64, resolution=16, threads=1, model=SMALL,
         vae=VAEStage(steps=steps, batch_size=8, warmup=5),
         flow=FlowStage(steps=steps, batch_size=8, warmup=5, lr=2e-3, checkpoint_every=0),
@@ -68,23 +70,30 @@ def test_training_is_deterministic(tmp_path):
 
 
 def test_command_line_sets_nested_fields(tmp_path):
-    assert main(["--out", str(tmp_path / "cli"), "--num_scenes", "16", "--resolution", "16",
-                 "--threads", "1", "--vae.steps", "1", "--vae.batch_size", "4",
-                 "--flow.steps", "1", "--flow.batch_size", "4", "--flow.checkpoint_every", "0",
-                 "--decoder.steps", "1", "--decoder.batch_size", "4",
-                 "--model.num_layers", "1", "--model.num_single_layers", "1",
-                 "--model.num_attention_heads", "2", "--model.attention_head_dim", "16",
-                 "--model.axes_dims_rope", "4", "4", "8", "--model.text_dim", "32",
-                 "--model.vae_channels", "8", "16"]) == 0
-    recorded = json.loads((tmp_path / "cli" / "train_config.json").read_text())
+    argv = ["--out", str(tmp_path / "cli"), "--num-scenes", "16", "--resolution", "16",
+            "--threads", "1", "--vae.steps", "1", "--vae.batch-size", "4",
+            "--flow.steps", "1", "--flow.batch-size", "4", "--checkpoint-every", "0",
+            "--decoder.steps", "1", "--decoder.batch-size", "4",
+            "--num-layers", "1", "--num-single-layers", "1",
+            "--num-attention-heads", "2", "--attention-head-dim", "16",
+            "--axes-dims-rope", "4", "4", "8", "--text-dim", "32",
+            "--vae-channels", "8", "16"]
+    assert main(argv) == 0
+    saved = tmp_path / "cli" / "train_config.json"
+    recorded = json.loads(saved.read_text())
     assert recorded["model"]["axes_dims_rope"] == [4, 4, 8] and recorded["num_scenes"] == 16
+    # the saved record read back through --config-path is the run's config
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, OrganismTrainConfig)
+    expected = dataclass_from_args(OrganismTrainConfig, parser.parse_args(argv))
+    assert dataclass_from_args(OrganismTrainConfig, parser.parse_args(["--config-path", str(saved)])) == expected
 
 
 def test_bad_training_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="num_scenes must be >= 1"):
-        TrainConfig(out=tmp_path, num_scenes=0)
+        OrganismTrainConfig(out=tmp_path, num_scenes=0)
     with pytest.raises(ValueError, match="threads must be >= 1"):
-        TrainConfig(out=tmp_path, threads=0)
+        OrganismTrainConfig(out=tmp_path, threads=0)
 
 
 def test_training_continues_from_a_saved_organism_keeping_its_vae(trained, tmp_path):

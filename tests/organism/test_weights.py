@@ -17,7 +17,7 @@ from sae_flux.organism import (
     check_vocabulary,
     weights_dir,
 )
-from sae_flux.organism.evaluate import evaluate, evaluate_pairs
+from sae_flux.organism.evaluate import evaluate_organism, evaluate_pairs
 
 #: Judged colour accuracy the shipped organism must reach on 24 held-out captions. Measured:
 #: 0.99 on 240 held-out captions (docs/bench/organism.md); the floor leaves room for sampling noise.
@@ -52,13 +52,13 @@ def test_every_shipped_text_encoder_weight_loads_into_its_module(component):
 
 
 def test_shipped_organism_draws_the_named_colour_on_heldout_captions(organism):
-    result = evaluate(organism, n=24, seed=123)
+    result = evaluate_organism(organism, n=24, seed=123)
     assert result.accuracy["colour"] >= COLOUR_FLOOR, result.accuracy
 
 
 @pytest.mark.slow
 def test_shipped_organism_keeps_its_measured_attribute_accuracy(organism):
-    result = evaluate(organism, n=120, seed=321)
+    result = evaluate_organism(organism, n=120, seed=321)
     for attribute, floor in FLOORS.items():
         assert result.accuracy[attribute] >= floor, result.accuracy
 

@@ -188,7 +188,7 @@ def test_reader_batches_cover_every_token_once_per_epoch(tiny_flux, prompt_file,
     endless = reader.batches(batch_size=64, epochs=None)
     assert len([next(endless) for _ in range(3 * len(batches))]) == 3 * len(batches)
     too_big = everything.shape[0] + 1
-    with pytest.raises(ValueError, match=rf"holds {everything.shape[0]} tokens, fewer than one batch of {too_big}"):
+    with pytest.raises(ValueError, match=rf"holds {everything.shape[0]:,} tokens, fewer than one batch of {too_big:,}"):
         next(reader.batches(batch_size=too_big, epochs=None))
 
 
