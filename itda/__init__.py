@@ -28,11 +28,19 @@ from itda.registration import register_with_sae_lens
 if TYPE_CHECKING:
     from itda.build import ActivationBatch, BuildError, build
     from itda.build_config import BuildConfig
-    from itda.interop import fold_mirrored_codes, jaccard, to_matching_pursuit
+    from itda.interop import (
+        ExportAgreement,
+        compare_export,
+        export_problems,
+        fold_mirrored_codes,
+        jaccard,
+        to_matching_pursuit,
+    )
     from itda.model import ITDA, ITDAConfig
     from itda.provenance import AtomSource, Provenance
     from itda.pursuit import Pursuit, gradient_pursuit, matching_pursuit
     from itda.sources import build_from_cache, build_from_lm
+    from itda.sparsity import FiringRates, firing_rates
 
 _EXPORTS = {
     "ITDA": "itda.model",
@@ -47,6 +55,11 @@ _EXPORTS = {
     "build_from_cache": "itda.sources",
     "build_from_lm": "itda.sources",
     "fold_mirrored_codes": "itda.interop",
+    "ExportAgreement": "itda.interop",
+    "compare_export": "itda.interop",
+    "export_problems": "itda.interop",
+    "FiringRates": "itda.sparsity",
+    "firing_rates": "itda.sparsity",
     "gradient_pursuit": "itda.pursuit",
     "jaccard": "itda.interop",
     "matching_pursuit": "itda.pursuit",
@@ -67,6 +80,11 @@ __all__ = [
     "build_from_cache",
     "build_from_lm",
     "fold_mirrored_codes",
+    "ExportAgreement",
+    "compare_export",
+    "export_problems",
+    "FiringRates",
+    "firing_rates",
     "gradient_pursuit",
     "jaccard",
     "matching_pursuit",

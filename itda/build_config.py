@@ -33,8 +33,10 @@ class BuildConfig:
     """Activations sampled from the first batch as initial atoms (default: target_l0)."""
     dedup_cosine: float | None = None
     """Drop candidates whose |cosine| with a kept atom exceeds this (None: no de-duplication)."""
-    normalization: Literal["none", "mean", "mean_std"] = "mean_std"
-    """Per-dimension statistics from the first batch, folded into the saved weights."""
+    normalization: Literal["none", "mean", "mean_std"] = "mean"
+    """Statistics from the first batch, folded into the saved weights. ``mean`` (default) and
+    ``none`` export exactly to sae_lens's matching pursuit; ``mean_std`` (per-dimension std)
+    only approximately."""
     encoder: Literal["mp", "gp"] = "mp"
     """Pursuit used while building and by the finished dictionary."""
     nonnegative: bool = False

@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser("build", help="build from a Flux activation cache (sae-flux cache)")
     cache.add_argument("--cache", required=True, help="activation cache directory")
     cache.add_argument("--hook", default=None, help="hook to read (default: the only one)")
+    cache.add_argument(
+        "--sparsity-tokens",
+        type=int,
+        default=65_536,
+        help="measure atom firing rates (sparsity.safetensors) on this many build tokens; 0: skip",
+    )
     lm = sub.add_parser("build-lm", help="build on a Hugging Face causal LM's residual stream")
     lm.add_argument("--model", required=True, help="HF model id or local directory")
     lm.add_argument("--texts", required=True, help="UTF-8 file, one text per line")
@@ -73,12 +79,12 @@ def _run(args: argparse.Namespace) -> tuple[ITDA, bool]:
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = Path(args.out)
+    batch_size = args.batch_size or (4096 if args.command == "build" else 8)
     if args.command == "build":
-        batches, meta = sources.cache_batches(args.cache, args.hook, 4096 if args.batch_size is None else args.batch_size)
+        batches, meta = sources.cache_batches(args.cache, args.hook, batch_size)
     else:
         texts = _read_texts(args.texts)
-        batches, meta = sources.lm_stream(_load_lm(args.model), texts, args.layer,
-                                          8 if args.batch_size is None else args.batch_size, args.max_length)
+        batches, meta = sources.lm_stream(_load_lm(args.model), texts, args.layer, batch_size, args.max_length)
     settings = {"build": dataclasses.asdict(config), "stream": meta[STREAM_KEY]}
     if not args.resume and checkpoint.checkpoints(out):
         raise FileExistsError(f"{out} holds an unfinished ITDA build: pass --resume (or use a new directory)")
@@ -89,7 +95,10 @@ def _run(args: argparse.Namespace) -> tuple[ITDA, bool]:
         metadata=meta, checkpoint=lambda state: checkpoint.save_checkpoint(out, state, settings),
         checkpoint_every=args.checkpoint_every,
     )
-    return itda, point is None or itda is not point.dictionary
+    new = point is None or itda is not point.dictionary
+    if new and args.command == "build":
+        sources.measure_cache_firing(itda, args.cache, args.hook, batch_size, args.sparsity_tokens)
+    return itda, new
 
 
 def _read_texts(path: str) -> list[str]:

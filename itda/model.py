@@ -39,6 +39,8 @@ from typing_extensions import override
 import _sae_flux_shared.commit as commit
 from itda import pursuit
 from itda.provenance import PROVENANCE_FILENAME, AtomSource, Provenance
+from itda.registration import ARCHITECTURE, ARCHITECTURE_NAMES, SAVED_ARCHITECTURE
+from itda.sparsity import FiringRates, firing_rates, save_sparsity
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ GRAM_MAX_BYTES = 2**31
 
 @dataclass
 class ITDAConfig(SAEConfig):
-    """Config of an ITDA dictionary; saved as ``cfg.json`` with ``architecture: "itda"``."""
+    """Config of an ITDA dictionary; ``cfg.json`` records ``registration.SAVED_ARCHITECTURE``."""
 
     encoder: Literal["mp", "gp"] = "mp"
     """Pursuit used by ``encode``: matching pursuit or gradient pursuit."""
@@ -61,13 +63,18 @@ class ITDAConfig(SAEConfig):
     """Number of pursuit steps, i.e. the maximum number of active atoms per token."""
     candidates: int | None = None
     """Pursue only among each token's top-``candidates`` atoms (approximate, faster)."""
-    normalization: Literal["none", "mean", "mean_std"] = "mean_std"
+    normalization: Literal["none", "mean", "mean_std"] = "mean"
     """Normalisation used at construction; its statistics live in ``b_dec`` / ``act_std``."""
 
     @override
     @classmethod
     def architecture(cls) -> str:
-        return "itda"
+        return ARCHITECTURE
+
+    @override
+    def to_dict(self) -> dict[str, Any]:
+        """As sae_lens's, with the saved architecture name that explains itself without itda."""
+        return {**super().to_dict(), "architecture": SAVED_ARCHITECTURE}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -103,10 +110,13 @@ class ITDA(SAE[ITDAConfig]):
 
     act_std: nn.Parameter
     provenance: Provenance | None
+    firing: FiringRates | None
+    """Atom firing rates measured by :meth:`measure_firing_rates` (saved as sparsity)."""
 
     def __init__(self, cfg: ITDAConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
         self.provenance = None
+        self.firing = None
         self._cache: dict[str, tuple[Any, Tensor]] = {}
 
     @override
@@ -239,9 +249,25 @@ class ITDA(SAE[ITDAConfig]):
         """Attach the provenance saved in directory ``path``."""
         self.provenance = Provenance.load(path, self.cfg.d_sae)
 
+    def measure_firing_rates(
+        self, batches: Iterable[Tensor], max_tokens: int | None = 65_536, data: str = "build data"
+    ) -> FiringRates:
+        """Measure (and keep, for ``save_model``) each atom's firing rate on raw ``batches``.
+
+        Example:
+            >>> import torch, itda
+            >>> acts = torch.randn(256, 8)
+            >>> d = itda.ITDA.build([acts], target_l0=2, loss_threshold=0.5, progress=False)
+            >>> d.measure_firing_rates([acts]).tokens
+            256
+        """
+        self.firing = firing_rates(self, batches, max_tokens, data)
+        return self.firing
+
     @override
     def save_model(self, path: str | Path) -> tuple[Path, Path]:
-        """Commit the dictionary into ``path``: weights and provenance first, ``cfg.json`` last.
+        """Commit the dictionary into ``path``: weights, provenance and (when measured)
+        ``sparsity.safetensors`` first, ``cfg.json`` last.
 
         The old ``cfg.json`` is removed before the new files arrive, so a directory with a
         ``cfg.json`` always holds one whole dictionary, whatever moment a kill strikes.
@@ -256,6 +282,8 @@ class ITDA(SAE[ITDAConfig]):
             files.append(self.provenance.save(staged))
         else:
             logger.warning("saving an ITDA without provenance to %s", path)
+        if self.firing is not None:
+            files.append(save_sparsity(staged, self.firing))
         (path / cfg.name).unlink(missing_ok=True)
         commit.fault_point(f"removed {path / cfg.name}")
         for file in (*files, cfg):
@@ -274,7 +302,7 @@ class ITDA(SAE[ITDAConfig]):
             arch = json.loads(cfg_path.read_text(encoding="utf-8")).get("architecture")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
             raise ValueError(f"{cfg_path} is not a JSON object of SAE settings ({err})") from err
-        if arch != "itda":
+        if arch not in ARCHITECTURE_NAMES:
             raise ValueError(f"{cfg_path} names architecture {arch!r}, not 'itda'")
         if not (path / SAE_WEIGHTS_FILENAME).is_file():
             raise FileNotFoundError(f"{path / SAE_WEIGHTS_FILENAME} not found")
@@ -332,5 +360,6 @@ class ITDA(SAE[ITDAConfig]):
 
 # The "itda" architecture: sae_lens's SAE.load_from_disk and SAE.from_pretrained read ITDA
 # directories once this module is imported (``import itda`` arranges that: itda.registration).
-if "itda" not in SAE_CLASS_REGISTRY:
-    register_sae_class("itda", ITDA, ITDAConfig)
+for _name in ARCHITECTURE_NAMES:
+    if _name not in SAE_CLASS_REGISTRY:
+        register_sae_class(_name, ITDA, ITDAConfig)

@@ -14,6 +14,13 @@ the classes. sae_lens (with torch and transformers) takes seconds to import, and
 Either way, after ``import itda``, ``sae_lens.SAE.load_from_disk`` and ``SAE.from_pretrained``
 read ITDA directories, whatever the order of the two imports.
 
+The architecture is registered under two names: ``"itda"`` (what ``cfg.architecture()`` says)
+and :data:`SAVED_ARCHITECTURE`, the name a saved ``cfg.json`` records. sae_lens looks the saved
+name up in its registry, so where ``itda`` is not imported (plain sae_lens, no sae-flux) loading
+an ITDA folder stops with ``KeyError: 'itda (an sae-flux ITDA dictionary: pip install sae-flux,
+then import itda before loading)'`` (one line that says what to do) instead of a bare
+``KeyError: 'itda'``. Folders saved before, with ``"itda"``, load as well.
+
 Example:
     >>> import itda, sae_lens.registry
     >>> "itda" in sae_lens.registry.SAE_CLASS_REGISTRY
@@ -34,6 +41,19 @@ TRIGGER = "sae_lens"
 """The module whose import makes :data:`TARGET` importable and needed."""
 TARGET = "itda.model"
 """The module that registers the architecture when it is imported."""
+ARCHITECTURE = "itda"
+"""``ITDAConfig.architecture()``."""
+SAVED_ARCHITECTURE = (
+    "itda (an sae-flux ITDA dictionary: pip install sae-flux, then import itda before loading)"
+)
+"""The ``architecture`` a saved ``cfg.json`` records (and sae_lens's KeyError shows without itda)."""
+ARCHITECTURE_NAMES = (ARCHITECTURE, SAVED_ARCHITECTURE)
+"""Every name under which the architecture is registered with sae_lens."""
+
+
+def is_itda_architecture(name: object) -> bool:
+    """Whether a ``cfg.json`` ``architecture`` value names an ITDA (either spelling)."""
+    return name in ARCHITECTURE_NAMES
 
 
 class _ThenImportTarget(importlib.abc.Loader):

@@ -40,7 +40,8 @@ def cache_batches(
     reader = CacheReader(path, hook=hook)
     settings = reader.manifest.settings
     source = str(settings.get("prompt_hash") or Path(path).name)
-    meta: dict[str, Any] = {"model_name": reader.manifest.model_id, "hook_name": reader.hook}
+    meta: dict[str, Any] = {"model_name": reader.manifest.model_id, "hook_name": reader.hook,
+                            "dataset_path": f"activation cache {path} ({reader.manifest.tokens(reader.hook)} tokens)"}
     meta[STREAM_KEY] = stream_settings(meta, source, batch_size)
 
     chunks = reader.in_order(batch_size)  # warns when the cache is smaller than one batch
@@ -58,8 +59,12 @@ def build_from_cache(
     progress: bool = True,
     checkpoint: Callable[[BuildState], object] | None = None,
     checkpoint_every: int = 0,
+    sparsity_tokens: int = 65_536,
 ) -> ITDA:
     """Build an ITDA from a Flux activation cache (``sae-flux cache``), in cache order.
+
+    Then measure every atom's firing rate on the first ``sparsity_tokens`` tokens of the same
+    cache, in the same order (``itda.sparsity``; saved as ``sparsity.safetensors``; 0: skip).
 
     Example:
         >>> config = BuildConfig(target_l0=32, loss_threshold=0.3)
@@ -68,8 +73,22 @@ def build_from_cache(
         AtomSource(source='sha256:...', prompt=0, step=0, h=3, w=5, ...)
     """
     batches, meta = cache_batches(path, hook, batch_size)
-    return build(skip_seen(batches, resume), config or BuildConfig(), resume=resume, progress=progress,
+    itda = build(skip_seen(batches, resume), config or BuildConfig(), resume=resume, progress=progress,
                  metadata=meta, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    measure_cache_firing(itda, path, hook, batch_size, sparsity_tokens)
+    return itda
+
+
+def measure_cache_firing(itda: ITDA, path: str | Path, hook: str | None, batch_size: int,
+                         sparsity_tokens: int) -> None:
+    """Measure the atoms' firing rates on the first ``sparsity_tokens`` of the build cache (0: not at all)."""
+    if sparsity_tokens <= 0:
+        return
+    again, _ = cache_batches(path, hook, batch_size)
+    rates = itda.measure_firing_rates(
+        (b.acts_ND for b in again), sparsity_tokens,
+        data=f"build data: the first tokens of cache {Path(path).name}, in cache order")
+    logger.info("firing rates measured on %d build tokens", rates.tokens)
 
 
 def stream_settings(meta: dict[str, Any], source: str, batch_size: int) -> dict[str, Any]:

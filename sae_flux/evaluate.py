@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sae_flux.dictionary import load_dictionary
+from sae_flux.dictionary import HubReference, load_dictionary, parse_reference
 from sae_flux.evaluate_config import EvalConfig
 from sae_flux.metrics import evaluate
 
@@ -27,6 +27,8 @@ def evaluate_dictionary(cfg: EvalConfig) -> dict[str, Any]:
     from sae_flux.cache import CacheReader, load_flux, read_prompts
     from sae_flux.sources import FluxStream
 
+    if cfg.save and isinstance(parse_reference(cfg.dictionary), HubReference):
+        raise ValueError(f"--save writes into a local dictionary directory; {cfg.dictionary} is a Hub reference")
     sae = load_dictionary(cfg.dictionary)
     hook = cfg.hook or sae.cfg.metadata.hook_name
     flux = load_flux(cfg.model) if cfg.model else None
@@ -54,5 +56,14 @@ def evaluate_dictionary(cfg: EvalConfig) -> dict[str, Any]:
         result = downstream(flux, sae, hook, prompts, num_inference_steps=cfg.num_inference_steps)
         report["downstream"] = result._asdict()
     if cfg.save:
-        metrics.save(cfg.dictionary, extra={k: v for k, v in report.items() if k not in metrics.record()})
+        metrics.save(cfg.dictionary, extra={k: v for k, v in report.items() if k not in metrics.record()}
+                     | {"command": _command(cfg)})
     return report
+
+
+def _command(cfg: EvalConfig) -> str:
+    """The ``sae-flux eval`` command line that measures what ``cfg`` does (recorded with --save)."""
+    data = f"--cache {cfg.cache}" if cfg.cache is not None else f"--model {cfg.model} --prompts {cfg.prompts}"
+    hook = f" --hook {cfg.hook}" if cfg.hook else ""
+    steps = f" --num-inference-steps {cfg.num_inference_steps}" if cfg.num_inference_steps else ""
+    return f"sae-flux eval {cfg.dictionary} {data}{hook}{steps} --tokens {cfg.tokens} --save"

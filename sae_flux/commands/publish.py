@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from _sae_flux_shared.cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.publish_config import PublishConfig
@@ -22,6 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from sae_flux.publish import publish  # dispatch: sae_lens and huggingface_hub load here
 
-    url = publish(dataclass_from_args(PublishConfig, args))
-    logger.info("load with SAE.from_pretrained(%r, <sae_id>); commit: %s", args.repo, url)
+    cfg = dataclass_from_args(PublishConfig, args)
+    result = publish(cfg)
+    if cfg.dry_run:
+        sys.stdout.write(result + "\n")  # the plan: files, release block and model card
+        return 0
+    logger.info("load with SAE.from_pretrained(%r, <sae_id>); commit: %s", args.repo, result)
     return 0

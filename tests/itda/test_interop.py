@@ -49,12 +49,35 @@ def test_signed_itda_exports_as_mirrored_dictionary_with_identical_reconstructio
     torch.testing.assert_close(mp.decode(codes), d.decode(d.encode(x)), atol=1e-4, rtol=1e-4)
 
 
-def test_per_dimension_std_export_requires_opting_into_approximation(small_itda):
-    with pytest.raises(ValueError, match="per-dimension std normalisation"):
-        small_itda.to_matching_pursuit()
-    mp = small_itda.to_matching_pursuit(allow_approximate=True)
+def test_the_default_build_exports_exactly(small_itda, acts):
+    assert small_itda.cfg.normalization == "mean" and itda.export_problems(small_itda) == []
+    mp = small_itda.to_matching_pursuit()
+    assert mp.cfg.metadata.itda_export == {
+        "exact": True, "approximate_because": [], "mirrored": True, "n_atoms": small_itda.cfg.d_sae}
+    agreement = itda.compare_export(small_itda, mp, acts[2048:])
+    assert agreement.tokens == 1024 and agreement.same_support == agreement.same_significant_support == 1.0
+    assert agreement.max_code_error <= 1e-5 * agreement.max_code
+    assert agreement.max_recon_error <= 1e-5 * agreement.max_activation
+
+
+def test_per_dimension_std_export_requires_opting_into_approximation(acts):
+    d = itda.ITDA.build(acts[:1024].split(512), target_l0=4, loss_threshold=0.2, max_atoms=300,
+                        normalization="mean_std", progress=False)
+    with pytest.raises(ValueError, match=r"would not be exact: .*per-dimension std normalisation"):
+        d.to_matching_pursuit()
+    mp = d.to_matching_pursuit(allow_approximate=True)
     torch.testing.assert_close(mp.W_dec.norm(dim=1), torch.ones(mp.cfg.d_sae), atol=1e-5, rtol=0)
     assert mp.cfg.metadata.itda_export["exact"] is False
+    assert "per-dimension std" in mp.cfg.metadata.itda_export["approximate_because"][0]
+    assert itda.compare_export(d, mp, acts[2048:]).same_support < 1.0
+
+
+def test_gradient_pursuit_and_screened_exports_are_labelled_approximate(acts):
+    d = itda.ITDA.build(acts[:1024].split(512), target_l0=4, loss_threshold=0.2, max_atoms=300,
+                        encoder="gp", progress=False)
+    with pytest.raises(ValueError, match="gradient pursuit"):
+        d.to_matching_pursuit()
+    assert d.to_matching_pursuit(allow_approximate=True).cfg.metadata.itda_export["exact"] is False
 
 
 def test_exported_matching_pursuit_loads_in_plain_saelens_without_itda(mean_only, acts, tmp_path):
