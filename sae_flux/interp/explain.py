@@ -33,10 +33,12 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from PIL import Image
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from sae_flux.interp.chat import BackendError, ChatBackend
 from sae_flux.interp.index import IndexReader
+from sae_flux.interp.render import spotlight
 from sae_flux.interp.select import SelectConfig, Selection, plain_images, render_card, select
 
 logger = logging.getLogger(__name__)
@@ -62,16 +64,21 @@ class Explanation:
     descriptions: list[str] = field(default_factory=list)
 
 
-class Interpreter(Protocol):
-    """Explains a feature from its selected examples and rates an explanation on images."""
+class Rater(Protocol):
+    """Rates 0-1 how well an explanation fits each of some images (the detection scorer)."""
 
     name: str
+
+    def rate(self, explanation: str, index: IndexReader, images: Sequence[int]) -> list[float]: ...
+
+
+class Interpreter(Rater, Protocol):
+    """Explains a feature from its selected examples and rates an explanation on images."""
+
     uses_images: bool
     """Whether it looks at the generated images (then they must exist before it is asked)."""
 
     def explain(self, index: IndexReader, selection: Selection) -> Explanation: ...
-
-    def rate(self, explanation: str, index: IndexReader, images: Sequence[int]) -> list[float]: ...
 
 
 class VLMInterpreter:
@@ -98,12 +105,19 @@ class VLMInterpreter:
         return Explanation(str(answer["pattern"]), [str(d) for d in descriptions])
 
     def rate(self, explanation: str, index: IndexReader, images: Sequence[int]) -> list[float]:
-        scores = []
-        for picture in plain_images(index, list(images), scale=self.scale):
-            text = prompt("detect_user").replace("{explanation}", explanation.replace('"', "'"))
-            answer = self.backend.ask(prompt("detect_system"), text, [picture], keys=("score",))
-            scores.append(_unit(answer["score"]))
-        return scores
+        return self._scores("detect", explanation, plain_images(index, list(images), scale=self.scale))
+
+    def rate_regions(self, explanation: str, index: IndexReader, images: Sequence[int],
+                     regions_Ihw: Tensor) -> list[float]:
+        """Fuzzing: how well the explanation fits the spotlit region of each image (prompts ``fuzz_*``)."""
+        pictures = [spotlight(index.load_image(int(i)), region, scale=self.scale)
+                    for i, region in zip(images, regions_Ihw, strict=True)]
+        return self._scores("fuzz", explanation, pictures)
+
+    def _scores(self, task: str, explanation: str, pictures: Sequence[Image.Image]) -> list[float]:
+        text = prompt(f"{task}_user").replace("{explanation}", explanation.replace('"', "'"))
+        return [_unit(self.backend.ask(prompt(f"{task}_system"), text, [picture], keys=("score",))["score"])
+                for picture in pictures]
 
 
 def _unit(value: Any) -> float:
@@ -126,12 +140,26 @@ class Detection:
 
 def distractors(
     index: IndexReader, feature: int, exclude: Sequence[int], n: int, seed: int = 0,
-    candidates: Sequence[int] | None = None,
+    candidates: Sequence[int] | None = None, weights: Sequence[float] | None = None,
 ) -> list[int]:
-    """``n`` images that are the top image of other (randomly drawn, seeded) features."""
+    """``n`` images that are the top image of other (randomly drawn, seeded) features.
+
+    With ``weights`` (one per candidate, e.g. the features' firing frequencies) a feature is drawn
+    with probability proportional to its weight, without replacement (Efraimidis & Spirakis
+    2006: sort by ``u ** (1 / w)``), so the distractors look like what the dictionary usually
+    fires on rather than like its rarest features; features of weight 0 come last.
+    """
+    if n < 1:
+        return []
     rng = random.Random(seed * 1_000_003 + feature)
     pool = list(candidates if candidates is not None else range(index.width))
-    rng.shuffle(pool)
+    if weights is None:
+        rng.shuffle(pool)
+    else:
+        if len(weights) != len(pool):
+            raise ValueError(f"{len(weights)} weights for {len(pool)} candidate features")
+        keys = [rng.random() ** (1.0 / w) if w > 0 else -1.0 for w in weights]
+        pool = [f for _, f in sorted(zip(keys, pool, strict=True), key=lambda kf: -kf[0])]
     chosen: list[int] = []
     taken = set(int(i) for i in exclude)
     for other in pool:
@@ -147,7 +175,7 @@ def distractors(
 
 
 def detection(
-    interpreter: Interpreter, index: IndexReader, explanation: str, positives: Sequence[int],
+    interpreter: Rater, index: IndexReader, explanation: str, positives: Sequence[int],
     negatives: Sequence[int],
 ) -> Detection:
     """score = mean(mean rating on positives, 1 - mean rating on negatives)."""
@@ -190,13 +218,20 @@ def plan(
     index: IndexReader, features: Sequence[int], select_cfg: SelectConfig | None = None,
     n_distractors: int = N_DISTRACTORS, seed: int = 0,
 ) -> list[Plan]:
-    """The selection and the distractors of each feature (features with no selected image are left out)."""
+    """The selection and the distractors of each feature (features with no selected image are left out).
+
+    Distractors are the top images of other live features drawn by firing frequency
+    (:func:`distractors` with the index's density as weights).
+    """
+    density = index.density()
     live = [int(f) for f in range(index.width) if len(index.top_images(f)[1])]
+    weights = [float(density[f]) for f in live]
     plans = []
     for f in features:
         chosen = select(index, f, select_cfg)
         if chosen.images:
-            plans.append(Plan(chosen, distractors(index, chosen.feature, chosen.images, n_distractors, seed, live)))
+            plans.append(Plan(chosen, distractors(index, chosen.feature, chosen.images, n_distractors, seed, live,
+                                                  weights)))
     return plans
 
 

@@ -79,7 +79,7 @@ def tiny_width(root):
     return json.loads((root / "cache" / "manifest.json").read_text())["widths"]["double.1.mlp"]
 
 
-def test_explain_on_a_fresh_index_generates_every_image_it_shows_before_asking(setup, tmp_path):
+def test_explain_then_detect_on_a_fresh_index_generate_every_image_they_show_before_asking(setup, tmp_path):
     root = setup
     assert _run("index", root / "cache", "--hook", "double.1.img", "--dictionary", root / "sae-double.1.img",
                 "--name", "sae", "--out", tmp_path / "idx", "--top-n", 8) == 0
@@ -88,13 +88,20 @@ def test_explain_on_a_fresh_index_generates_every_image_it_shows_before_asking(s
     with VLMServer() as vlm:
         code = _run("explain", tmp_path / "idx", *common, "--base-url", vlm.url, "--vlm-model", "stand-in",
                     "--results", tmp_path / "r.jsonl")
-    assert code == 0
-    results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
-    assert len(results) == 3 and all(r["detection"]["negatives"] for r in results)
-    shown = [tmp_path / "idx" / "images" / f"{i:06d}.png" for r in results
-             for i in r["images"] + r["detection"]["negatives"]]
-    assert all(path.is_file() for path in shown)
-    assert vlm.first_request_at is not None and max(p.stat().st_mtime for p in shown) <= vlm.first_request_at
+        assert code == 0
+        results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+        assert len(results) == 3 and all(r["detection"] is None for r in results)  # explaining only
+        shown = [tmp_path / "idx" / "images" / f"{i:06d}.png" for r in results for i in r["images"]]
+        assert all(path.is_file() for path in shown)
+        assert vlm.first_request_at is not None and max(p.stat().st_mtime for p in shown) <= vlm.first_request_at
+        asked = vlm.requests
+        code = _run("detect", tmp_path / "idx", *common, "--base-url", vlm.url, "--vlm-model", "stand-in",
+                    "--explanations", tmp_path / "r.jsonl", "--results", tmp_path / "s.jsonl",
+                    "--summary", tmp_path / "s.json")
+        assert code == 0 and vlm.requests > asked
+    scores = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    negatives = {i for s in scores for i in s["scored"]["detection"]["negatives"]}
+    assert len(negatives) >= 5 and all((tmp_path / "idx" / "images" / f"{i:06d}.png").is_file() for i in negatives)
 
 
 def test_images_makes_the_distractors_too_so_explain_needs_no_model(setup, tmp_path):
