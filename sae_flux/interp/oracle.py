@@ -3,7 +3,9 @@
 On the organism every image token's concepts are known (:func:`sae_flux.interp.dissect.world_labels`,
 from :meth:`sae_flux.organism.world.World.token_labels`). :class:`OracleInterpreter` is shown what a
 VLM explainer is shown (a feature's selected images and their activation maps) and names the concept
-whose token mask best overlaps the highlighted tokens (IoU over those images, Bau et al. 2017); as
+whose token mask best overlaps the highlighted tokens (IoU over those images, Bau et al. 2017;
+among concepts within :data:`TIE` of the best IoU, the one shown by the fewest indexed images, so
+"red" wins over "object" when the shown objects are all red); as
 a rater it says from the ground truth whether an image (detection) or a highlighted region
 (fuzzing) shows the concepts an explanation names. It implements both
 :class:`sae_flux.interp.explain.Interpreter` and :class:`sae_flux.interp.score.RegionRater`, so the
@@ -39,6 +41,10 @@ from sae_flux.interp.select import Selection
 logger = logging.getLogger(__name__)
 
 BACKGROUND = "background:"
+#: IoU margin within which the oracle prefers the rarer concept (the more specific explanation).
+TIE = 0.01
+#: Indexed images the oracle reads to measure how common each concept is.
+PREVALENCE_IMAGES = 256
 
 
 def readable(concept: str) -> str:
@@ -114,6 +120,15 @@ class OracleInterpreter:
         self.truth = truth
         self.threshold = threshold
         """A token is highlighted when the feature exceeds this fraction of its peak on the shown images."""
+        self._prevalence_C: Tensor | None = None
+
+    def prevalence(self, index: IndexReader) -> Tensor:
+        """Share of (up to PREVALENCE_IMAGES) indexed images that show each concept."""
+        if self._prevalence_C is None:
+            images = range(min(index.num_images, PREVALENCE_IMAGES))
+            shown = np.stack([self.truth.masks(i).any(axis=(0, 1)) for i in images])
+            self._prevalence_C = torch.from_numpy(shown.mean(0))
+        return self._prevalence_C
 
     def explain(self, index: IndexReader, selection: Selection) -> Explanation:
         on_IHW = selection.maps_IHW > self.threshold * float(selection.maps_IHW.max())
@@ -121,7 +136,8 @@ class OracleInterpreter:
         inter_C = (on_IHW[..., None] & masks_IHWC).sum((0, 1, 2)).float()
         union_C = (on_IHW[..., None] | masks_IHWC).sum((0, 1, 2)).float()
         iou_C = inter_C / union_C.clamp(min=1)
-        best = int(iou_C.argmax())
+        close = iou_C >= float(iou_C.max()) - TIE
+        best = int(torch.where(close, self.prevalence(index), torch.inf).argmin())
         concept = self.truth.concepts(selection.images[0])[best]
         shares = [f"{self.truth.region_share(i, [concept], on_HW):.2f} of the highlighted tokens show {readable(concept)}"
                   for i, on_HW in zip(selection.images, on_IHW, strict=True)]
