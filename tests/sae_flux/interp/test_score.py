@@ -13,7 +13,14 @@ from sae_flux.interp.chat import ChatConfig, OpenAIChat
 from sae_flux.interp.explain import VLMInterpreter, distractors, plan
 from sae_flux.interp.index import FeatureSource, ImageBatch, IndexConfig, build_index
 from sae_flux.interp.oracle import OracleInterpreter, Truth, readable
-from sae_flux.interp.score import decoys, near_floor, score_explanation, score_features, shuffled, summary
+from sae_flux.interp.score import (
+    decoys,
+    near_floor,
+    score_explanation,
+    score_features,
+    shuffled,
+    summary,
+)
 from sae_flux.interp.select import SelectConfig
 from sae_flux.intervals import bootstrap_mean, wilson
 
