@@ -4,17 +4,21 @@ Steps 4-5 of the visual auto-interpretation pipeline of Shabalin et al. 2025 (ar
 2505.24360, ``../shared/research.md`` s.1). The explainer sees the feature's selected images
 with heatmaps, describes each highlighted region, then states the common pattern. The
 detection scorer rates, image by image, how well the explanation fits 5 positives (the
-feature's images, shown without heatmaps) and 5 distractors (top images of other features);
-score = mean(mean positive rating, 1 - mean distractor rating).
+feature's images, shown without heatmaps) and 5 distractors (top images of other live
+features, drawn by firing frequency: :func:`plan`); score = mean(mean positive rating, 1 - mean
+distractor rating). :func:`interpret` with ``n_distractors=0`` only explains (the CLI's
+``explain`` step); :mod:`sae_flux.interp.score` adds the corrected detection and fuzzing scores
+with their floor and ceiling (the CLI's ``detect`` step).
 
 Everything goes through one small interface, :class:`Interpreter` (``explain`` and ``rate``):
 
 - :class:`VLMInterpreter` over any :class:`sae_flux.interp.chat.ChatBackend` (an
   OpenAI-compatible endpoint or a local transformers model); prompts are the text files in
-  ``sae_flux/interp/prompts/``;
-- :class:`ConceptInterpreter`, the VLM-free ground truth on the organism: the explanation is the
-  name of the feature's best-IoU concept, and an image's rating is how much of that concept
-  the image shows (:mod:`sae_flux.interp.dissect`).
+  ``sae_flux/interp/prompts/``; it also rates spotlit regions (``rate_regions``, fuzzing);
+- :class:`sae_flux.interp.oracle.OracleInterpreter`, the organism's ground truth as explainer and
+  rater (the ceiling);
+- :class:`ConceptInterpreter`, the VLM-free ground truth of the dissection: the explanation is the
+  name of the feature's best dataset-wide IoU concept (:mod:`sae_flux.interp.dissect`).
 
 Example:
     >>> interpreter = VLMInterpreter(OpenAIChat(ChatConfig(model="gpt-4o-mini")))  # doctest: +SKIP
