@@ -284,7 +284,10 @@ def run_detect(args: argparse.Namespace) -> int:
 
     index, prompts, seed = _context(args, args.index)
     explanations = _explanations(args.explanations, index.name)
-    features = [f for f in _features(args, index) if f in explanations] if args.features else sorted(explanations)
+    features = _features(args, index) if args.features else sorted(explanations)
+    unexplained = [f for f in features if f not in explanations]
+    if unexplained:
+        raise ValueError(f"features {unexplained} have no explanation in {args.explanations}; explain them first")
     truth = None if args.no_ground_truth else Truth.of_prompts(prompts, seed)
     rater = _interpreter(args, truth)
     plans = plan(index, features, dataclass_from_args(SelectConfig, args))
