@@ -206,6 +206,12 @@ def run_render(args: argparse.Namespace) -> int:
         render_card(index, selection, title=f"{index.name} #{f}").save(file)
         cards.append(_card(index.name, f, str(file.relative_to(out)), float(density[f]), by_feature.get(f, []),
                            flags.get(f)))
+    shown = {card.feature for card in cards}
+    for f in (f for f in _features(args, index) if f not in shown):  # live, but no image passes the rule
+        card = _card(index.name, f, "", float(density[f]), by_feature.get(f, []), flags.get(f))
+        card.details.append(f"no image has >= {args.min_tokens} tokens over {args.threshold:g} x the maximum "
+                            "(the selection rule), so no top image is shown")
+        cards.append(card)
     page = write_browser(out, cards, title=f"Feature browser: {index.name}", per_page=args.per_page,
                          intro=f"{len(cards)} features of {index.name} ({index.num_images} indexed images). Top images "
                          "by the paper's rule; heatmap opacity grows with the square root of the activation (colour "

@@ -53,13 +53,13 @@ def _card_html(card: Card) -> str:
         said = '<p class="scores">(not explained)</p>'
     elif card.flag:
         said = (f"<p>{html.escape(card.explanation)}</p>"
-                f'<p class="warn">&#9888; near the random floor: {html.escape(card.flag)}</p>')
+                f'<p class="warn">&#9888; {html.escape(card.flag)}</p>')
     else:
         said = f"<p><b>{html.escape(card.explanation)}</b></p>"
     return (
         f'<div class="card{" flag" if card.flag else ""}" id="{html.escape(card.dictionary)}-{card.feature}">'
         f"<h3>{html.escape(card.dictionary)} feature {card.feature}</h3>"
-        f'<img src="{html.escape(card.image)}" alt="top images of feature {card.feature}">'
+        + (f'<img src="{html.escape(card.image)}" alt="top images of feature {card.feature}">' if card.image else "")
         + said
         + f'<p class="scores">{html.escape(scores)}</p>'
         + (f"<ul>{details}</ul>" if details else "")
