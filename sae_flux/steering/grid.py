@@ -54,7 +54,7 @@ def grid_image(
     """
     rows, cols = len(images_PS), len(images_PS[0])
     lines = max([label.count("\n") + 1 for label in column_labels] + [corner.count("\n") + 1])
-    header = 4 + 11 * lines
+    header = 3 + 11 * lines
     margin = 6 + 6 * max([len(label) for label in row_labels] + [len(line) for line in corner.split("\n")]) \
         if row_labels else 0
     canvas = Image.new("RGB", (margin + cols * cell, header + rows * cell), "white")
