@@ -215,11 +215,15 @@ def stage_metrics(state: DemoState) -> None:
                **{k: v for k, v in metrics.record().items() if k in ("fvu", "explained_variance", "l0", "dead_fraction", "tokens")}}
         rows.append(row)
     state.report.numbers["reconstruction"] = rows
+    best = min(rows, key=lambda r: r["fvu"]) if rows else None
+    others = ", ".join(f"{r['dictionary']} {r['fvu']:.2f}" for r in rows if r is not best)
     state.report.section(
         "Reconstruction",
         text="Measured on held-out raw activations (prompts with unseen caption templates); dead = never "
         "active in that window.",
         table=rows,
+        conclusion=(f"{best['dictionary']} reconstructs held-out activations best (FVU {best['fvu']:.2f} at L0 "
+                    f"{best['l0']:.1f}{'; ' + others if others else ''})" if best else ""),
     )
 
 
@@ -269,4 +273,11 @@ def run_demo(cfg: DemoConfig) -> Path:
             report.write()  # a partial report survives a later failure
     report.numbers["stage_seconds"] = timings
     report.section("Timings", table=[{"stage": k, "seconds": v} for k, v in timings.items()])
+    report.conclusion = overall_conclusion(report)
     return report.write()
+
+
+def overall_conclusion(report: Report) -> str:
+    """The sections' conclusions as one sentence, each prefixed by its section title."""
+    parts = [f"{s.title.lower()}: {s.conclusion.rstrip('.')}" for s in report.sections if s.conclusion]
+    return ("On this organism, " + "; ".join(parts) + ".") if parts else ""

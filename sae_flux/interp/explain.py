@@ -4,17 +4,21 @@ Steps 4-5 of the visual auto-interpretation pipeline of Shabalin et al. 2025 (ar
 2505.24360, ``../shared/research.md`` s.1). The explainer sees the feature's selected images
 with heatmaps, describes each highlighted region, then states the common pattern. The
 detection scorer rates, image by image, how well the explanation fits 5 positives (the
-feature's images, shown without heatmaps) and 5 distractors (top images of other features);
-score = mean(mean positive rating, 1 - mean distractor rating).
+feature's images, shown without heatmaps) and 5 distractors (top images of other live
+features, drawn by firing frequency: :func:`plan`); score = mean(mean positive rating, 1 - mean
+distractor rating). :func:`interpret` with ``n_distractors=0`` only explains (the CLI's
+``explain`` step); :mod:`sae_flux.interp.score` adds the corrected detection and fuzzing scores
+with their floor and ceiling (the CLI's ``detect`` step).
 
 Everything goes through one small interface, :class:`Interpreter` (``explain`` and ``rate``):
 
 - :class:`VLMInterpreter` over any :class:`sae_flux.interp.chat.ChatBackend` (an
   OpenAI-compatible endpoint or a local transformers model); prompts are the text files in
-  ``sae_flux/interp/prompts/``;
-- :class:`ConceptInterpreter`, the VLM-free ground truth on the organism: the explanation is the
-  name of the feature's best-IoU concept, and an image's rating is how much of that concept
-  the image shows (:mod:`sae_flux.interp.dissect`).
+  ``sae_flux/interp/prompts/``; it also rates spotlit regions (``rate_regions``, fuzzing);
+- :class:`sae_flux.interp.oracle.OracleInterpreter`, the organism's ground truth as explainer and
+  rater (the ceiling);
+- :class:`ConceptInterpreter`, the VLM-free ground truth of the dissection: the explanation is the
+  name of the feature's best dataset-wide IoU concept (:mod:`sae_flux.interp.dissect`).
 
 Example:
     >>> interpreter = VLMInterpreter(OpenAIChat(ChatConfig(model="gpt-4o-mini")))  # doctest: +SKIP
@@ -32,11 +36,13 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from PIL import Image
+from torch import Tensor
 from tqdm.auto import tqdm
 
 import _sae_flux_shared.commit as commit
 from sae_flux.interp.chat import BackendError, ChatBackend
 from sae_flux.interp.index import IndexReader
+from sae_flux.interp.render import spotlight
 from sae_flux.interp.select import SelectConfig, Selection, plain_images, render_card, select
 
 logger = logging.getLogger(__name__)
@@ -62,16 +68,21 @@ class Explanation:
     descriptions: list[str] = field(default_factory=list)
 
 
-class Interpreter(Protocol):
-    """Explains a feature from its selected examples and rates an explanation on images."""
+class Rater(Protocol):
+    """Rates 0-1 how well an explanation fits each of some images (the detection scorer)."""
 
     name: str
+
+    def rate(self, explanation: str, index: IndexReader, images: Sequence[int]) -> list[float]: ...
+
+
+class Interpreter(Rater, Protocol):
+    """Explains a feature from its selected examples and rates an explanation on images."""
+
     uses_images: bool
     """Whether it looks at the generated images (then they must exist before it is asked)."""
 
     def explain(self, index: IndexReader, selection: Selection) -> Explanation: ...
-
-    def rate(self, explanation: str, index: IndexReader, images: Sequence[int]) -> list[float]: ...
 
 
 class VLMInterpreter:
@@ -98,12 +109,19 @@ class VLMInterpreter:
         return Explanation(str(answer["pattern"]), [str(d) for d in descriptions])
 
     def rate(self, explanation: str, index: IndexReader, images: Sequence[int]) -> list[float]:
-        scores = []
-        for picture in plain_images(index, list(images), scale=self.scale):
-            text = prompt("detect_user").replace("{explanation}", explanation.replace('"', "'"))
-            answer = self.backend.ask(prompt("detect_system"), text, [picture], keys=("score",))
-            scores.append(_unit(answer["score"]))
-        return scores
+        return self._scores("detect", explanation, plain_images(index, list(images), scale=self.scale))
+
+    def rate_regions(self, explanation: str, index: IndexReader, images: Sequence[int],
+                     regions_Ihw: Tensor) -> list[float]:
+        """Fuzzing: how well the explanation fits the spotlit region of each image (prompts ``fuzz_*``)."""
+        pictures = [spotlight(index.load_image(int(i)), region, scale=self.scale)
+                    for i, region in zip(images, regions_Ihw, strict=True)]
+        return self._scores("fuzz", explanation, pictures)
+
+    def _scores(self, task: str, explanation: str, pictures: Sequence[Image.Image]) -> list[float]:
+        text = prompt(f"{task}_user").replace("{explanation}", explanation.replace('"', "'"))
+        return [_unit(self.backend.ask(prompt(f"{task}_system"), text, [picture], keys=("score",))["score"])
+                for picture in pictures]
 
 
 def _unit(value: Any) -> float:
@@ -126,12 +144,26 @@ class Detection:
 
 def distractors(
     index: IndexReader, feature: int, exclude: Sequence[int], n: int, seed: int = 0,
-    candidates: Sequence[int] | None = None,
+    candidates: Sequence[int] | None = None, weights: Sequence[float] | None = None,
 ) -> list[int]:
-    """``n`` images that are the top image of other (randomly drawn, seeded) features."""
+    """``n`` images that are the top image of other (randomly drawn, seeded) features.
+
+    With ``weights`` (one per candidate, e.g. the features' firing frequencies) a feature is drawn
+    with probability proportional to its weight, without replacement (Efraimidis & Spirakis
+    2006: sort by ``u ** (1 / w)``), so the distractors look like what the dictionary usually
+    fires on rather than like its rarest features; features of weight 0 come last.
+    """
+    if n < 1:
+        return []
     rng = random.Random(seed * 1_000_003 + feature)
     pool = list(candidates if candidates is not None else range(index.width))
-    rng.shuffle(pool)
+    if weights is None:
+        rng.shuffle(pool)
+    else:
+        if len(weights) != len(pool):
+            raise ValueError(f"{len(weights)} weights for {len(pool)} candidate features")
+        keys = [rng.random() ** (1.0 / w) if w > 0 else -1.0 for w in weights]
+        pool = [f for _, f in sorted(zip(keys, pool, strict=True), key=lambda kf: -kf[0])]
     chosen: list[int] = []
     taken = set(int(i) for i in exclude)
     for other in pool:
@@ -147,7 +179,7 @@ def distractors(
 
 
 def detection(
-    interpreter: Interpreter, index: IndexReader, explanation: str, positives: Sequence[int],
+    interpreter: Rater, index: IndexReader, explanation: str, positives: Sequence[int],
     negatives: Sequence[int],
 ) -> Detection:
     """score = mean(mean rating on positives, 1 - mean rating on negatives)."""
@@ -190,13 +222,20 @@ def plan(
     index: IndexReader, features: Sequence[int], select_cfg: SelectConfig | None = None,
     n_distractors: int = N_DISTRACTORS, seed: int = 0,
 ) -> list[Plan]:
-    """The selection and the distractors of each feature (features with no selected image are left out)."""
+    """The selection and the distractors of each feature (features with no selected image are left out).
+
+    Distractors are the top images of other live features drawn by firing frequency
+    (:func:`distractors` with the index's density as weights).
+    """
+    density = index.density()
     live = [int(f) for f in range(index.width) if len(index.top_images(f)[1])]
+    weights = [float(density[f]) for f in live]
     plans = []
     for f in features:
         chosen = select(index, f, select_cfg)
         if chosen.images:
-            plans.append(Plan(chosen, distractors(index, chosen.feature, chosen.images, n_distractors, seed, live)))
+            plans.append(Plan(chosen, distractors(index, chosen.feature, chosen.images, n_distractors, seed, live,
+                                                  weights)))
     return plans
 
 

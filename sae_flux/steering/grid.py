@@ -44,18 +44,33 @@ def edits_for(cfg: SteerConfig, dictionary: Any, scale: float, n_steps: int) -> 
     return [add_feature(dictionary, f, scale, not cfg.absolute, region, range(first)) for f in cfg.features]  # type: ignore[arg-type]
 
 
-def grid_image(images_PS: Sequence[Sequence[Tensor]], column_labels: Sequence[str], cell: int = 96) -> Image.Image:
-    """Images (rows of [3, H, W] tensors in [0, 1]) tiled with a header row of labels."""
-    rows, cols, header = len(images_PS), len(images_PS[0]), 14
-    canvas = Image.new("RGB", (cols * cell, header + rows * cell), "white")
+def grid_image(
+    images_PS: Sequence[Sequence[Tensor]], column_labels: Sequence[str], cell: int = 96,
+    row_labels: Sequence[str] = (), corner: str = "",
+) -> Image.Image:
+    """Images (rows of [3, H, W] tensors in [0, 1]) tiled under a header row of column labels.
+
+    A label may hold several lines (``"sae-topk\\nx0.8"``); ``row_labels`` are written in a left
+    margin and ``corner`` above them (for example what the rows and columns are).
+    """
+    rows, cols = len(images_PS), len(images_PS[0])
+    lines = max([label.count("\n") + 1 for label in column_labels] + [corner.count("\n") + 1])
+    header = 3 + 11 * lines
+    margin = 6 + 6 * max([len(label) for label in row_labels] + [len(line) for line in corner.split("\n")]) \
+        if row_labels else 0
+    canvas = Image.new("RGB", (margin + cols * cell, header + rows * cell), "white")
     draw = ImageDraw.Draw(canvas)
+    if row_labels:
+        draw.multiline_text((3, 1), corner, fill="black", spacing=0)
     for j, label in enumerate(column_labels):
-        draw.text((j * cell + 3, 1), label, fill="black")
+        draw.multiline_text((margin + j * cell + 3, 1), label, fill="black", spacing=0)
     for i, row in enumerate(images_PS):
+        if i < len(row_labels):
+            draw.text((3, header + i * cell + cell // 2 - 5), row_labels[i], fill="black")
         for j, img in enumerate(row):
             array = (img.clamp(0, 1).permute(1, 2, 0).float().numpy() * 255).round().astype("uint8")
             tile = Image.fromarray(array).resize((cell, cell), Image.Resampling.NEAREST)
-            canvas.paste(tile, (j * cell, header + i * cell))
+            canvas.paste(tile, (margin + j * cell, header + i * cell))
     return canvas
 
 

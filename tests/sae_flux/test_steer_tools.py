@@ -129,3 +129,5 @@ def test_demo_stage_adds_a_steering_section(tiny_flux, sae_dir, tmp_path):
     methods = {row["method"] for row in state.report.numbers["steering"]}
     assert methods == {"none", "sae", "diff-of-means"}
     assert all((tmp_path / f.path).is_file() for f in section.figures)
+    assert all(r["hit_low"] <= r["hit"] <= r["hit_high"] and r["images"] >= 1 for r in state.report.numbers["steering"])
+    assert section.conclusion.startswith("toward 'red' the best direction")

@@ -42,7 +42,7 @@ def test_selection_ranks_by_peak_and_drops_images_with_too_few_tokens(index):
 
 def test_card_shows_one_picture_per_selected_image(index):
     card = render_card(index, select(index, 3, SelectConfig(min_tokens=1, threshold=0.0)), scale=2, title="t")
-    assert card.height == 32 + 14 and card.width > 2 * 32
+    assert card.height == 32 + 11 + 14 and card.width > 2 * 32  # colour-bar label row, title
     with pytest.raises(ValueError, match="feature 1 has no selected images"):
         render_card(index, select(index, 1, SelectConfig(min_tokens=9)))
 
