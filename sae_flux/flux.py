@@ -22,8 +22,8 @@ from typing import Any
 
 import nnsight
 import torch
-from jaxtyping import Float
 from diffusers import FluxPipeline
+from jaxtyping import Float
 from nnsight.modeling.diffusion import DiffusionModel, _PipelineModule
 from torch import Tensor
 from tqdm.auto import tqdm

@@ -176,3 +176,14 @@ def test_tiny_needs_no_save(monkeypatch):
     flux = Flux.tiny(seed=0)
     assert isinstance(flux.defaults, GenerationDefaults) and flux.resolution == 32
     assert flux.pipeline.generation_defaults == TinyFluxConfig().defaults
+
+
+def test_real_width_config_is_flux1_schnell_at_full_depth():
+    from sae_flux.tiny import _transformer, real_width_config
+
+    with torch.device("meta"):  # shapes only: no 48 GB of float32 weights
+        transformer = _transformer(real_width_config(num_layers=19, num_single_layers=38))
+    assert sum(p.numel() for p in transformer.parameters()) == 11_891_178_560
+    config = transformer.config
+    assert (config.num_attention_heads * config.attention_head_dim, config.joint_attention_dim) == (3072, 4096)
+    assert config.guidance_embeds is False and tuple(config.axes_dims_rope) == (16, 56, 56)
