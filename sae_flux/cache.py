@@ -168,6 +168,11 @@ def load_flux(model: str) -> Any:
     return Flux.from_pretrained(model)
 
 
+def open_captions(cfg: CacheConfig) -> Captions:
+    """The captions of ``cfg.prompts`` as the job selects them (streamed; see :mod:`sae_flux.captions`)."""
+    return Captions(cfg.prompts, cfg.caption_field, cfg.limit, cfg.seed, cfg.dedup)
+
+
 def settings_of(cfg: CacheConfig, flux: Any, prompts: Sequence[str]) -> dict[str, Any]:
     """Everything that determines a cache's bytes; two caches with equal settings are equal."""
     kwargs = flux.generation_kwargs(
@@ -184,7 +189,7 @@ def settings_of(cfg: CacheConfig, flux: Any, prompts: Sequence[str]) -> dict[str
         "dtype": cfg.dtype,
         "batch_size": cfg.batch_size,
         "shard_prompts": cfg.shard_prompts,
-        "captions": prompts.record() if isinstance(prompts, Captions) else None,
+        "captions": (prompts if isinstance(prompts, Captions) else open_captions(cfg)).record(),
         "tokens_per_image": cfg.tokens_per_image,
     }
 
@@ -252,7 +257,7 @@ def write_cache(cfg: CacheConfig, resume: bool = False, flux: Any = None) -> Man
     (:mod:`sae_flux.sampling`). Memory stays bounded by one shard. With ``resume`` an interrupted run continues where its
     manifest ends. Returns the final manifest.
     """
-    prompts = Captions(cfg.prompts, cfg.caption_field, cfg.limit, cfg.seed, cfg.dedup)
+    prompts = open_captions(cfg)
     flux = flux if flux is not None else load_flux(cfg.model)
     widths = {h: flux.width(h) for h in cfg.hooks}
     if cfg.tokens_per_image is not None:
