@@ -31,7 +31,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ from tqdm.auto import tqdm
 
 import _sae_flux_shared.commit as commit
 from sae_flux.cache_config import DTYPE_NAMES, CacheConfig
+from sae_flux.captions import Captions
+from sae_flux.sampling import check_tokens_per_image, kept_rows
 from sae_flux.sources import batch_rows
 
 logger = logging.getLogger(__name__)
@@ -145,9 +147,12 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def prompt_hash(prompts: Sequence[str]) -> str:
-    digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
-    return f"sha256:{digest[:16]}"
+def prompt_hash(prompts: Iterable[str]) -> str:
+    """``sha256`` of the prompts joined by newlines, computed as they stream past."""
+    digest = hashlib.sha256()
+    for i, prompt in enumerate(prompts):
+        digest.update(("\n" if i else "").encode("utf-8") + prompt.encode("utf-8"))
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -162,6 +167,11 @@ def load_flux(model: str) -> Any:
     if model == "tiny" or model.startswith("tiny:"):
         return Flux.tiny(seed=int(model.partition(":")[2] or 0))
     return Flux.from_pretrained(model)
+
+
+def open_captions(cfg: CacheConfig) -> Captions:
+    """The captions of ``cfg.prompts`` as the job selects them (streamed; see :mod:`sae_flux.captions`)."""
+    return Captions(cfg.prompts, cfg.caption_field, cfg.limit, cfg.seed, cfg.dedup)
 
 
 def settings_of(cfg: CacheConfig, flux: Any, prompts: Sequence[str]) -> dict[str, Any]:
@@ -180,6 +190,8 @@ def settings_of(cfg: CacheConfig, flux: Any, prompts: Sequence[str]) -> dict[str
         "dtype": cfg.dtype,
         "batch_size": cfg.batch_size,
         "shard_prompts": cfg.shard_prompts,
+        "captions": (prompts if isinstance(prompts, Captions) else open_captions(cfg)).record(),
+        "tokens_per_image": cfg.tokens_per_image,
     }
 
 
@@ -218,9 +230,12 @@ def _write_shard(path: Path, tensors: dict[str, Tensor]) -> None:
         raise
 
 
-def _shard_tensors(acts: Any, hook: str, dtype: torch.dtype) -> dict[str, Tensor]:
-    tensors = {"acts": acts.tokens(hook).to(dtype).contiguous()}
+def _shard_tensors(acts: Any, hook: str, dtype: torch.dtype, cfg: CacheConfig) -> dict[str, Tensor]:
+    rows = kept_rows(hook, tuple(acts[hook].shape[:3]), acts.prompt_ids, acts.steps, cfg.tokens_per_image, cfg.seed)
+    tokens = acts.tokens(hook)
+    tensors = {"acts": (tokens if rows is None else tokens[rows]).to(dtype).contiguous()}
     for key, value in acts.provenance(hook).items():
+        value = value if rows is None else value[rows]
         tensors[key] = value.to(torch.float32 if key == "timestep" else torch.int32)
     return tensors
 
@@ -228,12 +243,17 @@ def _shard_tensors(acts: Any, hook: str, dtype: torch.dtype) -> dict[str, Tensor
 def write_cache(cfg: CacheConfig, resume: bool = False, flux: Any = None) -> Manifest:
     """Cache ``cfg.hooks`` for every prompt of ``cfg.prompts`` into ``cfg.out``.
 
-    Memory stays bounded by one shard. With ``resume`` an interrupted run continues where its
+    The captions stream from their source (:class:`sae_flux.captions.Captions`) and, with
+    ``cfg.tokens_per_image``, K image tokens per image per kept step are kept
+    (:mod:`sae_flux.sampling`). Memory stays bounded by one shard. With ``resume`` an interrupted run continues where its
     manifest ends. Returns the final manifest.
     """
-    prompts = read_prompts(cfg.prompts)
+    prompts = open_captions(cfg)
     flux = flux if flux is not None else load_flux(cfg.model)
     widths = {h: flux.width(h) for h in cfg.hooks}
+    if cfg.tokens_per_image is not None:
+        resolution = cfg.resolution or flux.resolution
+        check_tokens_per_image(cfg.tokens_per_image, flux.grid(resolution, resolution), resolution)
     out = Path(cfg.out)
     manifest = Manifest(settings_of(cfg, flux, prompts), widths, cfg.dtype, len(prompts))
     created, existed = not (out / MANIFEST).is_file(), out.exists()
@@ -271,7 +291,7 @@ def _write_shards(cfg: CacheConfig, flux: Any, prompts: Sequence[str], out: Path
         )
         counts = {}
         for hook in cfg.hooks:
-            tensors = _shard_tensors(acts, hook, DTYPES[cfg.dtype])
+            tensors = _shard_tensors(acts, hook, DTYPES[cfg.dtype], cfg)
             _write_shard(shard_path(out, hook, k), tensors)
             counts[hook] = int(tensors["acts"].shape[0])
         manifest.shards.append(ShardRecord(k, start, stop, counts))

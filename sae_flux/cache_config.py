@@ -24,7 +24,8 @@ class CacheConfig:
     model: str
     """``tiny``, ``organism``, a diffusers repo id or a local pipeline directory."""
     prompts: str
-    """UTF-8 text file with one prompt per line (blank lines are skipped)."""
+    """Captions: a UTF-8 text file (one per line, blanks skipped), a .jsonl file, .parquet files,
+    a datasets save_to_disk directory or webdataset .tar shards (see sae_flux.captions)."""
     hooks: list[str]
     """Hook points to cache, e.g. ``["double.18.img"]``."""
     out: str
@@ -43,6 +44,14 @@ class CacheConfig:
     """Prompts per pipeline call."""
     shard_prompts: int = 64
     """Prompts per shard; bounds memory and the work lost to a crash."""
+    caption_field: str = "caption"
+    """Caption field of JSONL records, dataset / parquet columns and tar samples' .json."""
+    limit: int | None = None
+    """Keep a uniform random LIMIT of the captions, chosen by --seed, in source order (default: all)."""
+    dedup: bool = False
+    """Drop captions equal to an earlier one."""
+    tokens_per_image: int | None = None
+    """Keep this many image tokens per image per kept step, chosen by --seed (default: all)."""
 
     def __post_init__(self) -> None:
         if not self.hooks:
@@ -55,6 +64,10 @@ class CacheConfig:
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.steps is not None and (not self.steps or min(self.steps) < 0):
             raise ValueError(f"steps must be denoising step indices >= 0, got {self.steps}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.tokens_per_image is not None and self.tokens_per_image < 1:
+            raise ValueError(f"tokens_per_image must be >= 1, got {self.tokens_per_image}")
         if self.batch_size < 1 or self.shard_prompts < 1:
             raise ValueError("batch_size and shard_prompts must be >= 1")
         if self.shard_prompts % self.batch_size:

@@ -15,8 +15,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,18 +22,19 @@ from typing import Any
 
 import nnsight
 import torch
+from diffusers import FluxPipeline
 from jaxtyping import Float
-from nnsight.modeling.diffusion import DiffusionModel
+from nnsight.modeling.diffusion import DiffusionModel, _PipelineModule
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from sae_flux import hooks as hookpoints
+from sae_flux.placement import Offload, Placement
 from sae_flux.tiny import (
     GenerationDefaults,
     TinyFluxConfig,
     TinyFluxPipeline,
     build_pipeline,
-    save_pipeline,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,6 +47,11 @@ REAL_DEFAULTS = {
         resolution=256, max_sequence_length=512, num_inference_steps=28, guidance_scale=3.5
     ),
 }
+
+
+def variant(transformer: Any) -> str:
+    """``"dev"`` for a transformer with a guidance embedding (FLUX.1-dev), else ``"schnell"``."""
+    return "dev" if transformer.config.guidance_embeds else "schnell"
 
 
 class Activations(dict[str, Tensor]):
@@ -169,17 +173,29 @@ class Flux:
     def from_pretrained(
         cls,
         repo_or_dir: str | Path = SCHNELL,
-        dtype: torch.dtype = torch.float32,
+        dtype: str | torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         revision: str | None = None,
+        device_map: str | None = None,
+        offload: Offload | None = None,
         **pipeline_kwargs: Any,
     ) -> Flux:
         """Load a Flux pipeline (FLUX.1-schnell by default, FLUX.1-dev accepted) by id or path.
 
+        The weights go where they run through diffusers' own mechanisms
+        (:class:`sae_flux.placement.Placement`): an accelerator ``device`` loads every
+        component straight to it (``device_map``), ``offload="model"`` / ``"sequential"``
+        attaches diffusers' CPU offload; nothing is built whole on the host and then moved.
+        The sampling defaults follow the transformer's config: a guidance embedding means
+        FLUX.1-dev (28 steps, guidance 3.5), none means FLUX.1-schnell; the path never matters.
+
         Example:
             >>> flux = Flux.from_pretrained("black-forest-labs/FLUX.1-schnell",  # doctest: +SKIP
             ...                             dtype=torch.bfloat16, device="cuda")
+            >>> flux = Flux.from_pretrained("black-forest-labs/FLUX.1-dev",  # doctest: +SKIP
+            ...                             dtype=torch.bfloat16, device="cuda", offload="model")
         """
+        placement = Placement.resolve(device, dtype, device_map, offload)
         path = Path(repo_or_dir)
         local = path.is_dir()
         if local and not (path / "model_index.json").is_file():
@@ -187,32 +203,69 @@ class Flux:
         defaults = GenerationDefaults.load(path) if local else None
         if defaults is not None:  # a pipeline built by sae-flux: its plain call uses its own settings
             pipeline_kwargs.setdefault("automodel", TinyFluxPipeline)
-        model = DiffusionModel(
-            str(repo_or_dir),
-            dispatch=True,
-            dtype=dtype,
-            revision=revision,
-            **pipeline_kwargs,
-        )
-        model.pipeline.to(device)
+        with placement.loading():
+            model = DiffusionModel(
+                str(repo_or_dir),
+                dispatch=True,
+                revision=revision,
+                **placement.load_kwargs(),
+                **pipeline_kwargs,
+            )
+        placement.place(model.pipeline)
         if defaults is None:
-            defaults = REAL_DEFAULTS["dev" if "dev" in str(repo_or_dir).lower() else "schnell"]
+            defaults = REAL_DEFAULTS[variant(model.pipeline.transformer)]
         model_id = str(repo_or_dir)  # as given: saved records hold no absolute path of this machine
         return cls(model, model_id, defaults)
+
+    @classmethod
+    def from_pipeline(
+        cls,
+        pipe: FluxPipeline,
+        defaults: GenerationDefaults | None = None,
+        model_id: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        offload: Offload | None = None,
+    ) -> Flux:
+        """Wrap a ``FluxPipeline`` already in memory: no save, no reload, the same weights.
+
+        nnsight's supported path for a ready module: ``DiffusionModel`` accepts any
+        ``torch.nn.Module`` and builds its envoy tree over it as-is, so the pipeline is given
+        through nnsight's own ``_PipelineModule`` view (every component a child, forward runs
+        the pipeline), exactly the module ``DiffusionModel`` builds when it loads by path.
+        Its components are put in eval mode, as diffusers' ``from_pretrained`` leaves them
+        (a freshly constructed module is in training mode, with dropout active). The pipeline
+        is moved or offloaded only if ``device`` / ``dtype`` / ``offload`` are given. Defaults: ``defaults``, else the pipeline's own (a
+        :class:`sae_flux.tiny.TinyFluxPipeline`), else by variant as in :meth:`from_pretrained`.
+
+        Example:
+            >>> from sae_flux.tiny import build_pipeline
+            >>> flux = Flux.from_pipeline(build_pipeline(seed=0))
+            >>> flux.d_model
+            32
+        """
+        if not isinstance(pipe, FluxPipeline):
+            raise TypeError(f"from_pipeline needs a diffusers FluxPipeline, got {type(pipe).__name__}")
+        if device is not None or dtype is not None or offload is not None:
+            current = pipe.transformer.dtype if dtype is None else dtype
+            Placement.resolve(device or pipe.device, current, None, offload).move(pipe)
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.eval()  # as diffusers' from_pretrained leaves them (no dropout)
+        model = DiffusionModel(_PipelineModule(pipe))
+        model.pipeline = pipe
+        defaults = defaults or getattr(pipe, "generation_defaults", None)
+        defaults = defaults or REAL_DEFAULTS[variant(pipe.transformer)]
+        name = model_id or getattr(pipe, "name_or_path", None) or f"in-memory {type(pipe).__name__}"
+        return cls(model, str(name), defaults)
 
     @classmethod
     def tiny(cls, seed: int = 0, config: TinyFluxConfig | None = None) -> Flux:
         """A random-weight tiny FluxPipeline built offline: the fixture for fast tests."""
         config = config or TinyFluxConfig()
-        pipe = build_pipeline(config, seed=seed)
-        workdir = Path(tempfile.mkdtemp(prefix="sae-flux-tiny-"))
-        try:
-            save_pipeline(pipe, workdir, config.defaults)
-            flux = cls.from_pretrained(workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        flux.model_id = f"tiny(seed={seed}, {_config_tag(config)})"
-        return flux
+        pipe = TinyFluxPipeline(**build_pipeline(config, seed=seed).components)
+        pipe.generation_defaults = config.defaults
+        return cls.from_pipeline(pipe, model_id=f"tiny(seed={seed}, {_config_tag(config)})")
 
     @classmethod
     def organism(cls) -> Flux:

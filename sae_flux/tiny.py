@@ -18,11 +18,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,11 @@ class TinyFluxConfig:
     axes_dims_rope: tuple[int, int, int] = (4, 4, 8)
     """RoPE dims per axis; must sum to ``attention_head_dim``."""
     text_dim: int = 32
-    """Width of both text encoders (= joint and pooled projection dims)."""
+    """Width of both text encoders (= joint and pooled projection dims) unless set apart below."""
+    pooled_dim: int | None = None
+    """CLIP width = the transformer's ``pooled_projection_dim`` (default ``text_dim``; FLUX.1: 768)."""
+    joint_dim: int | None = None
+    """T5 width = the transformer's ``joint_attention_dim`` (default ``text_dim``; FLUX.1: 4,096)."""
     text_layers: int = 2
     vae_channels: tuple[int, ...] = (16, 32)
     """AutoencoderKL block widths; ``len - 1`` downsampling stages."""
@@ -211,16 +216,22 @@ def unknown_words(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str]) -> l
     return list(found)
 
 
+TEXT_INNER_MAX = 256
+"""Cap on the text encoders' inner sizes (MLP, T5 ``d_kv``): a text encoder at FLUX.1's widths
+(CLIP 768, T5 4,096) stays a few million parameters; the small configs are below the cap."""
+
+
 def _text_encoders(cfg: TinyFluxConfig, vocab_size: int) -> tuple[CLIPTextModel, T5EncoderModel]:
+    pooled, joint = cfg.pooled_dim or cfg.text_dim, cfg.joint_dim or cfg.text_dim
     clip = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=vocab_size,
-            hidden_size=cfg.text_dim,
-            intermediate_size=2 * cfg.text_dim,
+            hidden_size=pooled,
+            intermediate_size=min(2 * pooled, TEXT_INNER_MAX),
             num_hidden_layers=cfg.text_layers,
             num_attention_heads=2,
             max_position_embeddings=77,
-            projection_dim=cfg.text_dim,
+            projection_dim=pooled,
             pad_token_id=PAD_ID,
             bos_token_id=BOS_ID,
             eos_token_id=EOS_ID,
@@ -229,9 +240,9 @@ def _text_encoders(cfg: TinyFluxConfig, vocab_size: int) -> tuple[CLIPTextModel,
     t5 = T5EncoderModel(
         T5Config(
             vocab_size=vocab_size,
-            d_model=cfg.text_dim,
-            d_kv=cfg.text_dim // 2,
-            d_ff=2 * cfg.text_dim,
+            d_model=joint,
+            d_kv=min(joint // 2, TEXT_INNER_MAX // 4),
+            d_ff=min(2 * joint, TEXT_INNER_MAX),
             num_layers=cfg.text_layers,
             num_heads=2,
             relative_attention_num_buckets=8,
@@ -266,31 +277,81 @@ def _transformer(cfg: TinyFluxConfig) -> FluxTransformer2DModel:
         num_single_layers=cfg.num_single_layers,
         attention_head_dim=cfg.attention_head_dim,
         num_attention_heads=cfg.num_attention_heads,
-        joint_attention_dim=cfg.text_dim,
-        pooled_projection_dim=cfg.text_dim,
+        joint_attention_dim=cfg.joint_dim or cfg.text_dim,
+        pooled_projection_dim=cfg.pooled_dim or cfg.text_dim,
         guidance_embeds=False,
         axes_dims_rope=tuple(cfg.axes_dims_rope),
     )
 
 
-def build_pipeline(cfg: TinyFluxConfig | None = None, seed: int = 0) -> FluxPipeline:
-    """A random-weight FluxPipeline of the sizes in ``cfg``, built without any download."""
+def build_pipeline(
+    cfg: TinyFluxConfig | None = None,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> FluxPipeline:
+    """A random-weight FluxPipeline of the sizes in ``cfg``, built without any download.
+
+    With ``dtype`` / ``device`` every module is created in that dtype on that device directly
+    (a 1B-parameter transformer in bfloat16 never exists in float32, nor on the host when a GPU
+    is named).
+    """
     cfg = cfg or TinyFluxConfig()
     tokenizer = build_tokenizer(cfg.words, model_max_length=77)
     tokenizer_2 = build_tokenizer(cfg.words, model_max_length=cfg.defaults.max_sequence_length)
     torch.manual_seed(seed)
-    clip, t5 = _text_encoders(cfg, vocab_size=len(tokenizer))
+    with _creating(dtype, device):
+        clip, t5 = _text_encoders(cfg, vocab_size=len(tokenizer))
+        vae, transformer = _vae(cfg), _transformer(cfg)
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_vae(cfg),
+        vae=vae,
         text_encoder=clip,
         tokenizer=tokenizer,
         text_encoder_2=t5,
         tokenizer_2=tokenizer_2,
-        transformer=_transformer(cfg),
+        transformer=transformer,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@contextlib.contextmanager
+def _creating(dtype: torch.dtype | None, device: str | torch.device | None) -> Iterator[None]:
+    """Create modules' parameters in ``dtype`` on ``device`` (``None``: torch's defaults)."""
+    previous = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def real_width_config(num_layers: int = 2, num_single_layers: int = 2, resolution: int = 64) -> TinyFluxConfig:
+    """FLUX.1's exact widths (diffusers' FluxTransformer2DModel config of FLUX.1-schnell) with few blocks.
+
+    Hidden 3,072 = 24 heads x 128, RoPE axes (16, 56, 56), ``joint_attention_dim`` 4,096 (T5-XXL's
+    width), ``pooled_projection_dim`` 768 (CLIP-L's), 16 latent channels packed 2 x 2 into 64
+    input channels, and a VAE that downsamples 8 x like FLUX.1's; the text encoders have those
+    widths but one layer and small inner sizes. ``real_width_config(19, 38)`` is the full
+    FLUX.1 transformer (11.89B parameters).
+    """
+    return TinyFluxConfig(
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        num_attention_heads=24,
+        attention_head_dim=128,
+        axes_dims_rope=(16, 56, 56),
+        text_dim=768,
+        pooled_dim=768,
+        joint_dim=4096,
+        text_layers=1,
+        vae_channels=(8, 8, 8, 8),
+        latent_channels=16,
+        defaults=GenerationDefaults(resolution=resolution, max_sequence_length=16, num_inference_steps=1),
+    )
 
 
 def save_pipeline(

@@ -1,0 +1,303 @@
+"""What a real FLUX.1 run costs: cache bytes, host memory of loading, caching and SAE-training speed.
+
+Prints one JSON object (docs/scale.md records it with this command). Everything is measured on
+this machine's CPU, on the real-width model (FLUX.1's exact widths, 2 double + 2 single blocks,
+bfloat16, :func:`sae_flux.tiny.real_width_config`), or computed from FLUX.1's published configs
+and checked against such a measurement:
+
+- ``cache``: bytes per cached token and per image at 256 / 512 / 1,024 px, one hook and all
+  hooks, from ``width x dtype bytes + provenance bytes`` per token; the formula is checked
+  against the bytes of a cache this script writes (``cache_formula_check``: measured / formula);
+- ``memory``: peak host RSS of ``Flux.from_pretrained`` on a saved real-width pipeline and
+  after one capture (the safetensors are memory-mapped: weights become resident as the forward
+  reads them), in a fresh process (no offload: the host holds every weight, as it does under
+  ``offload="model"`` / ``"sequential"``), and the same extrapolated to 19 + 38 blocks and
+  T5-XXL by ``peak = baseline + ratio x weight bytes`` (``ratio`` measured here);
+- ``speed``: FLOPs per cached image and per SAE-trained token, and CPU measurements of both
+  (a capture of one hook, a TopK SAE training step) turned into achieved FLOP/s; the estimate
+  for another device is ``tokens/s = device FLOP/s x utilisation / FLOPs per token``.
+
+Run:  python benchmarks/scale.py [--skip-memory | --only-memory] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("benchmarks.scale")
+
+RESOLUTIONS = (256, 512, 1024)
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+IMAGE_PROVENANCE_BYTES = 4 * 5  # prompt, step, h, w (int32) + timestep (float32)
+TEXT_PROVENANCE_BYTES = 4 * 4  # prompt, step, token (int32) + timestep (float32)
+FULL_DOUBLE, FULL_SINGLE = 19, 38
+T5_TOKENS = {"schnell": 256, "dev": 512}
+
+
+def _mb(n: float) -> float:
+    return round(n / 2**20, 1)
+
+
+# -- component sizes from FLUX.1's published configs (built on the meta device) -------------------
+
+
+def flux1_component_params() -> dict[str, int]:
+    """Parameters of FLUX.1-schnell's components, from their configs (no weights)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from sae_flux.tiny import _transformer, real_width_config
+
+    with torch.device("meta"):
+        transformer = _transformer(real_width_config(FULL_DOUBLE, FULL_SINGLE))
+        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
+                                     num_heads=64, feed_forward_proj="gated-gelu"))
+        clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                            num_hidden_layers=12, num_attention_heads=12, projection_dim=768))
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, layers_per_block=2,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            block_out_channels=(128, 256, 512, 512), norm_num_groups=32)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {"transformer": count(transformer), "t5_xxl": count(t5), "clip_l": count(clip), "vae": count(vae)}
+
+
+def transformer_params(n_double: int, n_single: int) -> int:
+    from sae_flux.tiny import _transformer, real_width_config
+
+    with torch.device("meta"):
+        model = _transformer(real_width_config(n_double, n_single))
+    return sum(p.numel() for p in model.parameters())
+
+
+# -- cache bytes ----------------------------------------------------------------------------------
+
+
+def image_tokens(resolution: int) -> int:
+    return (resolution // 16) ** 2  # VAE /8, then 2 x 2 packing
+
+
+def cache_bytes(dtype: str = "bfloat16", variant: str = "schnell") -> dict[str, Any]:
+    """Bytes per token and per image (one kept step) at FLUX.1's widths."""
+    d, b = 3072, DTYPE_BYTES[dtype]
+    img_token = d * b + IMAGE_PROVENANCE_BYTES
+    mlp_token = 4 * d * b + IMAGE_PROVENANCE_BYTES
+    txt_token = d * b + TEXT_PROVENANCE_BYTES
+    n_text = T5_TOKENS[variant]
+    out: dict[str, Any] = {"dtype": dtype, "text_tokens": n_text, "bytes_per_token": {
+        "img_hook": img_token, "mlp_hook": mlp_token, "txt_hook": txt_token}}
+    per_res = {}
+    for res in RESOLUTIONS:
+        n_img = image_tokens(res)
+        # all hooks, no .delta (derivable): 19 x (img, txt, mlp) + 38 x (img, txt)
+        all_hooks = (FULL_DOUBLE + FULL_SINGLE) * (n_img * img_token + n_text * txt_token) + FULL_DOUBLE * n_img * mlp_token
+        per_res[str(res)] = {
+            "image_tokens": n_img,
+            "one_img_hook_per_image_MB": _mb(n_img * img_token),
+            "one_img_hook_64_tokens_per_image_KB": round(64 * img_token / 1024, 1),
+            "all_hooks_per_image_MB": _mb(all_hooks),
+            "images_per_TB_one_hook": int(1e12 // (n_img * img_token)),
+            "images_per_TB_one_hook_64_tokens": int(1e12 // (64 * img_token)),
+        }
+    out["per_image_one_step"] = per_res
+    return out
+
+
+def check_cache_formula(workdir: Path) -> dict[str, Any]:
+    """Write a small tiny-model cache and compare its shard bytes per token with the formula."""
+    from sae_flux.cache import CacheConfig, CacheReader, write_cache
+    from sae_flux.flux import Flux
+
+    flux = Flux.tiny(seed=0)
+    prompts = workdir / "prompts.txt"
+    prompts.write_text("\n".join(f"a red circle {i}" for i in range(8)) + "\n")
+    hooks = ["double.1.img", "double.1.mlp", "single.1.txt"]
+    write_cache(CacheConfig(model="tiny", prompts=str(prompts), hooks=hooks, out=str(workdir / "cache"),
+                            num_inference_steps=1, dtype="bfloat16", shard_prompts=8), flux=flux)
+    ratios = {}
+    for hook in hooks:
+        reader = CacheReader(workdir / "cache", hook=hook)
+        size = sum(p.stat().st_size for p in (workdir / "cache" / hook).glob("*.safetensors"))
+        prov = TEXT_PROVENANCE_BYTES if hook.endswith("txt") else IMAGE_PROVENANCE_BYTES
+        formula = reader.num_tokens * (reader.d_model * 2 + prov)
+        ratios[hook] = round(size / formula, 4)
+    return {"model": "tiny (d=32)", "measured_over_formula": ratios,
+            "note": "the excess is the safetensors header, fixed per shard"}
+
+
+# -- host memory of loading -------------------------------------------------------------------------
+
+_LOAD_CHILD = """
+import sys, time, torch
+
+def hwm():  # peak RSS of this process image (ru_maxrss would carry the parent's peak across exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+from sae_flux.flux import Flux
+base = hwm()
+t = time.perf_counter()
+flux = Flux.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
+elapsed = time.perf_counter() - t
+loaded = hwm()  # safetensors are memory-mapped: weights become resident as the forward reads them
+flux.capture(["a red circle"], hooks=["double.1.img"], num_inference_steps=1)
+print(base, loaded, hwm(), elapsed)
+"""
+
+
+def loading_memory(pipe: Any, workdir: Path) -> dict[str, Any]:
+    """Save the real-width pipeline in bfloat16, load it in a fresh process, read its peak RSS."""
+    from sae_flux.tiny import save_pipeline
+
+    cfg = pipe.generation_defaults
+    weight_bytes = sum(p.numel() * p.element_size() for m in pipe.components.values()
+                       if isinstance(m, torch.nn.Module) for p in m.parameters())
+    directory = workdir / "real-width"
+    save_pipeline(pipe, directory, cfg)
+    result = subprocess.run([sys.executable, "-c", _LOAD_CHILD, str(directory)], capture_output=True, text=True, check=True)
+    base, loaded, peak, elapsed = (float(x) for x in result.stdout.split()[-4:])
+    shutil.rmtree(directory)
+    ratio = (peak - base) / weight_bytes  # after one forward: every weight has been read
+    full = flux1_component_params()
+    full_bytes = 2 * sum(full.values())
+    return {
+        "real_width_weight_MB": _mb(weight_bytes),
+        "process_baseline_MB": _mb(base),
+        "peak_rss_after_load_MB": _mb(loaded),
+        "peak_rss_after_one_capture_MB": _mb(peak),
+        "load_seconds": round(elapsed, 1),
+        "ratio_peak_over_weights": round(ratio, 3),
+        "flux1_params": full,
+        "flux1_bf16_weight_GB": round(full_bytes / 1e9, 2),
+        "extrapolated_host_peak_GB": {
+            "host_load_or_offload": round((base + ratio * full_bytes) / 1e9, 1),
+            "formula": "baseline + ratio x 2 B x (transformer + T5-XXL + CLIP-L + VAE params)",
+        },
+    }
+
+
+# -- speed -------------------------------------------------------------------------------------------
+
+
+def forward_flops(n_double: int, n_single: int, n_img: int, n_txt: int, d: int = 3072) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one transformer forward over one image.
+
+    Linear layers: 2 x params x tokens, per block kind (image-stream and text-stream weights of
+    a double block see their own tokens; a single block's weights see both); attention:
+    4 x seq^2 x d per block (scores and weighted sum). Embedders and norms are left out (<2%).
+    """
+    seq = n_img + n_txt
+    # a double block: per stream q,k,v,o (4 d^2) + MLP (8 d^2) + adaLN (6 d^2 from temb, per image not per token)
+    double_linear = 2 * (12 * d * d) * n_img + 2 * (12 * d * d) * n_txt
+    single_linear = 2 * (3 * d * d + 4 * d * d + 5 * d * d) * seq  # qkv, mlp in, out over [attn, mlp]
+    attention = 4 * seq * seq * d
+    return n_double * (double_linear + attention) + n_single * (single_linear + attention)
+
+
+def measure_capture(flux: Any, repeats: int = 2) -> dict[str, Any]:
+    prompts = ["a red circle"]
+    flux.capture(prompts, hooks=["double.1.img"], num_inference_steps=1)  # warm up
+    t = time.perf_counter()
+    for _ in range(repeats):
+        flux.capture(prompts, hooks=["double.1.img"], num_inference_steps=1)
+    seconds = (time.perf_counter() - t) / repeats
+    n_img = flux.grid()[0] * flux.grid()[1]
+    n_txt = flux.defaults.max_sequence_length
+    flops = forward_flops(*flux.block_counts, n_img, n_txt)
+    return {"seconds_per_image_step": round(seconds, 2), "image_tokens": n_img, "text_tokens": n_txt,
+            "estimated_gflop": round(flops / 1e9, 1), "achieved_gflops": round(flops / seconds / 1e9, 2)}
+
+
+def measure_gemm(n: int, d: int = 3072, dtype: torch.dtype = torch.bfloat16) -> float:
+    a, w = torch.randn(n, d, dtype=dtype), torch.randn(4 * d, d, dtype=dtype)
+    a @ w.T
+    t = time.perf_counter()
+    for _ in range(5):
+        a @ w.T
+    return 5 * 2 * n * d * 4 * d / (time.perf_counter() - t) / 1e9
+
+
+def sae_train_flops_per_token(d: int, d_sae: int) -> float:
+    """Encoder + decoder matmuls, forward and backward (x3): 3 x 2 x 2 x d x d_sae."""
+    return 12.0 * d * d_sae
+
+
+def measure_sae_training(d: int = 3072, expansion: int = 4, batch: int = 1024, steps: int = 3) -> dict[str, Any]:
+    from sae_flux.sources import TensorSource
+    from sae_flux.train import TrainConfig, train_sae
+    from sae_flux.train_config import DictionaryConfig, OptimConfig
+
+    acts = torch.randn((steps + 1) * batch, d)
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(out=out, sae=DictionaryConfig(expansion_factor=expansion, k=64, normalize="none"),
+                          optim=OptimConfig(total_tokens=steps * batch, batch_size=batch), eval_tokens=batch)
+        t = time.perf_counter()
+        train_sae(cfg, source=TensorSource(acts))
+        seconds = time.perf_counter() - t
+    flops = sae_train_flops_per_token(d, d * expansion)
+    return {"d_in": d, "d_sae": d * expansion, "batch": batch, "steps": steps,
+            "tokens_per_second": round(steps * batch / seconds, 1),
+            "gflop_per_token": round(flops / 1e9, 4),
+            "achieved_gflops": round(steps * batch * flops / seconds / 1e9, 2),
+            "note": "wall time includes the run's setup, evaluation and save"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--skip-memory", action="store_true", help="skip the save-and-load memory measurement")
+    parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--only-memory", action="store_true", help="only the save-and-load memory measurement")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sae-flux-scale-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    from sae_flux.flux import Flux
+    from sae_flux.tiny import TinyFluxPipeline, build_pipeline, real_width_config
+
+    report: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "device": "cpu"}
+    if not args.only_memory:
+        report["cache"] = cache_bytes("bfloat16")
+        report["cache_float32_one_img_token_bytes"] = cache_bytes("float32")["bytes_per_token"]["img_hook"]
+        report["cache_formula_check"] = check_cache_formula(workdir)
+    cfg = real_width_config()
+    t = time.perf_counter()
+    pipe = TinyFluxPipeline(**build_pipeline(cfg, seed=0, dtype=torch.bfloat16).components)
+    pipe.generation_defaults = cfg.defaults
+    report["real_width_build_seconds"] = round(time.perf_counter() - t, 1)
+    if not args.skip_memory:
+        report["memory"] = loading_memory(pipe, workdir)
+    if args.only_memory:
+        print(json.dumps(report, indent=1))
+        return
+    flux = Flux.from_pipeline(pipe, model_id="real-width")
+    capture = measure_capture(flux)
+    capture["gemm_bf16_gflops_same_width"] = round(measure_gemm(capture["image_tokens"] + capture["text_tokens"]), 2)
+    report["capture_real_width_64px"] = capture
+    report["sae_training_cpu"] = measure_sae_training()
+    full = {str(res): forward_flops(FULL_DOUBLE, FULL_SINGLE, image_tokens(res), T5_TOKENS["schnell"]) for res in RESOLUTIONS}
+    report["flux1_forward_tflop_per_image_step"] = {k: round(v / 1e12, 2) for k, v in full.items()}
+    report["flux1_transformer_params_formula"] = {
+        "P(n_double, n_single)": "base + n_double x per_double + n_single x per_single",
+        "per_double": transformer_params(1, 0) - transformer_params(0, 0),
+        "per_single": transformer_params(0, 1) - transformer_params(0, 0),
+        "base": transformer_params(0, 0),
+    }
+    report["peak_rss_MB"] = _mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
