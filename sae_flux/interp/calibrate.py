@@ -59,7 +59,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sae_flux.interp.config import ScoreConfig
-from sae_flux.interp.index import FeatureSource
+from sae_flux.interp.index import FeatureSource, IndexReader, dictionary_source, neuron_source
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,18 @@ def capture_set(
     return ScoringSet(acts, masks_NC, image_N, tuple(concepts), texts, seed)
 
 
+def index_source(index: IndexReader) -> FeatureSource:
+    """The dense units behind a max-activation index: its dictionary re-loaded, or its neurons.
+
+    The index's records keep only the top ``top_k`` units per token; scoring re-encodes every
+    unit from activations instead, so a score never depends on ``top_k``.
+    """
+    record = index.source
+    if record["kind"] == "neurons":
+        return neuron_source(record["hook"], int(record["width"]), name=record["name"])
+    return dictionary_source(record["path"], record["name"])
+
+
 # -- controls ----------------------------------------------------------------------------------
 
 
@@ -132,15 +144,21 @@ def random_source(hook: str, d_in: int, count: int, seed: int = 0) -> FeatureSou
 
 
 def fit_probes(
-    acts_ND: Float[Tensor, "N D"], masks_NC: Bool[Tensor, "N C"], l2: float = 1e-3, steps: int = 200,
+    acts_ND: Float[Tensor, "N D"], masks_NC: Bool[Tensor, "N C"], l2: float = 1e-3, steps: int = 60,
 ) -> tuple[Tensor, Tensor]:
-    """One logistic-regression probe per concept on standardised activations: ``(W_DC, b_C)`` over raw inputs."""
-    x_ND = acts_ND.double()
-    mean_D, std_D = x_ND.mean(0), x_ND.std(0).clamp(min=1e-6)
-    z_ND = (x_ND - mean_D) / std_D
-    y_NC = masks_NC.double()
-    w_DC = torch.zeros(z_ND.shape[1], y_NC.shape[1], dtype=torch.float64, requires_grad=True)
-    b_C = torch.zeros(y_NC.shape[1], dtype=torch.float64, requires_grad=True)
+    """One logistic-regression probe per concept: ``(W_DC, b_C)`` over raw inputs.
+
+    Fitted on standardised inputs with an L2 penalty ``l2`` (per concept, on the standardised
+    weights), starting from the closed-form ridge solution and refined by ``steps`` L-BFGS
+    iterations on the cross-entropy.
+    """
+    mean_D, std_D = acts_ND.mean(0), acts_ND.std(0).clamp(min=1e-6)
+    z_ND = (acts_ND - mean_D) / std_D
+    y_NC = masks_NC.float()
+    gram_DD = z_ND.T.double() @ z_ND.double() + l2 * len(z_ND) * torch.eye(z_ND.shape[1], dtype=torch.float64)
+    ridge_DC = torch.linalg.solve(gram_DD, z_ND.T.double() @ (y_NC - y_NC.mean(0)).double()).float()
+    w_DC = (4 * ridge_DC).requires_grad_()  # the logistic slope at 0 is 1/4
+    b_C = torch.logit(y_NC.mean(0).clamp(1e-4, 1 - 1e-4)).requires_grad_()
     opt = torch.optim.LBFGS([w_DC, b_C], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
@@ -153,7 +171,7 @@ def fit_probes(
     opt.step(closure)
     with torch.no_grad():
         raw_DC = w_DC / std_D[:, None]
-        return raw_DC.float(), (b_C - mean_D @ raw_DC).float()
+        return raw_DC.clone(), (b_C - mean_D @ raw_DC).clone()
 
 
 def probe_source(train: ScoringSet, hook: str) -> FeatureSource:
@@ -290,13 +308,13 @@ def _counts(
     """Per-image intersections and on-counts: Bau's top-quantile cut and the area-matched cuts."""
     k, n = values_KN.shape
     c = masks_NC.shape[1]
-    masks_CN = masks_NC.T
-    on_KN = values_KN > sorted_KN[:, min(k_bau, n - 1)][:, None]
-    inter_bau_KCI = (on_KN[:, None, :] & masks_CN).reshape(k, c, n_img, -1).sum(-1)
-    on_KCN = values_KN[:, None, :] > sorted_KN[:, k_C.clamp(max=n - 1)][..., None]
-    inter_KCI = (on_KCN & masks_CN).reshape(k, c, n_img, -1).sum(-1)
-    return (inter_bau_KCI.float(), on_KN.reshape(k, 1, n_img, -1).sum(-1).float(), inter_KCI.float(),
-            on_KCN.reshape(k, c, n_img, -1).sum(-1).float())
+    masks_ITC = masks_NC.float().reshape(n_img, -1, c)
+    on_KN = (values_KN > sorted_KN[:, min(k_bau, n - 1)][:, None]).float()
+    inter_bau_KCI = torch.bmm(on_KN.reshape(k, n_img, -1).transpose(0, 1), masks_ITC).permute(1, 2, 0)
+    on_KCN = (values_KN[:, None, :] > sorted_KN[:, k_C.clamp(max=n - 1)][..., None]).float()
+    inter_KCI = (on_KCN * masks_NC.T.float()).reshape(k, c, n_img, -1).sum(-1)
+    return (inter_bau_KCI, on_KN.reshape(k, 1, n_img, -1).sum(-1), inter_KCI,
+            on_KCN.reshape(k, c, n_img, -1).sum(-1))
 
 
 def _iou(weights_BI: Tensor, inter_FCI: Tensor, on_FCI: Tensor, area_IC: Tensor) -> Float[Tensor, "B F C"]:
