@@ -156,7 +156,7 @@ def fit_probes(
     z_ND = (acts_ND - mean_D) / std_D
     y_NC = masks_NC.float()
     gram_DD = z_ND.T.double() @ z_ND.double() + l2 * len(z_ND) * torch.eye(z_ND.shape[1], dtype=torch.float64)
-    ridge_DC = torch.linalg.solve(gram_DD, z_ND.T.double() @ (y_NC - y_NC.mean(0)).double()).float()
+    ridge_DC = torch.linalg.solve(gram_DD, z_ND.T.double() @ (y_NC - y_NC.mean(0)).double()).float().contiguous()
     w_DC = (4 * ridge_DC).requires_grad_()  # the logistic slope at 0 is 1/4
     b_C = torch.logit(y_NC.mean(0).clamp(1e-4, 1 - 1e-4)).requires_grad_()
     opt = torch.optim.LBFGS([w_DC, b_C], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
@@ -260,7 +260,7 @@ def score_units(
               (("bau", chooser.bau_FC), ("iou", chooser.iou_FC), ("auroc", chooser.auroc_FC), ("ap", chooser.ap_FC))}
     factor_C = torch.tensor([c not in CONTEXT for c in data.concepts])
     n_img = data.num_images
-    weights_BI = torch.cat([torch.ones(1, n_img), _resamples(n_img, cfg.bootstrap, cfg.seed)])
+    weights_BI = torch.cat([torch.ones(1, n_img), _resamples(n_img, cfg.bootstrap, cfg.bootstrap_seed)])
     bau_BFC = _iou(weights_BI, *full.counts[:2], _areas(data))
     iou_BFC = _iou(weights_BI, *full.counts[2:], _areas(data))
     ap_BC, auroc_BC = _boot_ranking(full.values_FN, chosen, data, weights_BI)
@@ -418,3 +418,47 @@ def _percentiles(values_B: Tensor) -> tuple[float, float]:
         return math.nan, math.nan
     lo, hi = torch.quantile(finite.double(), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return lo, hi
+
+
+# -- one table ---------------------------------------------------------------------------------
+
+
+class Calibration(NamedTuple):
+    """Rows of the table (controls beside every unit set) and the per-concept chosen-unit AP."""
+
+    scores: list[UnitScores]
+    rows: list[dict[str, Any]]
+    concepts: list[dict[str, Any]]
+
+
+def calibrate(
+    units: Sequence[FeatureSource], held_out: ScoringSet, select: ScoringSet, cfg: ScoreConfig | None = None,
+) -> Calibration:
+    """Score ``units`` with their floor (random directions of each set's size and space) and ceiling (probes).
+
+    Every score is computed by :func:`score_units` on ``held_out`` with units chosen on
+    ``select`` (which also trains the probes).
+    """
+    cfg = cfg or ScoreConfig()
+    scored: list[tuple[str, UnitScores]] = []
+    for hook in dict.fromkeys(u.hook for u in units):
+        d_in = held_out.acts[hook].shape[1]
+        controls = [random_source(hook, d_in, n, cfg.bootstrap_seed) for n in dict.fromkeys(u.width for u in units
+                                                                                            if u.hook == hook)]
+        for source in [*controls, *(u for u in units if u.hook == hook), probe_source(select, hook)]:
+            found = score_units(source, held_out, cfg, select=select)
+            logger.info("%s on %s: AP %.3f, area-matched IoU %.3f (factor concepts, chosen units)", source.name,
+                        hook, found.summary["ap_best"], found.summary["iou_best"])
+            scored.append((hook, found))
+    scores = [found for _, found in scored]
+    concepts = [{"concept": c, **{f"{hook} {s.name}": round(s.best("ap")[c][1], 3) for hook, s in scored}}
+                for c in held_out.concepts]
+    return Calibration(scores, [{"hook": hook, **s.row()} for hook, s in scored], concepts)
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of ``rows`` (the keys of the first row are the columns)."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

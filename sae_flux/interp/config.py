@@ -87,8 +87,8 @@ class ScoreConfig:
     """Bootstrap resamples of the scoring images (intervals are 2.5-97.5 percentiles)."""
     candidates: int = 3
     """Units per concept (best by the full-data score) re-scored in each resample for the ranking scores."""
-    seed: int = 0
-    """Seed of the bootstrap resamples and of random directions."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap resamples and of the random directions."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.quantile < 1.0:
