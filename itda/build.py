@@ -98,6 +98,9 @@ class BuildState:
         self.prov = prov
         self.tokens_seen = 0
         self.batches_seen = 0
+        self.batch_tokens = 0
+        """The most tokens of one batch: the build adds a batch's badly reconstructed tokens at once,
+        so this sets the dictionary's size as much as loss_threshold does (recorded)."""
         self._gram_CC: Tensor | None = None
         if 4 * self.size**2 <= GRAM_MAX_BYTES:
             self._gram_CC = pursuit.gram_matrix(atoms_FD)
@@ -207,6 +210,7 @@ def build(
         added = _step(state, batch, config)
         state.batches_seen += 1
         state.tokens_seen += batch.acts_ND.shape[0]
+        state.batch_tokens = max(state.batch_tokens, int(batch.acts_ND.shape[0]))
         bar.set_postfix(atoms=state.size, added=added)
         if on_batch is not None:
             on_batch(_finish(state, config, metadata, allow_small=True))
@@ -406,6 +410,7 @@ def _state_from(itda: ITDA, max_atoms: int) -> BuildState:
     build_meta = itda.cfg.metadata.get("itda_build", {}) or {}
     state.tokens_seen = int(build_meta.get("tokens_seen", 0))
     state.batches_seen = int(build_meta.get("batches_seen", 0))
+    state.batch_tokens = int(build_meta.get("batch_tokens", 0))
     return state
 
 
@@ -432,6 +437,7 @@ def _finish(
     meta["itda_build"] = asdict(config) | ({"stream": stream} if stream is not None else {}) | {
         "tokens_seen": state.tokens_seen,
         "batches_seen": state.batches_seen,
+        "batch_tokens": state.batch_tokens,
     }
     cfg = ITDAConfig(
         d_in=state.atoms_FD.shape[1],

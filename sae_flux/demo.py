@@ -176,9 +176,9 @@ def stage_itda(state: DemoState) -> None:
     import itda
 
     config = itda.BuildConfig(target_l0=state.cfg.itda_l0, loss_threshold=state.cfg.itda_threshold,
-                              seed=state.cfg.seed, max_atoms=8192)
+                              encoder="gp", nonnegative=True, seed=state.cfg.seed, max_atoms=8192)
     assert state.cache is not None, "stage_cache runs before stage_itda"
-    dictionary = itda.build_from_cache(state.cache, config, batch_size=256)
+    dictionary = itda.build_from_cache(state.cache, config, batch_size=state.cfg.itda_batch)
     path = state.out / "dictionaries" / "itda"
     dictionary.save_model(path)
     state.dictionaries = {**(state.dictionaries or {}), "itda": path}

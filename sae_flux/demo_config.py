@@ -5,7 +5,7 @@ Light (no torch), so the CLI builds its parser from it at once.
 Example:
     >>> cfg = DemoConfig(out="demo-out", n_prompts=64)
     >>> cfg.model, cfg.sae_k, cfg.itda_l0
-    ('organism', 8, 8)
+    ('organism', 8, 32)
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ class DemoConfig:
     """SAE latents per model dimension (default: one latent per 64 cache tokens, 2 to 8)."""
     sae_tokens: int | None = None
     """SAE training tokens (default: 16 passes over the cache, the most any run makes)."""
-    itda_l0: int = 8
-    """ITDA target L0."""
-    itda_threshold: float = 0.3
-    """ITDA loss threshold (lower -> larger dictionary)."""
+    itda_l0: int = 32
+    """ITDA target L0 (the Flux recipe of Shabalin et al. 2025: 32 or 64, non-negative gradient pursuit)."""
+    itda_threshold: float = 0.6
+    """ITDA loss threshold (the Flux recipe's 0.6; lower -> larger dictionary)."""
+    itda_batch: int = 256
+    """Tokens per ITDA build batch: a batch's badly reconstructed tokens are added at once, so the atom count grows with it (recorded in the dictionary's cfg.json as itda_build.batch_tokens)."""
     seed: int = 0
     """Seed of prompts, generation and training."""
     threads: int = 1

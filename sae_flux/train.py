@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from sae_lens import SAE, TrainingSAE
+from sae_lens import SAE, BatchTopKTrainingSAE, TrainingSAE
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import SAEMetadata, TrainStepOutput
@@ -58,6 +58,7 @@ from sae_flux.train_config import (
     DictionaryConfig,
     OptimConfig,
     TrainConfig,
+    dead_window_tokens,
 )
 
 __all__ = ["DataConfig", "DictionaryConfig", "OptimConfig", "TrainConfig", "TrainResult", "train_sae"]
@@ -178,8 +179,10 @@ def _check_foldable(sae_cls: type[TrainingSAE[Any]], meta_cfg: Any, sae: Diction
         ) from err
 
 
-def trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
+def trainer_config(cfg: TrainConfig, min_dead_tokens: int = 0) -> SAETrainerConfig:
+    """sae_lens's trainer settings; the dead-latent window holds at least ``min_dead_tokens`` tokens."""
     o = cfg.optim
+    window = cfg.dead_window_steps(min_dead_tokens)
     return SAETrainerConfig(
         total_training_samples=o.steps * o.batch_size,
         train_batch_size_samples=o.batch_size,
@@ -189,8 +192,8 @@ def trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
         adam_beta1=o.adam_beta1,
         adam_beta2=o.adam_beta2,
         device=cfg.device,
-        dead_feature_window=cfg.dead_window_steps(),
-        feature_sampling_window=cfg.dead_window_steps(),
+        dead_feature_window=window,
+        feature_sampling_window=window,
         logger=LoggingConfig(log_to_wandb=False),
     )
 
@@ -329,7 +332,8 @@ def train_sae(
     cfg = fit_to_data(cfg, data.source, data.description)
     resume = _prepare_out(cfg, resume)
     sae.cfg.metadata.dataset_path = data.description
-    trainer = SAETrainer(trainer_config(cfg), sae, iter(()))
+    min_dead = dead_window_tokens(sae.cfg.d_sae, getattr(sae.cfg, "k", None))
+    trainer = SAETrainer(trainer_config(cfg, min_dead), sae, iter(()))
     if resume:
         _resume(trainer, cfg)
     else:
@@ -413,15 +417,53 @@ def _finish(trainer: SAETrainer[Any, Any], cfg: TrainConfig, data: _Data) -> Tra
         sae.fold_activation_whitening(whitening.mean, whitening.matrix, whitening.inverse_matrix)
         trainer.activation_scaler.whitening = None
     out = Path(cfg.out)
+    eval_tokens = max(cfg.eval_tokens, dead_window_tokens(sae.cfg.d_sae, getattr(sae.cfg, "k", None)))
+    extra: dict[str, Any] = {}
+    if isinstance(sae, BatchTopKTrainingSAE):
+        window = min(max(eval_tokens, CALIBRATION_TOKENS), max(1, CALIBRATION_VALUES // sae.cfg.d_sae))
+        extra["batchtopk_threshold"] = calibrate_batchtopk(sae, _take_tokens(_eval_batches(cfg, data), window))
     _save_dictionary(sae, out)
     commit.write_json(out / CONFIG_FILE, cfg.to_dict(), indent=2)
-    eval_batches = data.source.batches(cfg.optim.batch_size, seed=cfg.optim.seed,
-                                       buffer_tokens=cfg.data.buffer_tokens, epochs=1)
     saved = SAE.load_from_disk(out, device=cfg.device)
-    metrics = evaluate(saved, eval_batches, max_tokens=cfg.eval_tokens)
+    metrics = evaluate(saved, _eval_batches(cfg, data), max_tokens=eval_tokens)
     metrics.save(out, extra={"hook": data.hook, "model": data.model_id, "data": data.description,
                              "window": f"first {metrics.tokens} tokens of the training stream (in-sample)",
-                             "steps": trainer.n_training_steps})
+                             "steps": trainer.n_training_steps, **extra})
     logger.info("saved %s: FVU %.4f, L0 %.1f, dead %.3f over %d tokens",
                 out, metrics.fvu, metrics.l0, metrics.dead_fraction, metrics.tokens)
     return TrainResult(out, saved, metrics, trainer.n_training_steps)
+
+
+def _eval_batches(cfg: TrainConfig, data: _Data) -> Iterator[torch.Tensor]:
+    return data.source.batches(cfg.optim.batch_size, seed=cfg.optim.seed,
+                               buffer_tokens=cfg.data.buffer_tokens, epochs=1)
+
+
+#: Tokens a BatchTopK threshold is calibrated on (fewer when the data or CALIBRATION_VALUES allow fewer).
+CALIBRATION_TOKENS = 65_536
+#: Latent values materialised at once when calibrating a BatchTopK threshold (64 MB of float32).
+CALIBRATION_VALUES = 2**24
+
+
+@torch.no_grad()
+def calibrate_batchtopk(sae: BatchTopKTrainingSAE, acts_ND: torch.Tensor) -> dict[str, float]:
+    """Set the threshold a BatchTopK SAE is saved with (as a JumpReLU) to its batch top-k cut over ``acts``.
+
+    sae_lens saves BatchTopK as JumpReLU with the threshold ``topk_threshold``, a moving average
+    (rate 0.01, started at 0) of each batch's smallest kept activation. In a short run it lags
+    the growing pre-activations, so the saved SAE fires on far more than k latents per token
+    (L0 27 for k = 8 in the demo) and its reconstructions are not the ones it was trained to
+    make. The cut that BatchTopK itself applies to ``acts`` (the midpoint between the
+    (k x N)-th and the next largest pre-activation, on weights with the normalisation folded in)
+    is used instead; the moving average is recorded beside it.
+    """
+    _, hidden_pre_NF = sae.encode_with_hidden_pre(acts_ND.to(sae.W_enc.device, sae.W_enc.dtype))
+    flat = hidden_pre_NF.relu().flatten()
+    keep = min(max(1, int(sae.cfg.k * len(acts_ND))), len(flat) - 1)
+    top = flat.topk(keep + 1).values
+    cut = 0.5 * (top[keep - 1] + top[keep])
+    ema = float(sae.topk_threshold)
+    sae.topk_threshold = cut.to(sae.topk_threshold.dtype).clone()
+    logger.info("BatchTopK threshold %.4g (batch top-k cut over %d tokens); the moving average was %.4g",
+                float(cut), len(acts_ND), ema)
+    return {"calibrated": float(cut), "moving_average": ema, "tokens": len(acts_ND)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sae_lens import TrainingSAE, TrainingSAEConfig
+
+logger = logging.getLogger(__name__)
 
 #: Normalisation names (:func:`sae_flux.normalize.estimate`), in the order of the paper's comparison.
 NORMALIZATIONS = ("none", "standardize", "whiten")
@@ -34,6 +37,15 @@ SAE_LENS_DEAD_WINDOW = 1000
 RUN_ONLY_FIELDS = ("checkpoint_every", "log_every", "keep_checkpoints", "wandb_project")
 #: sae_lens config fields set by sae-flux, not through ``DictionaryConfig.options``.
 _RESERVED = ("d_in", "d_sae", "dtype", "device", "metadata", "normalize_activations", "k")
+
+
+def dead_window_tokens(d_sae: int, k: float | None) -> int:
+    """Tokens over which a latent must stay silent to be called dead: 10 x d_sae / k (0 without a k).
+
+    A latent of a TopK-style SAE fires on k / d_sae of tokens on average, so this window gives an
+    average latent about ten chances to fire.
+    """
+    return 0 if not k else math.ceil(10 * d_sae / k)
 
 
 def training_registry() -> dict[str, tuple[type[TrainingSAE[Any]], type[TrainingSAEConfig]]]:
@@ -203,16 +215,24 @@ class TrainConfig:
             raise ValueError("checkpoint_every must be >= 0")
         self.dead_window_steps()  # validates dead_window against the run
 
-    def dead_window_steps(self) -> int:
+    def dead_window_steps(self, min_tokens: int = 0) -> int:
         """The dead-latent window in steps: ``dead_window``, or a twentieth of the run (10 to 1,000, at most the run).
 
         sae_lens's default (1,000 steps) is longer than a short run, so AuxK's dead-latent
         recovery would never start; an explicit window longer than the run is refused for that
-        reason.
+        reason. ``min_tokens`` (:func:`dead_window_tokens`: 10 x d_sae / k) lengthens the default
+        window until it holds that many tokens, so a latent is called dead only after it had
+        about ten chances to fire; an explicit window shorter than that is kept, with a warning.
         """
         steps = self.optim.steps
+        need = math.ceil(min_tokens / self.optim.batch_size)
         if self.dead_window is None:
-            return min(SAE_LENS_DEAD_WINDOW, steps, max(10, steps // 20))
+            window = min(steps, max(need, min(SAE_LENS_DEAD_WINDOW, max(10, steps // 20))))
+            if window < need:
+                logger.warning("the run (%d steps of %d tokens) is shorter than the %s tokens (10 x d_sae / k) a "
+                               "dead-latent window should hold; the window is the whole run", steps,
+                               self.optim.batch_size, f"{min_tokens:,}")
+            return window
         if self.dead_window < 1:
             raise ValueError(f"dead_window must be >= 1, got {self.dead_window}")
         if self.dead_window > steps:
@@ -221,6 +241,10 @@ class TrainConfig:
                 f"count as dead, so AuxK would never revive one; leave it unset (scaled to the run) or "
                 f"set at most {steps}"
             )
+        if self.dead_window < need:
+            logger.warning("dead_window %d steps holds %s tokens, fewer than 10 x d_sae / k = %s: latents that "
+                           "fire rarely will be counted dead", self.dead_window,
+                           f"{self.dead_window * self.optim.batch_size:,}", f"{min_tokens:,}")
         return self.dead_window
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from _sae_flux_shared.cliargs import add_dataclass_arguments, dataclass_from_args
-from sae_flux.interp.config import DissectConfig, IndexConfig, SelectConfig
+from sae_flux.interp.config import DissectConfig, IndexConfig, ScoreConfig, SelectConfig
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands.choices["render"].add_argument("--scores", help="scores JSONL of `interp detect` shown on the cards")
     commands.choices["render"].add_argument("--per-page", type=int, default=48, help="cards per browser page")
     add_dataclass_arguments(commands.choices["ground-truth"], DissectConfig)
+    _register_calibrate(commands)
+
+
+def _register_calibrate(commands: argparse._SubParsersAction) -> None:
+    sub = commands.add_parser("calibrate", help="calibrated dissection on held-out organism images, with a "
+                              "random-direction floor and a linear-probe ceiling")
+    sub.add_argument("--dictionary", action="append", default=[], metavar="NAME=PATH",
+                     help="a dictionary to score (repeatable; PATH is a folder sae_lens loads or REPO_ID:FOLDER)")
+    sub.add_argument("--neurons", action="append", default=[], metavar="HOOK",
+                     help="score the neurons of an MLP hook (double.{i}.mlp; repeatable)")
+    sub.add_argument("--model", default="organism", help="the organism (its ground truth is what is scored)")
+    sub.add_argument("--images", type=int, default=256, help="held-out scoring images")
+    sub.add_argument("--select-images", type=int, default=256, help="images the units are chosen and probes trained on")
+    sub.add_argument("--seed", type=int, default=10_000, help="world and noise seed of the scoring images")
+    sub.add_argument("--select-seed", type=int, default=20_000, help="world and noise seed of the selection images")
+    sub.add_argument("--step", type=int, default=0, help="denoising step whose activations are scored")
+    sub.add_argument("--out", default="calibration", help="output directory (calibration.json, calibration.md)")
+    add_dataclass_arguments(sub, ScoreConfig)
+    sub.set_defaults(func=run_calibrate)
 
 
 def _backend_arguments(sub: argparse.ArgumentParser) -> None:
@@ -367,5 +386,39 @@ def run_ground_truth(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Score every --dictionary and --neurons set beside its floor and ceiling; write the tables."""
+    from sae_flux.cache import load_flux
+    from sae_flux.interp.calibrate import calibrate, capture_set, markdown
+    from sae_flux.interp.index import dictionary_source, neuron_source
+
+    units = []
+    for spec in args.dictionary:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise ValueError(f"--dictionary {spec!r} is not NAME=PATH")
+        units.append(dictionary_source(path, name))
+    flux = load_flux(args.model)
+    units += [neuron_source(hook, flux.width(hook), name=f"neurons-{hook}") for hook in args.neurons]
+    if not units:
+        raise ValueError("nothing to score: give --dictionary NAME=PATH and/or --neurons HOOK")
+    missing = [u.name for u in units if not u.hook]
+    if missing:
+        raise ValueError(f"dictionaries {missing} do not record their hook (cfg.json metadata.hook_name)")
+    hooks = list(dict.fromkeys(u.hook for u in units))
+    held = capture_set(flux, hooks, args.images, seed=args.seed, step=args.step)
+    select = capture_set(flux, hooks, args.select_images, seed=args.select_seed, step=args.step)
+    cfg = dataclass_from_args(ScoreConfig, args)
+    result = calibrate(units, held, select, cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"command": vars(args) | {"func": None}, "score_config": cfg.__dict__, "rows": result.rows,
+              "concepts": result.concepts}
+    (out / "calibration.json").write_text(json.dumps(record, indent=1, default=str))
+    (out / "calibration.md").write_text(markdown(result.rows) + "\n" + markdown(result.concepts), encoding="utf-8")
+    logger.info("tables in %s", (out / "calibration.md").resolve())
+    return 0
+
+
 _RUNNERS = {"images": run_images, "render": run_render, "explain": run_explain, "detect": run_detect,
-            "ground-truth": run_ground_truth}
+            "ground-truth": run_ground_truth, "calibrate": run_calibrate}

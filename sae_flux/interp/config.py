@@ -69,3 +69,32 @@ class DissectConfig:
         for name in ("activation_threshold", "concept_fraction", "min_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"DissectConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass
+class ScoreConfig:
+    """The calibrated dissection scorer (:mod:`sae_flux.interp.calibrate`): thresholds, bars, intervals."""
+
+    quantile: float = 0.005
+    """Bau et al. 2017's per-unit threshold: a unit is on at its top ``quantile`` of scoring tokens."""
+    bau_bar: float = 0.04
+    """Bau et al. 2017's detector bar on the quantile IoU."""
+    matched_bar: float = 0.5
+    """Detector bar on the area-matched IoU (unit on at its top a_c of tokens, a_c = the concept's area)."""
+    concept_fraction: float = 0.5
+    """A token shows a concept when at least this fraction of its pixels do."""
+    bootstrap: int = 200
+    """Bootstrap resamples of the scoring images (intervals are 2.5-97.5 percentiles)."""
+    candidates: int = 3
+    """Units per concept (best by the full-data score) re-scored in each resample for the ranking scores."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap resamples and of the random directions."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.quantile < 1.0:
+            raise ValueError(f"ScoreConfig.quantile must be in (0, 1), got {self.quantile}")
+        for name in ("bau_bar", "matched_bar", "concept_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ScoreConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.bootstrap < 0 or self.candidates < 1:
+            raise ValueError("ScoreConfig.bootstrap must be >= 0 and candidates >= 1")

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -33,6 +34,8 @@ from torch import Tensor
 from sae_flux.interp.config import DissectConfig
 from sae_flux.interp.index import IndexReader
 from sae_flux.interp.select import Selection
+
+logger = logging.getLogger(__name__)
 
 #: Token ground truth: global image id -> (concept names, fractions (h, w, C)).
 Labels = Callable[[int], tuple[Sequence[str], np.ndarray]]
@@ -97,6 +100,11 @@ def dissect(index: IndexReader, labels: Labels, cfg: DissectConfig | None = None
     cfg = cfg or DissectConfig()
     if not index.state["shards"]:
         raise ValueError(f"index {index.path} has no records to dissect")
+    top_k = int(index.state["config"]["top_k"])
+    if top_k < index.width:
+        logger.warning("index %s keeps the top %d of %d units per token: units outside a token's top %d count as 0 "
+                       "there, so these IoUs are not exact; sae_flux.interp.calibrate scores dense units",
+                       index.path, top_k, index.width, top_k)
     concepts = tuple(labels(int(index.state["shards"][0]["first_image"]))[0])
     level_F = cfg.activation_threshold * index.top["max_F"]
     inter_FC, act_F, area_C = torch.zeros(index.width, len(concepts)), torch.zeros(index.width), torch.zeros(len(concepts))

@@ -320,3 +320,50 @@ def test_cli_streams_from_a_model_when_no_cache_is_given(tmp_path):
     assert metrics["hook"] == HOOK and metrics["data"].startswith("streamed from")
     assert SAE.load_from_disk(out).cfg.metadata.model_name.startswith("tiny(seed=0")
     assert cli_main(["train", "--out", str(tmp_path / "none")]) == 2  # no data: clear error, exit code 2
+
+
+def test_the_dead_window_holds_ten_times_d_sae_over_k_tokens(cache_dir, tmp_path, caplog):
+    from sae_flux.train_config import dead_window_tokens
+
+    assert dead_window_tokens(1024, 8) == 1280 and dead_window_tokens(1024, None) == 0
+    cfg = _cfg(tmp_path, cache_dir, steps=300)  # batches of 128 tokens
+    assert cfg.dead_window_steps(min_tokens=160) == 15  # a twentieth of the run already holds 1,920 tokens
+    assert cfg.dead_window_steps(min_tokens=50 * 128) == 50  # lengthened to hold the tokens
+    with caplog.at_level("WARNING"):
+        assert _cfg(tmp_path, cache_dir, steps=40).dead_window_steps(min_tokens=100 * 128) == 40
+        assert _cfg(tmp_path, cache_dir, steps=300, dead_window=10).dead_window_steps(min_tokens=50 * 128) == 10
+    assert "shorter than the 12,800 tokens" in caplog.text and "fewer than 10 x d_sae / k = 6,400" in caplog.text
+
+
+def _batchtopk_forward(sae, acts_ND, k):
+    """BatchTopK as it trains: the k x N largest positive pre-activations of the whole batch, on saved weights."""
+    hidden_NF = (acts_ND - sae.b_dec) @ sae.W_enc + sae.b_enc
+    flat = hidden_NF.relu().flatten()
+    kept = torch.zeros_like(flat).scatter(0, flat.topk(k * len(acts_ND)).indices, flat.topk(k * len(acts_ND)).values)
+    return kept.reshape(hidden_NF.shape) @ sae.W_dec + sae.b_dec
+
+
+@pytest.mark.parametrize("normalize", ["none", "whiten"])
+def test_batchtopk_saved_as_jumprelu_keeps_its_l0_and_fvu(acts, tmp_path, normalize):
+    train, held = acts[:2048], acts[2048:]
+    out = tmp_path / "btk"
+    sae_cfg = DictionaryConfig(architecture="batchtopk", expansion_factor=4, k=8, normalize=normalize,
+                               normalize_tokens=1024)
+    train_sae(TrainConfig(out=str(out), sae=sae_cfg, eval_tokens=64,
+                                   optim=OptimConfig(total_tokens=60 * 64, batch_size=64, lr=1e-3)),
+                       source=TensorSource(train))
+    saved = SAE.load_from_disk(out)
+    assert saved.cfg.architecture() == "jumprelu"
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["dead_window_tokens"] >= 10 * 128 / 8  # the metrics window was lengthened from 64 tokens
+    # the short run's moving average lags the cut BatchTopK applies; the saved threshold is that cut
+    assert record["batchtopk_threshold"]["moving_average"] < record["batchtopk_threshold"]["calibrated"]
+    with torch.no_grad():
+        assert evaluate(saved, [train]).l0 == pytest.approx(8.0, rel=0.01)  # the calibration window: all the data
+    for window in (train[:1024], held):
+        with torch.no_grad():
+            after = evaluate(saved, [window])
+            before_ND = _batchtopk_forward(saved, window, 8)
+        fvu_before = ((before_ND - window).pow(2).sum() / (window - window.mean(0)).pow(2).sum()).item()
+        assert after.l0 == pytest.approx(8.0, rel=0.15)
+        assert after.fvu == pytest.approx(fvu_before, abs=0.03)
