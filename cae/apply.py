@@ -18,7 +18,12 @@ continuation).
 - ``generated``: only the decoding steps (the tokens generated so far are re-read as
   inputs); a prompt forward, continuation included, has none.
 
-Two forms share ``position_mask``:
+At the chosen positions an operator (:mod:`cae.operators`: ``add``, the default, ``ablate``,
+``ablate_then_add``, ``norm_preserving`` or a callable) turns the activation and
+``multiplier * v_L`` into the new activation; a vector trained at another site
+(``meta.site``: ``block``, ``attn``, ``mlp``) steers that site's output.
+
+Two forms share ``position_mask`` and the operator:
 
 - ``steering(model, [(sv, m), ...], positions)`` (also ``sv.apply``): a context manager
   installing plain PyTorch forward hooks on the underlying ``transformers`` model. Any
@@ -44,8 +49,21 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from cae.model import block_output, decoder_layers, hf_module, hidden_size, model_id
+from cae.model import (
+    block_output,
+    decoder_layers,
+    hf_module,
+    hidden_size,
+    model_id,
+    site_module,
+    site_path,
+    submodule,
+)
 from cae.names import POSITIONS
+from cae.operators import OPERATORS, Operator, checked
+from cae.operators import operator as find_operator
+
+OPERATORS_ADD = OPERATORS["add"]
 
 if TYPE_CHECKING:
     from cae.vector import SteeringVector
@@ -66,6 +84,11 @@ def check_positions(positions: str) -> str:
     return positions
 
 
+def resolve_operator(name_or_fn: str | Operator) -> Operator:
+    """:func:`cae.operators.operator` (an unknown name is a one-line ValueError)."""
+    return find_operator(name_or_fn)
+
+
 def check_compatible(sv: SteeringVector, model: Any, force: bool = False) -> None:
     """Refuse a vector trained on another model id or width (unless ``force``)."""
     width = hidden_size(model)
@@ -83,6 +106,8 @@ def check_compatible(sv: SteeringVector, model: Any, force: bool = False) -> Non
     bad = [layer for layer in sv.vectors if layer >= len(blocks)]
     if bad:
         raise ValueError(f"vector layers {bad} are outside the model's {len(blocks)} blocks")
+    for layer in sv.vectors:
+        site_path(model, layer, sv.meta.site)  # a site the architecture lacks: one line
 
 
 @dataclass(frozen=True)
@@ -182,6 +207,21 @@ def added(
     return hidden_BTD + where_BT.to(hidden_BTD.device).unsqueeze(-1) * vec_D
 
 
+def applied(
+    op: Operator, hidden_BTD: Float[Tensor, "B T D"], vec_D: Float[Tensor, " D"],
+    where_BT: Tensor | None,
+) -> Float[Tensor, "B T D"]:
+    """``op(hidden, vec)`` at the chosen positions, ``hidden`` elsewhere (a new tensor);
+    plain addition is :func:`added` (exactly ``hidden + where * vec``)."""
+    if op is OPERATORS_ADD:
+        return added(hidden_BTD, vec_D, where_BT)
+    vec_D = vec_D.to(device=hidden_BTD.device, dtype=hidden_BTD.dtype)
+    new_BTD = checked(op, hidden_BTD, vec_D)
+    if where_BT is None:
+        return new_BTD
+    return torch.where(where_BT.to(hidden_BTD.device).unsqueeze(-1), new_BTD, hidden_BTD)
+
+
 def on_block_device(block: torch.nn.Module, vec_D: Tensor) -> Tensor:
     """``vec_D`` moved once to the device and dtype of ``block``'s weights (the steering hook
     then adds it without a copy per forward)."""
@@ -189,17 +229,24 @@ def on_block_device(block: torch.nn.Module, vec_D: Tensor) -> Tensor:
     return vec_D if param is None else vec_D.to(device=param.device, dtype=param.dtype)
 
 
+Target = tuple[int, str]
+"""(layer, site) of a steered module; sorted, targets follow the order the model runs them."""
+
+
 def combined(
     steers: Sequence[tuple[SteeringVector, float]], model: Any, force: bool
-) -> dict[int, Tensor]:
-    """Sum of ``multiplier * v_L`` per layer over several vectors (checked)."""
-    total: dict[int, Tensor] = {}
+) -> dict[Target, Tensor]:
+    """Sum of ``multiplier * v_L`` per (layer, site) over several vectors (checked), in the
+    order the model computes them (attention, MLP, then the block's output)."""
+    total: dict[Target, Tensor] = {}
     for sv, multiplier in steers:
         m = check_multiplier(multiplier)
         check_compatible(sv, model, force)
         for layer, vec_D in sv.vectors.items():
-            total[layer] = total.get(layer, 0) + m * vec_D.float()
-    return total
+            key = (layer, sv.meta.site)
+            total[key] = total.get(key, 0) + m * vec_D.float()
+    order = {site: i for i, site in enumerate(("attn", "mlp", "block"))}
+    return dict(sorted(total.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])))
 
 
 @contextmanager
@@ -208,8 +255,13 @@ def steering(
     steers: Sequence[tuple[SteeringVector, float]],
     positions: str = "from_prompt_end",
     force: bool = False,
+    operator: str | Operator = "add",
 ) -> Iterator[None]:
     """Steer every forward of ``model`` inside the block with several (vector, multiplier).
+
+    ``operator``: ``add`` (default), ``ablate``, ``ablate_then_add``, ``norm_preserving`` or
+    a callable ``(hidden_BTD, vec_D) -> hidden_BTD`` (:mod:`cae.operators`), applied per
+    (layer, site) to the sum of ``multiplier * v`` at the positions of ``positions``.
 
     Example:
         >>> from cae.organism import load
@@ -220,26 +272,27 @@ def steering(
         ...     out = hf.generate(**tok("story :", return_tensors="pt"), max_new_tokens=3)
     """
     check_positions(positions)
+    op = resolve_operator(operator)
     vectors = combined(steers, model, force)
     module = hf_module(model)
-    _, blocks = decoder_layers(model)
     facts = [ForwardFacts()]  # of the forward in progress
 
     def on_entry(mod: Any, args: tuple, kwargs: dict) -> None:
         facts[0] = forward_facts(mod, args, kwargs)
 
-    def on_block(vec_D: Tensor):
+    def on_output(vec_D: Tensor):
         def hook(_mod: Any, _args: tuple, output: Any) -> Any:
             hidden_BTD = block_output(output)
             where = position_mask(positions, facts[0], hidden_BTD.shape[1], hidden_BTD.shape[0],
                                   hidden_BTD.device)
-            new = added(hidden_BTD, vec_D, where)
+            new = applied(op, hidden_BTD, vec_D, where)
             return (new, *output[1:]) if isinstance(output, tuple) else new
         return hook
 
+    targets = {key: site_module(model, *key) for key in vectors}
     handles = [module.register_forward_pre_hook(on_entry, with_kwargs=True)]
-    handles += [blocks[layer].register_forward_hook(on_block(on_block_device(blocks[layer], v)))
-                for layer, v in vectors.items()]
+    handles += [targets[key].register_forward_hook(on_output(on_block_device(targets[key], v)))
+                for key, v in vectors.items()]
     try:
         yield
     finally:
@@ -253,12 +306,14 @@ def steer(
     multiplier: float = 1.0,
     positions: str = "from_prompt_end",
     force: bool = False,
+    operator: str | Operator = "add",
 ) -> None:
     """Add steering inside the caller's nnsight ``trace`` or per generation step.
 
     Call it first in the trace (or first in each ``for step in tracer.iter[:]`` of a
     ``generate``), before any other read of the model: it reads the model's inputs to
-    tell prompt forwards from one-token decoding steps. ``sv`` may be a list of (vector, multiplier).
+    tell prompt forwards from one-token decoding steps. ``sv`` may be a list of (vector,
+    multiplier); ``operator`` is as in :func:`steering`.
 
     Example:
         >>> from cae.organism import load
@@ -271,19 +326,16 @@ def steer(
         ...         steer(lm, sv, 2.0)
     """
     check_positions(positions)
+    op = resolve_operator(operator)
     steers: Sequence[tuple[SteeringVector, float]] = (
         sv if isinstance(sv, (list, tuple)) else [(sv, multiplier)]  # type: ignore[list-item]
     )
     vectors = combined(steers, model, force)
-    path, _ = decoder_layers(model)
-    blocks = model
-    for part in path.split("."):
-        blocks = getattr(blocks, part)
     args, kwargs = model.inputs
     facts = forward_facts(hf_module(model), tuple(args), dict(kwargs))
-    for layer in sorted(vectors):
-        out = blocks[layer].output
+    for (layer, site), vec_D in vectors.items():
+        out = submodule(model, site_path(model, layer, site)).output
         hidden_BTD = block_output(out)
         where = position_mask(positions, facts, hidden_BTD.shape[1], hidden_BTD.shape[0],
                               hidden_BTD.device)
-        hidden_BTD[:] = added(hidden_BTD, vectors[layer], where)
+        hidden_BTD[:] = applied(op, hidden_BTD, vec_D, where)

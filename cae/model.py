@@ -36,6 +36,54 @@ def decoder_layers(model: Any) -> tuple[str, torch.nn.ModuleList]:
     raise ValueError(f"cannot find the {n_layers} decoder blocks of {type(module).__name__}")
 
 
+SITE_CHILDREN: dict[str, tuple[str, ...]] = {
+    "attn": ("self_attn", "attn", "attention"),
+    "mlp": ("mlp", "block_sparse_moe", "feed_forward"),
+}
+"""Child names of a decoder block that hold its attention / MLP, across HF architectures
+(Llama, Qwen, Gemma, Mistral, Phi-3, Mixtral: ``self_attn`` / ``mlp``; GPT-2: ``attn`` /
+``mlp``; GPT-NeoX: ``attention`` / ``mlp``). Site ``block`` is the block itself."""
+
+
+def site_path(model: Any, layer: int, site: str = "block") -> str:
+    """Dotted path of the module whose output is ``site`` of decoder block ``layer``:
+    ``block`` (the block's output, the residual stream), ``attn`` (the attention
+    sub-layer's output, before it joins the residual) or ``mlp`` (the MLP's output).
+
+    Example:
+        >>> from cae.organism import load
+        >>> site_path(load("tiny")[0], 1, "attn")
+        'model.layers.1.self_attn'
+    """
+    path, blocks = decoder_layers(model)
+    if site == "block":
+        return f"{path}.{layer}"
+    if site not in SITE_CHILDREN:
+        raise ValueError(f"unknown site {site!r}; choose from {['block', *SITE_CHILDREN]}")
+    children = dict(blocks[layer].named_children())
+    for name in SITE_CHILDREN[site]:
+        if name in children:
+            return f"{path}.{layer}.{name}"
+    raise ValueError(
+        f"{type(hf_module(model)).__name__} has no {site!r} site: decoder block {layer} "
+        f"({type(blocks[layer]).__name__}) has none of {list(SITE_CHILDREN[site])} among its "
+        f"children {list(children)}"
+    )
+
+
+def submodule(root: Any, path: str) -> Any:
+    """``root``'s module (or nnsight envoy) at a dotted ``path`` (digits index a list)."""
+    node = root
+    for part in path.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+def site_module(model: Any, layer: int, site: str = "block") -> torch.nn.Module:
+    """The ``torch`` module whose output is ``site`` of decoder block ``layer``."""
+    return submodule(hf_module(model), site_path(model, layer, site))
+
+
 def hidden_size(model: Any) -> int:
     """Residual-stream width of the model."""
     config = hf_module(model).config

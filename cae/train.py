@@ -26,7 +26,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from cae.aggregators import aggregator as get_aggregator
-from cae.model import check_layers, decoder_layers, hf_module, input_device
+from cae.model import check_layers, hf_module, input_device, site_path, submodule
+from cae.names import SITES
 from cae.pairs import Pair, check_pairs
 from cae.read import ReadRule, read_rule
 
@@ -47,9 +48,13 @@ class TrainConfig:
     """Pairs per forward pass (each pair is two rows)."""
     padding_side: str | None = None
     """``left`` or ``right``; None keeps the tokenizer's."""
+    site: str = "block"
+    """Output of block L to read: ``block`` (residual stream), ``attn`` or ``mlp``."""
 
     def __post_init__(self) -> None:
         read_rule(self.read)
+        if self.site not in SITES:
+            raise ValueError(f"unknown site {self.site!r}; choose from {list(SITES)}")
         get_aggregator(self.aggregator)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -119,12 +124,12 @@ def encode(tokenizer: Any, rows: list[tuple[list[int], list[int], int]], side: s
     return Encoded(ids_BT, mask_BT, position_ids_BT, read_BT)
 
 
-def read_activations(model: Any, batch: Encoded, layers: list[int]) -> list[Float[Tensor, "B D"]]:
-    """Read-weighted residual stream of every row at each layer, through an nnsight trace."""
-    path, _ = decoder_layers(model)
-    blocks = model
-    for part in path.split("."):
-        blocks = getattr(blocks, part)
+def read_activations(
+    model: Any, batch: Encoded, layers: list[int], site: str = "block"
+) -> list[Float[Tensor, "B D"]]:
+    """Read-weighted ``site`` output (default the residual stream) of every row at each
+    layer, through an nnsight trace."""
+    envoys = [submodule(model, site_path(model, layer, site)) for layer in layers]
     device = input_device(model)
     inputs = {"input_ids": batch.input_ids_BT.to(device),
               "attention_mask": batch.attention_mask_BT.to(device),
@@ -132,8 +137,8 @@ def read_activations(model: Any, batch: Encoded, layers: list[int]) -> list[Floa
     read_BT = batch.read_BT
     reads: list[Tensor] = []
     with torch.no_grad(), model.trace(inputs):
-        for layer in layers:
-            out = blocks[layer].output
+        for envoy in envoys:
+            out = envoy.output
             hidden_BTD = out[0] if isinstance(out, tuple) else out
             acts_BD = torch.einsum("bt,btd->bd", read_BT.to(hidden_BTD.device),
                                    hidden_BTD.float())  # float32 sums, any model dtype
@@ -160,7 +165,7 @@ def collect(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> Activations:
     for start in tqdm(starts, desc="reading pairs", disable=len(starts) < 4):
         chunk = pairs[start:start + cfg.batch_size]
         rows = _row_reads(tokenizer, chunk, read_rule(cfg.read), start)
-        reads = read_activations(model, encode(tokenizer, rows, side), layers)
+        reads = read_activations(model, encode(tokenizer, rows, side), layers, cfg.site)
         for layer, acts_BD in zip(layers, reads, strict=True):
             pos[layer].append(acts_BD[0::2])
             neg[layer].append(acts_BD[1::2])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -59,6 +59,9 @@ class VectorMeta:
     """Version of this file format."""
     extra: dict = field(default_factory=dict)
     """Free-form user metadata (behaviour name, notes)."""
+    site: str = "block"
+    """Which output of each decoder block the vector was read from and steers: ``block``
+    (the residual stream), ``attn`` or ``mlp`` (:func:`cae.model.site_path`)."""
 
     def __post_init__(self) -> None:
         if self.hidden_size < 1:
@@ -114,8 +117,12 @@ class SteeringVector:
         batch_size: int = 16,
         padding_side: str | None = None,
         normalize: bool = False,
+        site: str = "block",
     ) -> SteeringVector:
         """Train on an nnsight ``LanguageModel`` from (prompt, positive, negative) pairs.
+
+        ``site``: ``block`` (the decoder block's output, CAA's ``resid_L``), ``attn`` or
+        ``mlp`` (that sub-layer's output in block L).
 
         ``normalize`` rescales each layer's direction to the mean residual norm at the read
         positions (``norm_matched`` with ``cae.train.mean_norms`` of the same activations).
@@ -123,12 +130,12 @@ class SteeringVector:
         from cae.pairs import check_pairs, dataset_hash
         from cae.train import TrainConfig, aggregate, mean_norms, training_activations
 
-        cfg = TrainConfig(list(layers), read, aggregator, batch_size, padding_side)
+        cfg = TrainConfig(list(layers), read, aggregator, batch_size, padding_side, site)
         pairs = check_pairs(pairs)
         acts = training_activations(model, pairs, cfg)
         vectors = aggregate(acts, aggregator)
         meta = VectorMeta(model_id(model), hidden_size(model), tuple(vectors), read, aggregator,
-                          len(pairs), dataset_hash(pairs))
+                          len(pairs), dataset_hash(pairs), site=site)
         sv = cls(vectors, meta)
         return sv.norm_matched(mean_norms(acts)) if normalize else sv
 
@@ -145,15 +152,17 @@ class SteeringVector:
 
     def apply(
         self, model: Any, multiplier: float = 1.0, positions: str = "from_prompt_end",
-        force: bool = False,
+        force: bool = False, operator: str | Callable[[Tensor, Tensor], Tensor] = "add",
     ) -> AbstractContextManager[None]:
         """Context manager adding ``multiplier * v_L`` to every forward of ``model``.
 
-        ``positions``: ``all``, ``from_prompt_end`` (CAA) or ``generated`` (``cae.apply``).
+        ``positions``: ``all``, ``from_prompt_end`` (CAA) or ``generated`` (``cae.apply``);
+        ``operator``: ``add``, ``ablate``, ``ablate_then_add``, ``norm_preserving`` or a
+        callable (``cae.operators``).
         """
         from cae.apply import steering
 
-        return steering(model, [(self, multiplier)], positions, force)
+        return steering(model, [(self, multiplier)], positions, force, operator)
 
     # -- arithmetic ----------------------------------------------------------------
 
@@ -176,6 +185,9 @@ class SteeringVector:
         vectors = dict(self.vectors)
         for layer, vec in other.vectors.items():
             vectors[layer] = vectors[layer] + vec if layer in vectors else vec.clone()
+        if other.meta.site != self.meta.site:
+            raise ValueError(f"cannot combine vectors of different sites: {self.meta.site!r} and "
+                             f"{other.meta.site!r}")
         same = self.meta.read == other.meta.read and self.meta.aggregator == other.meta.aggregator
         meta = replace(
             self.meta,
