@@ -6,10 +6,15 @@ This class stores those directions with the facts needed to reuse them safely: t
 id and width they were trained on, the read rule, the aggregator, the number of pairs and a
 hash of the dataset.
 
-On disk a vector is a directory: ``cfg.json`` (the metadata) and ``vectors.safetensors``
-(one float32 tensor per layer, named ``layer.<L>``). The same directory is the Hub format:
-``push_to_hub`` uploads it with ``huggingface_hub`` and ``from_pretrained`` downloads it
-(honouring ``HF_HUB_OFFLINE`` and the local cache).
+On disk a vector is a directory: ``steering_vector.json`` (the metadata, format version 2:
+model id, width, layers, site, read rule, aggregator, normalisation, dataset facts) and
+``vectors.safetensors`` (one float32 tensor per layer, named ``layer.<L>``). Directories of
+format version 1 (metadata in ``cfg.json``, a name SAELens uses for another schema) still
+load, with a deprecation warning. The same directory is the Hub format: ``push_to_hub``
+uploads it with ``huggingface_hub`` and ``from_pretrained`` downloads it (honouring
+``HF_HUB_OFFLINE`` and the local cache). :mod:`cae.llamacpp` exports and imports llama.cpp's
+control-vector GGUF; :meth:`SteeringVector.to_layer_tensors` / ``from_layer_tensors`` give
+the ``{layer: tensor}`` form of steering-vectors and repeng.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
@@ -29,17 +35,27 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from cae.model import hidden_size, model_id
+from cae.model import model_id as _model_id
+
+STEERING_VECTORS_LAYER_TYPES = {"block": "decoder_block", "attn": "self_attn", "mlp": "mlp"}
+"""cae site -> steering-vectors ``layer_type`` (its ``layer_matching.LayerType``)."""
 
 logger = logging.getLogger(__name__)
 
-CFG_NAME = "cfg.json"
+META_NAME = "steering_vector.json"
+"""The metadata file (format version 2 on)."""
+LEGACY_CFG_NAME = "cfg.json"
+"""The metadata file of format version 1 (read, never written)."""
 WEIGHTS_NAME = "vectors.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_NAME = "cae.steering_vector"
+"""The ``format`` key of ``steering_vector.json``."""
+NORMALIZATIONS = ("none", "norm_matched")
 
 
 @dataclass(frozen=True)
 class VectorMeta:
-    """Provenance of a steering vector (saved as ``cfg.json``)."""
+    """Provenance of a steering vector (saved as ``steering_vector.json``)."""
 
     model_id: str
     """Hub id or directory of the model the vector was trained on ('' if unknown)."""
@@ -62,10 +78,16 @@ class VectorMeta:
     site: str = "block"
     """Which output of each decoder block the vector was read from and steers: ``block``
     (the residual stream), ``attn`` or ``mlp`` (:func:`cae.model.site_path`)."""
+    normalization: str = "none"
+    """``none`` (the aggregator's raw directions) or ``norm_matched`` (each layer rescaled to
+    the mean residual norm, ``SteeringVector.norm_matched``; the norms are in ``extra``)."""
 
     def __post_init__(self) -> None:
         if self.hidden_size < 1:
             raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {self.normalization!r}; choose from "
+                             f"{list(NORMALIZATIONS)}")
         object.__setattr__(self, "layers", tuple(sorted(int(x) for x in self.layers)))
 
 
@@ -228,7 +250,8 @@ class SteeringVector:
             vectors[layer] = vec / vec.norm() * norms[layer]
         extra = {**self.meta.extra, "norm_matched": {str(k): float(norms[k]) for k in vectors},
                  "raw_norms": {str(k): float(v.norm()) for k, v in self.vectors.items()}}
-        return SteeringVector(vectors, replace(self.meta, extra=extra))
+        return SteeringVector(vectors, replace(self.meta, extra=extra,
+                                               normalization="norm_matched"))
 
     def __truediv__(self, scale: float) -> SteeringVector:
         if float(scale) == 0.0:
@@ -247,35 +270,92 @@ class SteeringVector:
     # -- files and the Hub -----------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``cfg.json`` and ``vectors.safetensors`` into ``directory``."""
+        """Write ``steering_vector.json`` and ``vectors.safetensors`` into ``directory``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {f"layer.{k}": v.contiguous() for k, v in self.vectors.items()}
         save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "cae"})
-        (out / CFG_NAME).write_text(json.dumps(asdict(self.meta), indent=2) + "\n")
+        meta = {"format": FORMAT_NAME, **asdict(replace(self.meta, format_version=FORMAT_VERSION))}
+        (out / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
         return out
 
     @classmethod
     def load(cls, directory: str | Path) -> SteeringVector:
-        """Read a directory written by ``save``."""
+        """Read a directory written by ``save`` (or by format version 1, with ``cfg.json``)."""
         path = Path(directory)
-        for name in (CFG_NAME, WEIGHTS_NAME):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{path / name} not found (not a saved steering vector)")
-        try:
-            raw = json.loads((path / CFG_NAME).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path / CFG_NAME}:{err.lineno}: malformed JSON ({err.msg})") from err
-        if raw.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path / CFG_NAME}: format_version {raw['format_version']} is newer "
-                             f"than this library's {FORMAT_VERSION}")
-        try:
-            meta = VectorMeta(**raw)
-        except TypeError as err:
-            raise ValueError(f"{path / CFG_NAME}: bad metadata ({err})") from err
+        meta_file = path / META_NAME
+        if not meta_file.is_file() and (path / LEGACY_CFG_NAME).is_file():
+            meta_file = path / LEGACY_CFG_NAME
+            message = (f"{path}: reading the format-1 layout ({LEGACY_CFG_NAME}); it is "
+                       f"deprecated, save() the vector again to write {META_NAME}")
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
+            logger.warning(message)
+        for file in (meta_file, path / WEIGHTS_NAME):
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} not found (not a saved steering vector)")
+        meta = read_meta(meta_file)
         tensors = load_file(str(path / WEIGHTS_NAME))
         vectors = {int(k.split(".", 1)[1]): v for k, v in tensors.items()}
         return cls(vectors, meta)
+
+    # -- other libraries' forms --------------------------------------------------------
+
+    def to_gguf(self, path: str | Path, model_hint: str | None = None,
+                multiplier: float = 1.0) -> Path:
+        """Export as a llama.cpp control vector (:func:`cae.llamacpp.to_gguf`)."""
+        from cae.llamacpp import to_gguf
+
+        return to_gguf(self, path, model_hint, multiplier)
+
+    @classmethod
+    def from_gguf(cls, path: str | Path, model: Any = None) -> SteeringVector:
+        """Import a llama.cpp control vector (:func:`cae.llamacpp.from_gguf`)."""
+        from cae.llamacpp import from_gguf
+
+        return from_gguf(path, model)
+
+    def to_layer_tensors(self) -> dict[int, Tensor]:
+        """``{layer: vector}`` (float32 copies): the form steering-vectors holds in
+        ``SteeringVector(layer_activations=..., layer_type=...)`` and repeng in
+        ``ControlVector(directions=...)`` (as numpy). Both index the decoder blocks from 0 and
+        steer their output, as cae does; for sites ``attn`` / ``mlp`` steering-vectors'
+        ``layer_type`` is ``self_attn`` / ``mlp`` (:data:`STEERING_VECTORS_LAYER_TYPES`).
+
+        Example:
+            >>> from cae.organism import load
+            >>> sv = SteeringVector.random(load("tiny")[0], [1, 2])
+            >>> sorted(sv.to_layer_tensors())
+            [1, 2]
+        """
+        return {layer: vec.clone() for layer, vec in self.vectors.items()}
+
+    @classmethod
+    def from_layer_tensors(
+        cls, vectors: dict[int, Any], model: Any = None, model_id: str = "", site: str = "block",
+        **meta: Any,
+    ) -> SteeringVector:
+        """A vector from ``{layer: tensor or array}`` (steering-vectors' ``layer_activations``,
+        repeng's ``directions``). With ``model``, its id and width are recorded and checked;
+        ``meta`` sets other :class:`VectorMeta` fields (``read``, ``aggregator``, ``extra``)."""
+        tensors = {int(k): torch.as_tensor(v).detach().float().reshape(-1)
+                   for k, v in vectors.items()}
+        if not tensors:
+            raise ValueError("a steering vector needs at least one layer")
+        widths = {int(v.shape[0]) for v in tensors.values()}
+        if len(widths) != 1:
+            raise ValueError(f"layer tensors have different widths {sorted(widths)}")
+        width = widths.pop()
+        if model is not None:
+            from cae.model import check_layers
+
+            if width != hidden_size(model):
+                raise ValueError(f"layer tensors have width {width} but the model's hidden size "
+                                 f"is {hidden_size(model)}")
+            check_layers(model, list(tensors))
+        name = model_id or (_model_id(model) if model is not None else "")
+        defaults = {"read": "unknown", "aggregator": "unknown"}
+        return cls(tensors, VectorMeta(name, width, tuple(tensors), site=site,
+                                       **{**defaults, **meta}))
 
     def push_to_hub(
         self, repo_id: str, token: str | None = None, private: bool = False,
@@ -306,7 +386,35 @@ class SteeringVector:
         if Path(repo_id_or_dir).is_dir():
             return cls.load(repo_id_or_dir)
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
 
-        paths = [hf_hub_download(str(repo_id_or_dir), name, revision=revision, token=token,
-                                 cache_dir=cache_dir) for name in (CFG_NAME, WEIGHTS_NAME)]
-        return cls.load(Path(paths[0]).parent)
+        def download(name: str) -> str:
+            return hf_hub_download(str(repo_id_or_dir), name, revision=revision, token=token,
+                                   cache_dir=cache_dir)
+
+        weights = download(WEIGHTS_NAME)
+        try:
+            download(META_NAME)
+        except EntryNotFoundError:  # a format-1 upload; load() warns
+            download(LEGACY_CFG_NAME)
+        return cls.load(Path(weights).parent)
+
+
+def read_meta(file: Path) -> VectorMeta:
+    """:class:`VectorMeta` from ``steering_vector.json`` (or a format-1 ``cfg.json``); a bad
+    file is a one-line ValueError naming it."""
+    try:
+        raw = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file}:{err.lineno}: malformed JSON ({err.msg})") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(raw).__name__}")
+    if raw.pop("format", FORMAT_NAME) != FORMAT_NAME:
+        raise ValueError(f"{file}: not a cae steering vector (format is not {FORMAT_NAME!r})")
+    if raw.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{file}: format_version {raw['format_version']} is newer than this "
+                         f"library's {FORMAT_VERSION}")
+    try:
+        return VectorMeta(**raw)
+    except TypeError as err:
+        raise ValueError(f"{file}: bad metadata ({err})") from err
