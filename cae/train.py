@@ -107,6 +107,34 @@ def _row_reads(tokenizer: Any, pairs: Sequence[Pair], rule: ReadRule, offset: in
     return rows
 
 
+class AnswerPosition(NamedTuple):
+    """Where a pair is read: token indices into ``prompt + positive`` / ``prompt + negative``
+    (the first index when a rule averages several), and the tokens there."""
+
+    positive: int
+    negative: int
+    positive_token: str
+    negative_token: str
+
+
+def answer_positions(tokenizer: Any, pairs: Sequence[Pair], read: str = "answer"
+                     ) -> list[AnswerPosition]:
+    """Per pair, the token each completion is read at under ``read`` (what training reads;
+    for ``answer``, CAA's answer letter). Refuses pairs the rule cannot align, as training does.
+
+    Example:
+        >>> from cae.organism.train import build_tokenizer
+        >>> answer_positions(build_tokenizer(), [Pair("q : hi", " ( A )", " ( B )")])
+        [AnswerPosition(positive=5, negative=5, positive_token='A', negative_token='B')]
+    """
+    rows = _row_reads(tokenizer, check_pairs(pairs), read_rule(read), 0)
+    out = []
+    for (pos_ids, pos_at, _), (neg_ids, neg_at, _) in zip(rows[0::2], rows[1::2], strict=True):
+        tokens = tokenizer.convert_ids_to_tokens([pos_ids[pos_at[0]], neg_ids[neg_at[0]]])
+        out.append(AnswerPosition(pos_at[0], neg_at[0], *tokens))
+    return out
+
+
 def encode(tokenizer: Any, rows: list[tuple[list[int], list[int], int]], side: str) -> Encoded:
     """Pad token lists on ``side`` and build read weights for the given indices (on the CPU;
     ``read_activations`` moves them to the model)."""
