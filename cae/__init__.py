@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from cae.operators import OPERATORS
     from cae.pairs import Pair, chat_pairs, load_caa_json, load_mwe_jsonl, load_pairs
     from cae.read import READ_RULES
-    from cae.record import record
+    from cae.recording import record
     from cae.vector import SteeringVector, VectorMeta
 
 _EXPORTS = {
@@ -46,7 +46,7 @@ _EXPORTS = {
     "load_caa_json": "cae.pairs",
     "load_mwe_jsonl": "cae.pairs",
     "load_pairs": "cae.pairs",
-    "record": "cae.record",
+    "record": "cae.recording",
     "steer": "cae.apply",
     "steering": "cae.apply",
 }

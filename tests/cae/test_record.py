@@ -8,7 +8,7 @@ import torch
 
 from cae import Pair, SteeringVector
 from cae.pairs import chat_pairs, chat_prompt
-from cae.record import record
+from cae.recording import record
 from cae.train import answer_positions
 
 TEMPLATE = ("{% for m in messages %}{{ m.role }} : {{ m.content }} {% endfor %}"
