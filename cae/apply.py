@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -300,6 +301,28 @@ def steering(
             handle.remove()
 
 
+PREFILL_ONLY = (
+    "steer() ran in the prompt forward of a generate() and the block has no tracer.iter / "
+    "tracer.all() loop, so only the prompt is steered, not the generated tokens; call it in "
+    "`for step in tracer.iter[:]:` (or use `with sv.apply(model, m):` around the generation)"
+)
+
+
+def generation_prefill(kwargs: dict, facts: ForwardFacts) -> bool:
+    """Whether this is the prompt forward of ``transformers``' ``generate`` (its first
+    forward passes ``logits_to_keep`` and an empty cache; a plain trace passes neither)."""
+    return facts.past == 0 and "logits_to_keep" in kwargs
+
+
+def in_step_loop() -> bool:
+    """Whether the running nnsight block loops over generation steps (``tracer.iter`` or
+    ``tracer.all()`` among the names its code uses)."""
+    from nnsight.intervention.interleaver import Mediator
+
+    names = getattr(getattr(Mediator.current("steer"), "code", None), "co_names", ())
+    return "iter" in names or "all" in names
+
+
 def steer(
     model: Any,
     sv: SteeringVector | Sequence[tuple[SteeringVector, float]],
@@ -313,7 +336,8 @@ def steer(
     Call it first in the trace (or first in each ``for step in tracer.iter[:]`` of a
     ``generate``), before any other read of the model: it reads the model's inputs to
     tell prompt forwards from one-token decoding steps. ``sv`` may be a list of (vector,
-    multiplier); ``operator`` is as in :func:`steering`.
+    multiplier); ``operator`` is as in :func:`steering`. Called once in a ``generate``
+    block without such a loop it steers only the prompt forward, and warns so.
 
     Example:
         >>> from cae.organism import load
@@ -333,6 +357,8 @@ def steer(
     vectors = combined(steers, model, force)
     args, kwargs = model.inputs
     facts = forward_facts(hf_module(model), tuple(args), dict(kwargs))
+    if generation_prefill(kwargs, facts) and not in_step_loop():
+        warnings.warn(PREFILL_ONLY, UserWarning, stacklevel=2)
     for (layer, site), vec_D in vectors.items():
         out = submodule(model, site_path(model, layer, site)).output
         hidden_BTD = block_output(out)

@@ -50,7 +50,7 @@ COMMANDS = {
     "sae_flux.cli": {"", "cache", "demo", "eval", "hooks", "interp", "interp index", "interp images",
                      "interp render", "interp explain", "interp ground-truth", "publish", "steer", "train"},
     "itda.cli": {"", "build", "build-lm"},
-    "cae.cli": {"", "train", "generate", "eval"},
+    "cae.cli": {"", "train", "generate", "eval", "export"},
 }
 
 
