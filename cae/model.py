@@ -198,7 +198,7 @@ def load_language_model(
 
     Example:
         >>> lm = load_language_model("organism:tiny", dtype="bfloat16", device="cpu")
-        >>> type(lm).__name__, next(lm._module.parameters()).dtype
+        >>> type(lm).__name__, next(hf_module(lm).parameters()).dtype
         ('LanguageModel', torch.bfloat16)
     """
     torch_dtype = resolve_dtype(dtype)

@@ -102,9 +102,11 @@ class SteeringVector:
         >>> lm = wrap(*load("tiny"))
         >>> pairs = [it.pair() for it in items("kind", "ab", 32, split="train")]
         >>> sv = SteeringVector.train(lm, pairs, layers=[1])
-        >>> with sv.apply(lm, multiplier=4.0):
-        ...     ids = lm._module.generate(**lm.tokenizer("story :", return_tensors="pt"),
-        ...                               max_new_tokens=5, do_sample=False)
+        >>> with sv.apply(lm, multiplier=4.0), lm.generate("story :", max_new_tokens=5,
+        ...                                                  do_sample=False) as tracer:
+        ...     ids = tracer.result.save()
+        >>> ids.shape[1] > len(lm.tokenizer("story :")["input_ids"])
+        True
     """
 
     vectors: dict[int, Float[Tensor, " D"]]
