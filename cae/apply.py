@@ -55,6 +55,7 @@ from cae.model import (
     decoder_layers,
     hf_module,
     hidden_size,
+    is_hooked_transformer,
     model_id,
     site_module,
     site_path,
@@ -153,6 +154,9 @@ def _past_length(named: dict[str, Any], n_new: int | None, mask_BS: Tensor | Non
         cache = named.get(name)
         if cache is not None and hasattr(cache, "get_seq_length"):
             return int(cache.get_seq_length())
+    entry = named.get("past_kv_cache_entry")  # TransformerLens, read at its first block
+    if entry is not None and hasattr(entry, "past_keys"):
+        return int(entry.past_keys.shape[1])
     if mask_BS is not None and n_new is not None:
         return max(int(mask_BS.shape[1]) - n_new, 0)
     return 0
@@ -291,7 +295,10 @@ def steering(
         return hook
 
     targets = {key: site_module(model, *key) for key in vectors}
-    handles = [module.register_forward_pre_hook(on_entry, with_kwargs=True)]
+    # TransformerLens' generate calls forward() directly (no module hooks) and passes the
+    # cache to each block: its facts are read where block 0 is entered
+    entry = decoder_layers(model)[1][0] if is_hooked_transformer(module) else module
+    handles = [entry.register_forward_pre_hook(on_entry, with_kwargs=True)]
     handles += [targets[key].register_forward_hook(on_output(on_block_device(targets[key], v)))
                 for key, v in vectors.items()]
     try:

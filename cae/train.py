@@ -26,7 +26,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from cae.aggregators import aggregator as get_aggregator
-from cae.model import check_layers, hf_module, input_device, site_path, submodule
+from cae.model import (
+    check_layers,
+    hf_module,
+    input_device,
+    is_hooked_transformer,
+    site_path,
+    submodule,
+)
 from cae.names import SITES
 from cae.pairs import Pair, check_pairs
 from cae.read import ReadRule, read_rule
@@ -152,11 +159,27 @@ def encode(tokenizer: Any, rows: list[tuple[list[int], list[int], int]], side: s
     return Encoded(ids_BT, mask_BT, position_ids_BT, read_BT)
 
 
+def read_hooked(
+    model: Any, batch: Encoded, layers: list[int], site: str = "block"
+) -> list[Float[Tensor, "B D"]]:
+    """``read_activations`` on a TransformerLens ``HookedTransformer``: its hook points
+    (``blocks.{L}.hook_resid_post`` for ``block``) through ``run_with_cache``. The batch must
+    be right-padded (real tokens keep their positions; causal attention never sees the pad)."""
+    names = [site_path(model, layer, site) for layer in layers]
+    device = input_device(model)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch.input_ids_BT.to(device), names_filter=names)
+    read_BT = batch.read_BT.to(device)
+    return [torch.einsum("bt,btd->bd", read_BT, cache[name].float()) for name in names]
+
+
 def read_activations(
     model: Any, batch: Encoded, layers: list[int], site: str = "block"
 ) -> list[Float[Tensor, "B D"]]:
     """Read-weighted ``site`` output (default the residual stream) of every row at each
-    layer, through an nnsight trace."""
+    layer, through an nnsight trace (or a ``HookedTransformer``'s hook points)."""
+    if is_hooked_transformer(model):
+        return read_hooked(model, batch, layers, site)
     envoys = [submodule(model, site_path(model, layer, site)) for layer in layers]
     device = input_device(model)
     inputs = {"input_ids": batch.input_ids_BT.to(device),
@@ -187,6 +210,8 @@ def collect(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> Activations:
     layers = check_layers(model, cfg.layers)
     tokenizer = model.tokenizer
     side = cfg.padding_side or tokenizer.padding_side or "right"
+    if is_hooked_transformer(model):
+        side = "right"  # positions from 0 in every row without an attention mask
     pos: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     neg: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     starts = range(0, len(pairs), cfg.batch_size)
@@ -202,9 +227,14 @@ def collect(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> Activations:
 
 
 def training_activations(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> Activations:
-    """``collect`` on an nnsight ``LanguageModel`` (checked): what training aggregates."""
+    """``collect`` on an nnsight ``TransformersModel`` (checked): what training aggregates."""
+    if is_hooked_transformer(model):
+        if getattr(model, "tokenizer", None) is None:
+            raise TypeError("training a HookedTransformer needs its tokenizer (model.tokenizer)")
+        return collect(model, pairs, cfg)
     if not hasattr(model, "trace"):
-        raise TypeError("training needs an nnsight LanguageModel; wrap it with cae.model.wrap")
+        raise TypeError("training needs an nnsight TransformersModel (cae.model.wrap) or a "
+                        "TransformerLens HookedTransformer")
     hf_module(model)
     return collect(model, pairs, cfg)
 

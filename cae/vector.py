@@ -143,7 +143,7 @@ class SteeringVector:
         normalize: bool = False,
         site: str = "block",
     ) -> SteeringVector:
-        """Train on an nnsight ``LanguageModel`` from (prompt, positive, negative) pairs.
+        """Train on an nnsight ``TransformersModel`` (``cae.model.wrap``) from (prompt, positive, negative) pairs.
 
         ``site``: ``block`` (the decoder block's output, CAA's ``resid_L``), ``attn`` or
         ``mlp`` (that sub-layer's output in block L).
