@@ -62,10 +62,9 @@ from cae.model import (
     submodule,
 )
 from cae.names import POSITIONS
-from cae.operators import OPERATORS, Operator, checked
+from cae.operators import Operator, checked
+from cae.operators import add as plain_add
 from cae.operators import operator as find_operator
-
-OPERATORS_ADD = OPERATORS["add"]
 
 if TYPE_CHECKING:
     from cae.vector import SteeringVector
@@ -218,7 +217,7 @@ def applied(
 ) -> Float[Tensor, "B T D"]:
     """``op(hidden, vec)`` at the chosen positions, ``hidden`` elsewhere (a new tensor);
     plain addition is :func:`added` (exactly ``hidden + where * vec``)."""
-    if op is OPERATORS_ADD:
+    if op is plain_add:
         return added(hidden_BTD, vec_D, where_BT)
     vec_D = vec_D.to(device=hidden_BTD.device, dtype=hidden_BTD.dtype)
     new_BTD = checked(op, hidden_BTD, vec_D)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cae.model import decoder_layers, hf_module, hidden_size
+from cae.model import decoder_layers, hf_module, hidden_size, model_id
 from cae.vector import SteeringVector, VectorMeta
 
 ARCH = "controlvector"
@@ -150,8 +150,6 @@ def from_gguf(path: str | Path, model: Any = None) -> SteeringVector:
         meta = VectorMeta(**{**json.loads(stored), "layers": tuple(vectors)})
         return SteeringVector(vectors, meta)
     hint = str(_field(reader, f"{ARCH}.model_hint") or "")
-    from cae.model import model_id
-
     name = model_id(model) if model is not None else hint
     return SteeringVector.from_layer_tensors(vectors, model_id=name, read="unknown",
                                              aggregator="unknown",

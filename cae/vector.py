@@ -36,6 +36,7 @@ from torch import Tensor
 
 from cae.model import hidden_size, model_id
 from cae.model import model_id as _model_id
+from cae.names import SITES
 
 STEERING_VECTORS_LAYER_TYPES = {"block": "decoder_block", "attn": "self_attn", "mlp": "mlp"}
 """cae site -> steering-vectors ``layer_type`` (its ``layer_matching.LayerType``)."""
@@ -85,6 +86,8 @@ class VectorMeta:
     def __post_init__(self) -> None:
         if self.hidden_size < 1:
             raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+        if self.site not in SITES:
+            raise ValueError(f"unknown site {self.site!r}; choose from {list(SITES)}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {self.normalization!r}; choose from "
                              f"{list(NORMALIZATIONS)}")

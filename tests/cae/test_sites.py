@@ -4,6 +4,8 @@ exactly as a plain forward hook on that module, and the vector saves and loads."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import transformers
@@ -120,3 +122,15 @@ def test_a_site_the_architecture_lacks_is_one_line_naming_the_model_class():
         pass
     with pytest.raises(ValueError, match=r"unknown site 'ffn'; choose from \['block', 'attn', "):
         SteeringVector.train(wrap(hf, tokenizer), PAIRS, [1], site="ffn")
+
+
+def test_vectors_of_different_sites_do_not_combine():
+    hf, _ = tiny("LlamaConfig")
+    block = SteeringVector.random(hf, [1])
+    attn = SteeringVector(block.vectors, replace(block.meta, site="attn"))
+    with pytest.raises(ValueError, match="cannot combine vectors of different sites: 'block' and "
+                                         "'attn'"):
+        _ = block + attn
+    with pytest.raises(ValueError, match=r"unknown site 'ffn'; choose from \['block', 'attn', "
+                                         r"'mlp'\]"):
+        replace(block.meta, site="ffn")
