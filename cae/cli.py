@@ -52,13 +52,14 @@ def _generate(args: argparse.Namespace) -> int:
     import torch  # dispatch: torch loads with the model, not for --help
 
     from cae.apply import check_multiplier, resolve_operator
+    from cae.llamacpp import from_gguf
     from cae.model import input_device, load_language_model
     from cae.vector import SteeringVector
 
     multiplier = check_multiplier(args.multiplier)
     resolve_operator(args.operator)
     lm = load_language_model(args.model, args.dtype, args.device)
-    sv = (SteeringVector.from_gguf(args.vector, lm) if args.vector.endswith(".gguf")
+    sv = (from_gguf(args.vector, lm) if args.vector.endswith(".gguf")
           else SteeringVector.from_pretrained(args.vector))
     tokenizer = lm.tokenizer
     enc = tokenizer(args.prompt, return_tensors="pt").to(input_device(lm))
@@ -74,10 +75,11 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from cae.llamacpp import to_gguf
     from cae.vector import SteeringVector
 
     sv = SteeringVector.from_pretrained(args.vector)
-    out = sv.to_gguf(args.out, model_hint=args.model_hint, multiplier=args.multiplier)
+    out = to_gguf(sv, args.out, model_hint=args.model_hint, multiplier=args.multiplier)
     print(json.dumps({"out": str(out), "layers": list(sv.vectors)}))
     return 0
 

@@ -12,8 +12,8 @@ model id, width, layers, site, read rule, aggregator, normalisation, dataset fac
 format version 1 (metadata in ``cfg.json``, a name SAELens uses for another schema) still
 load, with a deprecation warning. The same directory is the Hub format: ``push_to_hub``
 uploads it with ``huggingface_hub`` and ``from_pretrained`` downloads it (honouring
-``HF_HUB_OFFLINE`` and the local cache). :mod:`cae.llamacpp` exports and imports llama.cpp's
-control-vector GGUF; :meth:`SteeringVector.to_layer_tensors` / ``from_layer_tensors`` give
+``HF_HUB_OFFLINE`` and the local cache). :mod:`cae.llamacpp` (which imports this module) exports
+and imports llama.cpp's control-vector GGUF; :meth:`SteeringVector.to_layer_tensors` / ``from_layer_tensors`` give
 the ``{layer: tensor}`` form of steering-vectors and repeng.
 """
 
@@ -304,20 +304,6 @@ class SteeringVector:
         return cls(vectors, meta)
 
     # -- other libraries' forms --------------------------------------------------------
-
-    def to_gguf(self, path: str | Path, model_hint: str | None = None,
-                multiplier: float = 1.0) -> Path:
-        """Export as a llama.cpp control vector (:func:`cae.llamacpp.to_gguf`)."""
-        from cae.llamacpp import to_gguf
-
-        return to_gguf(self, path, model_hint, multiplier)
-
-    @classmethod
-    def from_gguf(cls, path: str | Path, model: Any = None) -> SteeringVector:
-        """Import a llama.cpp control vector (:func:`cae.llamacpp.from_gguf`)."""
-        from cae.llamacpp import from_gguf
-
-        return from_gguf(path, model)
 
     def to_layer_tensors(self) -> dict[int, Tensor]:
         """``{layer: vector}`` (float32 copies): the form steering-vectors holds in

@@ -80,7 +80,7 @@ def test_a_file_of_another_format_or_newer_version_is_refused(tmp_path):
 
 def test_gguf_round_trip_is_exact_and_follows_llama_cpp_names(tmp_path):
     sv = make(layers=(1, 2, 3))
-    path = sv.to_gguf(tmp_path / "kind.gguf", model_hint="llama")
+    path = to_gguf(sv, tmp_path / "kind.gguf", model_hint="llama")
     reader = gguf.GGUFReader(str(path))
     assert reader.get_field("general.architecture").contents() == "controlvector"
     assert reader.get_field("controlvector.model_hint").contents() == "llama"
@@ -89,7 +89,7 @@ def test_gguf_round_trip_is_exact_and_follows_llama_cpp_names(tmp_path):
     assert [t.name for t in reader.tensors] == ["direction.1", "direction.2", "direction.3"]
     for t in reader.tensors:  # llama.cpp's loader: 1-D F32 tensors of one width
         assert t.tensor_type == gguf.GGMLQuantizationType.F32 and list(t.shape) == [32]
-    back = SteeringVector.from_gguf(path)
+    back = from_gguf(path)
     assert back.meta == sv.meta
     for layer in sv.vectors:
         assert torch.equal(back.vectors[layer], sv.vectors[layer])
