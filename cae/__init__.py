@@ -28,20 +28,25 @@ if TYPE_CHECKING:
     from cae.aggregators import AGGREGATORS
     from cae.apply import steer, steering
     from cae.names import POSITIONS
-    from cae.pairs import Pair, load_caa_json, load_mwe_jsonl, load_pairs
+    from cae.operators import OPERATORS
+    from cae.pairs import Pair, chat_pairs, load_caa_json, load_mwe_jsonl, load_pairs
     from cae.read import READ_RULES
+    from cae.recording import record
     from cae.vector import SteeringVector, VectorMeta
 
 _EXPORTS = {
     "AGGREGATORS": "cae.aggregators",
+    "OPERATORS": "cae.operators",
     "POSITIONS": "cae.names",
     "READ_RULES": "cae.read",
     "Pair": "cae.pairs",
     "SteeringVector": "cae.vector",
     "VectorMeta": "cae.vector",
+    "chat_pairs": "cae.pairs",
     "load_caa_json": "cae.pairs",
     "load_mwe_jsonl": "cae.pairs",
     "load_pairs": "cae.pairs",
+    "record": "cae.recording",
     "steer": "cae.apply",
     "steering": "cae.apply",
 }
@@ -49,14 +54,17 @@ _EXPORTS = {
 
 __all__ = [
     "AGGREGATORS",
+    "OPERATORS",
     "POSITIONS",
     "READ_RULES",
     "Pair",
     "SteeringVector",
     "VectorMeta",
+    "chat_pairs",
     "load_caa_json",
     "load_mwe_jsonl",
     "load_pairs",
+    "record",
     "steer",
     "steering",
 ]

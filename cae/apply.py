@@ -18,7 +18,12 @@ continuation).
 - ``generated``: only the decoding steps (the tokens generated so far are re-read as
   inputs); a prompt forward, continuation included, has none.
 
-Two forms share ``position_mask``:
+At the chosen positions an operator (:mod:`cae.operators`: ``add``, the default, ``ablate``,
+``ablate_then_add``, ``norm_preserving`` or a callable) turns the activation and
+``multiplier * v_L`` into the new activation; a vector trained at another site
+(``meta.site``: ``block``, ``attn``, ``mlp``) steers that site's output.
+
+Two forms share ``position_mask`` and the operator:
 
 - ``steering(model, [(sv, m), ...], positions)`` (also ``sv.apply``): a context manager
   installing plain PyTorch forward hooks on the underlying ``transformers`` model. Any
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,8 +50,21 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from cae.model import block_output, decoder_layers, hf_module, hidden_size, model_id
+from cae.model import (
+    block_output,
+    decoder_layers,
+    hf_module,
+    hidden_size,
+    is_hooked_transformer,
+    model_id,
+    site_module,
+    site_path,
+    submodule,
+)
 from cae.names import POSITIONS
+from cae.operators import Operator, checked
+from cae.operators import add as plain_add
+from cae.operators import operator as find_operator
 
 if TYPE_CHECKING:
     from cae.vector import SteeringVector
@@ -66,6 +85,11 @@ def check_positions(positions: str) -> str:
     return positions
 
 
+def resolve_operator(name_or_fn: str | Operator) -> Operator:
+    """:func:`cae.operators.operator` (an unknown name is a one-line ValueError)."""
+    return find_operator(name_or_fn)
+
+
 def check_compatible(sv: SteeringVector, model: Any, force: bool = False) -> None:
     """Refuse a vector trained on another model id or width (unless ``force``)."""
     width = hidden_size(model)
@@ -83,6 +107,8 @@ def check_compatible(sv: SteeringVector, model: Any, force: bool = False) -> Non
     bad = [layer for layer in sv.vectors if layer >= len(blocks)]
     if bad:
         raise ValueError(f"vector layers {bad} are outside the model's {len(blocks)} blocks")
+    for layer in sv.vectors:
+        site_path(model, layer, sv.meta.site)  # a site the architecture lacks: one line
 
 
 @dataclass(frozen=True)
@@ -127,6 +153,9 @@ def _past_length(named: dict[str, Any], n_new: int | None, mask_BS: Tensor | Non
         cache = named.get(name)
         if cache is not None and hasattr(cache, "get_seq_length"):
             return int(cache.get_seq_length())
+    entry = named.get("past_kv_cache_entry")  # TransformerLens, read at its first block
+    if entry is not None and hasattr(entry, "past_keys"):
+        return int(entry.past_keys.shape[1])
     if mask_BS is not None and n_new is not None:
         return max(int(mask_BS.shape[1]) - n_new, 0)
     return 0
@@ -182,6 +211,21 @@ def added(
     return hidden_BTD + where_BT.to(hidden_BTD.device).unsqueeze(-1) * vec_D
 
 
+def applied(
+    op: Operator, hidden_BTD: Float[Tensor, "B T D"], vec_D: Float[Tensor, " D"],
+    where_BT: Tensor | None,
+) -> Float[Tensor, "B T D"]:
+    """``op(hidden, vec)`` at the chosen positions, ``hidden`` elsewhere (a new tensor);
+    plain addition is :func:`added` (exactly ``hidden + where * vec``)."""
+    if op is plain_add:
+        return added(hidden_BTD, vec_D, where_BT)
+    vec_D = vec_D.to(device=hidden_BTD.device, dtype=hidden_BTD.dtype)
+    new_BTD = checked(op, hidden_BTD, vec_D)
+    if where_BT is None:
+        return new_BTD
+    return torch.where(where_BT.to(hidden_BTD.device).unsqueeze(-1), new_BTD, hidden_BTD)
+
+
 def on_block_device(block: torch.nn.Module, vec_D: Tensor) -> Tensor:
     """``vec_D`` moved once to the device and dtype of ``block``'s weights (the steering hook
     then adds it without a copy per forward)."""
@@ -189,34 +233,41 @@ def on_block_device(block: torch.nn.Module, vec_D: Tensor) -> Tensor:
     return vec_D if param is None else vec_D.to(device=param.device, dtype=param.dtype)
 
 
+Target = tuple[int, str]
+"""(layer, site) of a steered module; sorted, targets follow the order the model runs them."""
+
+
 def combined(
     steers: Sequence[tuple[SteeringVector, float]], model: Any, force: bool
-) -> dict[int, Tensor]:
-    """Sum of ``multiplier * v_L`` per layer over several vectors (checked)."""
-    total: dict[int, Tensor] = {}
+) -> dict[Target, Tensor]:
+    """Sum of ``multiplier * v_L`` per (layer, site) over several vectors (checked), in the
+    order the model computes them (attention, MLP, then the block's output)."""
+    total: dict[Target, Tensor] = {}
     for sv, multiplier in steers:
         m = check_multiplier(multiplier)
         check_compatible(sv, model, force)
         for layer, vec_D in sv.vectors.items():
-            total[layer] = total.get(layer, 0) + m * vec_D.float()
+            key = (layer, sv.meta.site)
+            total[key] = total.get(key, 0) + m * vec_D.float()
     check_overflow(total, steers, model)
-    return total
+    order = {site: i for i, site in enumerate(("attn", "mlp", "block"))}
+    return dict(sorted(total.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])))
 
 
-def check_overflow(total: dict[int, Tensor], steers: Sequence[tuple[SteeringVector, float]],
+def check_overflow(total: dict[Target, Tensor], steers: Sequence[tuple[SteeringVector, float]],
                    model: Any) -> None:
     """Refuse a steering sum the model's activations cannot hold: an entry beyond its dtype's
     range, or one whose square summed over the width overflows float32 in the next RMS norm
     (``cae generate --multiplier 1e38`` would generate empty text)."""
     params = next(iter(hf_module(model).parameters()), None)
     dtype = params.dtype if params is not None and params.dtype.is_floating_point else torch.float32
-    for layer, vec_D in total.items():
+    for (layer, site), vec_D in total.items():
         largest = float(vec_D.abs().max()) if vec_D.numel() else 0.0
         limit = min(torch.finfo(dtype).max, math.sqrt(torch.finfo(torch.float32).max / vec_D.numel()))
         if not math.isfinite(largest) or largest > limit:
             multipliers = ", ".join(f"{m:g}" for _, m in steers)
             raise ValueError(
-                f"multiplier {multipliers} makes the steering entries at layer {layer} reach "
+                f"multiplier {multipliers} makes the steering entries at layer {layer} ({site}) reach "
                 f"{largest:.3g}, which would overflow the model's {str(dtype).removeprefix('torch.')} "
                 f"activations (limit {limit:.3g}): use a smaller multiplier")
 
@@ -227,8 +278,13 @@ def steering(
     steers: Sequence[tuple[SteeringVector, float]],
     positions: str = "from_prompt_end",
     force: bool = False,
+    operator: str | Operator = "add",
 ) -> Iterator[None]:
     """Steer every forward of ``model`` inside the block with several (vector, multiplier).
+
+    ``operator``: ``add`` (default), ``ablate``, ``ablate_then_add``, ``norm_preserving`` or
+    a callable ``(hidden_BTD, vec_D) -> hidden_BTD`` (:mod:`cae.operators`), applied per
+    (layer, site) to the sum of ``multiplier * v`` at the positions of ``positions``.
 
     Example:
         >>> from cae.organism import load
@@ -239,31 +295,57 @@ def steering(
         ...     out = hf.generate(**tok("story :", return_tensors="pt"), max_new_tokens=3)
     """
     check_positions(positions)
+    op = resolve_operator(operator)
     vectors = combined(steers, model, force)
     module = hf_module(model)
-    _, blocks = decoder_layers(model)
     facts = [ForwardFacts()]  # of the forward in progress
 
     def on_entry(mod: Any, args: tuple, kwargs: dict) -> None:
         facts[0] = forward_facts(mod, args, kwargs)
 
-    def on_block(vec_D: Tensor):
+    def on_output(vec_D: Tensor):
         def hook(_mod: Any, _args: tuple, output: Any) -> Any:
             hidden_BTD = block_output(output)
             where = position_mask(positions, facts[0], hidden_BTD.shape[1], hidden_BTD.shape[0],
                                   hidden_BTD.device)
-            new = added(hidden_BTD, vec_D, where)
+            new = applied(op, hidden_BTD, vec_D, where)
             return (new, *output[1:]) if isinstance(output, tuple) else new
         return hook
 
-    handles = [module.register_forward_pre_hook(on_entry, with_kwargs=True)]
-    handles += [blocks[layer].register_forward_hook(on_block(on_block_device(blocks[layer], v)))
-                for layer, v in vectors.items()]
+    targets = {key: site_module(model, *key) for key in vectors}
+    # TransformerLens' generate calls forward() directly (no module hooks) and passes the
+    # cache to each block: its facts are read where block 0 is entered
+    entry = decoder_layers(model)[1][0] if is_hooked_transformer(module) else module
+    handles = [entry.register_forward_pre_hook(on_entry, with_kwargs=True)]
+    handles += [targets[key].register_forward_hook(on_output(on_block_device(targets[key], v)))
+                for key, v in vectors.items()]
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+PREFILL_ONLY = (
+    "steer() ran in the prompt forward of a generate() and the block has no tracer.iter / "
+    "tracer.all() loop, so only the prompt is steered, not the generated tokens; call it in "
+    "`for step in tracer.iter[:]:` (or use `with sv.apply(model, m):` around the generation)"
+)
+
+
+def generation_prefill(kwargs: dict, facts: ForwardFacts) -> bool:
+    """Whether this is the prompt forward of ``transformers``' ``generate`` (its first
+    forward passes ``logits_to_keep`` and an empty cache; a plain trace passes neither)."""
+    return facts.past == 0 and "logits_to_keep" in kwargs
+
+
+def in_step_loop() -> bool:
+    """Whether the running nnsight block loops over generation steps (``tracer.iter`` or
+    ``tracer.all()`` among the names its code uses)."""
+    from nnsight.intervention.interleaver import Mediator
+
+    names = getattr(getattr(Mediator.current("steer"), "code", None), "co_names", ())
+    return "iter" in names or "all" in names
 
 
 def steer(
@@ -272,12 +354,15 @@ def steer(
     multiplier: float = 1.0,
     positions: str = "from_prompt_end",
     force: bool = False,
+    operator: str | Operator = "add",
 ) -> None:
     """Add steering inside the caller's nnsight ``trace`` or per generation step.
 
     Call it first in the trace (or first in each ``for step in tracer.iter[:]`` of a
     ``generate``), before any other read of the model: it reads the model's inputs to
-    tell prompt forwards from one-token decoding steps. ``sv`` may be a list of (vector, multiplier).
+    tell prompt forwards from one-token decoding steps. ``sv`` may be a list of (vector,
+    multiplier); ``operator`` is as in :func:`steering`. Called once in a ``generate``
+    block without such a loop it steers only the prompt forward, and warns so.
 
     Example:
         >>> from cae.organism import load
@@ -290,19 +375,18 @@ def steer(
         ...         steer(lm, sv, 2.0)
     """
     check_positions(positions)
+    op = resolve_operator(operator)
     steers: Sequence[tuple[SteeringVector, float]] = (
         sv if isinstance(sv, (list, tuple)) else [(sv, multiplier)]  # type: ignore[list-item]
     )
     vectors = combined(steers, model, force)
-    path, _ = decoder_layers(model)
-    blocks = model
-    for part in path.split("."):
-        blocks = getattr(blocks, part)
     args, kwargs = model.inputs
     facts = forward_facts(hf_module(model), tuple(args), dict(kwargs))
-    for layer in sorted(vectors):
-        out = blocks[layer].output
+    if generation_prefill(kwargs, facts) and not in_step_loop():
+        warnings.warn(PREFILL_ONLY, UserWarning, stacklevel=2)
+    for (layer, site), vec_D in vectors.items():
+        out = submodule(model, site_path(model, layer, site)).output
         hidden_BTD = block_output(out)
         where = position_mask(positions, facts, hidden_BTD.shape[1], hidden_BTD.shape[0],
                               hidden_BTD.device)
-        hidden_BTD[:] = added(hidden_BTD, vectors[layer], where)
+        hidden_BTD[:] = applied(op, hidden_BTD, vec_D, where)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from nnsight import LanguageModel
+from nnsight import TransformersModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 
@@ -22,13 +22,27 @@ def hf_module(model: Any) -> Any:
     """The underlying ``transformers`` model of an nnsight model (or the model itself)."""
     inner = getattr(model, "_module", model)
     if not isinstance(inner, torch.nn.Module):
-        raise TypeError(f"expected a transformers model or an nnsight LanguageModel, got {model!r}")
+        raise TypeError(f"expected a transformers model or an nnsight TransformersModel, got "
+                        f"{model!r}")
     return inner
 
 
+TL_SITE_HOOKS = {"block": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+"""TransformerLens hook point of each site in ``blocks.{L}``."""
+
+
+def is_hooked_transformer(model: Any) -> bool:
+    """Whether ``model`` is a TransformerLens ``HookedTransformer`` (recognised by its
+    ``cfg``, ``blocks`` and ``run_with_hooks``, without importing transformer_lens)."""
+    return all(hasattr(model, name) for name in ("cfg", "blocks", "run_with_hooks"))
+
+
 def decoder_layers(model: Any) -> tuple[str, torch.nn.ModuleList]:
-    """Dotted path and module list of the decoder blocks (``model.layers`` on Llama)."""
+    """Dotted path and module list of the decoder blocks (``model.layers`` on Llama,
+    ``blocks`` on a TransformerLens ``HookedTransformer``)."""
     module = hf_module(model)
+    if is_hooked_transformer(module):
+        return "blocks", module.blocks
     n_layers = getattr(module.config, "num_hidden_layers", None)
     for name, child in module.named_modules():
         if isinstance(child, torch.nn.ModuleList) and len(child) == n_layers:
@@ -36,9 +50,62 @@ def decoder_layers(model: Any) -> tuple[str, torch.nn.ModuleList]:
     raise ValueError(f"cannot find the {n_layers} decoder blocks of {type(module).__name__}")
 
 
+SITE_CHILDREN: dict[str, tuple[str, ...]] = {
+    "attn": ("self_attn", "attn", "attention"),
+    "mlp": ("mlp", "block_sparse_moe", "feed_forward"),
+}
+"""Child names of a decoder block that hold its attention / MLP, across HF architectures
+(Llama, Qwen, Gemma, Mistral, Phi-3, Mixtral: ``self_attn`` / ``mlp``; GPT-2: ``attn`` /
+``mlp``; GPT-NeoX: ``attention`` / ``mlp``). Site ``block`` is the block itself."""
+
+
+def site_path(model: Any, layer: int, site: str = "block") -> str:
+    """Dotted path of the module whose output is ``site`` of decoder block ``layer``:
+    ``block`` (the block's output, the residual stream), ``attn`` (the attention
+    sub-layer's output, before it joins the residual) or ``mlp`` (the MLP's output).
+
+    Example:
+        >>> from cae.organism import load
+        >>> site_path(load("tiny")[0], 1, "attn")
+        'model.layers.1.self_attn'
+    """
+    path, blocks = decoder_layers(model)
+    if is_hooked_transformer(hf_module(model)) and site in TL_SITE_HOOKS:
+        return f"blocks.{layer}.{TL_SITE_HOOKS[site]}"  # HookPoints: identity modules
+    if site == "block":
+        return f"{path}.{layer}"
+    if site not in SITE_CHILDREN:
+        raise ValueError(f"unknown site {site!r}; choose from {['block', *SITE_CHILDREN]}")
+    children = dict(blocks[layer].named_children())
+    for name in SITE_CHILDREN[site]:
+        if name in children:
+            return f"{path}.{layer}.{name}"
+    raise ValueError(
+        f"{type(hf_module(model)).__name__} has no {site!r} site: decoder block {layer} "
+        f"({type(blocks[layer]).__name__}) has none of {list(SITE_CHILDREN[site])} among its "
+        f"children {list(children)}"
+    )
+
+
+def submodule(root: Any, path: str) -> Any:
+    """``root``'s module (or nnsight envoy) at a dotted ``path`` (digits index a list)."""
+    node = root
+    for part in path.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+def site_module(model: Any, layer: int, site: str = "block") -> torch.nn.Module:
+    """The ``torch`` module whose output is ``site`` of decoder block ``layer``."""
+    return submodule(hf_module(model), site_path(model, layer, site))
+
+
 def hidden_size(model: Any) -> int:
     """Residual-stream width of the model."""
-    config = hf_module(model).config
+    module = hf_module(model)
+    if is_hooked_transformer(module):
+        return int(module.cfg.d_model)
+    config = module.config
     return int(getattr(config, "hidden_size", None) or config.n_embd)
 
 
@@ -53,8 +120,12 @@ def input_device(model: Any) -> torch.device:
 
 
 def model_id(model: Any) -> str:
-    """The model's Hub id or directory as recorded in its config ('' if built in memory)."""
-    return str(getattr(hf_module(model).config, "name_or_path", "") or "")
+    """The model's Hub id or directory as recorded in its config ('' if built in memory;
+    a ``HookedTransformer``'s ``cfg.model_name``)."""
+    module = hf_module(model)
+    if is_hooked_transformer(module):
+        return str(module.cfg.model_name or "")
+    return str(getattr(module.config, "name_or_path", "") or "")
 
 
 def check_layers(model: Any, layers: list[int]) -> list[int]:
@@ -139,8 +210,8 @@ def check_dtype_on(dtype: torch.dtype, device: torch.device | None) -> None:
 def load_language_model(
     name: str, dtype: str | torch.dtype = torch.float32, device: str | torch.device | None = None,
     device_map: str | dict | None = None,
-) -> LanguageModel:
-    """Load ``name`` as an nnsight LanguageModel: a Hub id, a local directory, or
+) -> TransformersModel:
+    """Load ``name`` as an nnsight ``TransformersModel``: a Hub id, a local directory, or
     ``organism:<size>`` for the packaged LM organism.
 
     The weights load straight to ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``) or are
@@ -150,8 +221,8 @@ def load_language_model(
 
     Example:
         >>> lm = load_language_model("organism:tiny", dtype="bfloat16", device="cpu")
-        >>> type(lm).__name__, next(lm._module.parameters()).dtype
-        ('LanguageModel', torch.bfloat16)
+        >>> type(lm).__name__, next(hf_module(lm).parameters()).dtype
+        ('TransformersModel', torch.bfloat16)
     """
     torch_dtype = resolve_dtype(dtype)
     if device is not None and device_map is not None:
@@ -173,13 +244,11 @@ def load_language_model(
     return wrap(hf, tokenizer)
 
 
-def wrap(hf: PreTrainedModel, tokenizer: Any) -> LanguageModel:
-    """Wrap a loaded model and tokenizer in nnsight (quietly: LanguageModel is deprecated)."""
-    import warnings
-
+def wrap(hf: PreTrainedModel, tokenizer: Any) -> TransformersModel:
+    """Wrap a loaded model and tokenizer in nnsight's ``TransformersModel`` (eval mode; the
+    tokenizer gets its EOS as padding if it has none). nnsight's deprecated ``LanguageModel``
+    is a subclass and works everywhere a wrapped model is taken."""
     hf.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return LanguageModel(hf, tokenizer=tokenizer)
+    return TransformersModel(hf, tokenizer=tokenizer)

@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 _KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
 
@@ -158,6 +158,60 @@ def load_pairs(path: str | Path) -> list[Pair]:
     if suffix == ".json":
         return load_caa_json(path)
     raise ValueError(f"unknown dataset format {suffix!r} for {path}; expected .jsonl or .json")
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer carries a chat template."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_prompt(tokenizer: Any, instruction: str, system: str | None = None,
+                template: bool | None = None) -> str:
+    """``instruction`` as the user turn of the tokenizer's chat template, ending with the
+    assistant's generation prompt (so a completion is the assistant's answer).
+
+    ``template``: None uses the template when the tokenizer has one and the plain text
+    otherwise; True requires it (a tokenizer without one is a one-line ValueError); False
+    keeps the plain text (``system``, if given, then a blank line, then the instruction).
+    """
+    use = has_chat_template(tokenizer) if template is None else template
+    if not use:
+        return f"{system}\n\n{instruction}" if system else instruction
+    if not has_chat_template(tokenizer):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(f"tokenizer {name!r} has no chat template (tokenizer.chat_template is "
+                         "unset); pass template=False for plain text or set one")
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": instruction}]
+    return str(tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=True))
+
+
+def chat_pairs(tokenizer: Any, pairs: Sequence[Pair], system: str | None = None,
+               template: bool | None = None) -> list[Pair]:
+    """Pairs whose prompt (an instruction, e.g. an MWE ``question``) is wrapped in the
+    tokenizer's chat template (:func:`chat_prompt`); the completions become the assistant's
+    answer with leading whitespace removed. ``cae.train.answer_positions`` reports, per pair,
+    the token each completion is read at.
+
+    Example:
+        >>> from cae.organism.train import build_tokenizer
+        >>> tok = build_tokenizer()
+        >>> tok.chat_template = ("{% for m in messages %}{{ m.role }} : {{ m.content }} "
+        ...                      "{% endfor %}{% if add_generation_prompt %}answer :{% endif %}")
+        >>> chat_pairs(tok, [Pair("is it kind ?", " ( A )", " ( B )")])[0]
+        Pair(prompt='user : is it kind ? answer :', positive=' ( A )', negative=' ( B )')
+    """
+    use = has_chat_template(tokenizer) if template is None else template
+    out = []
+    for pair in check_pairs(pairs):
+        prompt = chat_prompt(tokenizer, pair.prompt, system, use)
+        if not use:
+            out.append(Pair(prompt, pair.positive, pair.negative))
+            continue
+        sep = "" if prompt[-1:].isspace() else " "
+        out.append(Pair(prompt, sep + pair.positive.lstrip(), sep + pair.negative.lstrip()))
+    return out
 
 
 def dataset_hash(pairs: Iterable[Pair]) -> str:

@@ -26,7 +26,15 @@ from torch import Tensor
 from tqdm import tqdm
 
 from cae.aggregators import aggregator as get_aggregator
-from cae.model import check_layers, decoder_layers, hf_module, input_device
+from cae.model import (
+    check_layers,
+    hf_module,
+    input_device,
+    is_hooked_transformer,
+    site_path,
+    submodule,
+)
+from cae.names import SITES
 from cae.pairs import Pair, check_pairs
 from cae.read import ReadRule, read_rule
 
@@ -47,9 +55,13 @@ class TrainConfig:
     """Pairs per forward pass (each pair is two rows)."""
     padding_side: str | None = None
     """``left`` or ``right``; None keeps the tokenizer's."""
+    site: str = "block"
+    """Output of block L to read: ``block`` (residual stream), ``attn`` or ``mlp``."""
 
     def __post_init__(self) -> None:
         read_rule(self.read)
+        if self.site not in SITES:
+            raise ValueError(f"unknown site {self.site!r}; choose from {list(SITES)}")
         get_aggregator(self.aggregator)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -102,6 +114,34 @@ def _row_reads(tokenizer: Any, pairs: Sequence[Pair], rule: ReadRule, offset: in
     return rows
 
 
+class AnswerPosition(NamedTuple):
+    """Where a pair is read: token indices into ``prompt + positive`` / ``prompt + negative``
+    (the first index when a rule averages several), and the tokens there."""
+
+    positive: int
+    negative: int
+    positive_token: str
+    negative_token: str
+
+
+def answer_positions(tokenizer: Any, pairs: Sequence[Pair], read: str = "answer"
+                     ) -> list[AnswerPosition]:
+    """Per pair, the token each completion is read at under ``read`` (what training reads;
+    for ``answer``, CAA's answer letter). Refuses pairs the rule cannot align, as training does.
+
+    Example:
+        >>> from cae.organism.train import build_tokenizer
+        >>> answer_positions(build_tokenizer(), [Pair("q : hi", " ( A )", " ( B )")])
+        [AnswerPosition(positive=5, negative=5, positive_token='A', negative_token='B')]
+    """
+    rows = _row_reads(tokenizer, check_pairs(pairs), read_rule(read), 0)
+    out = []
+    for (pos_ids, pos_at, _), (neg_ids, neg_at, _) in zip(rows[0::2], rows[1::2], strict=True):
+        tokens = tokenizer.convert_ids_to_tokens([pos_ids[pos_at[0]], neg_ids[neg_at[0]]])
+        out.append(AnswerPosition(pos_at[0], neg_at[0], *tokens))
+    return out
+
+
 def encode(tokenizer: Any, rows: list[tuple[list[int], list[int], int]], side: str) -> Encoded:
     """Pad token lists on ``side`` and build read weights for the given indices (on the CPU;
     ``read_activations`` moves them to the model)."""
@@ -119,12 +159,28 @@ def encode(tokenizer: Any, rows: list[tuple[list[int], list[int], int]], side: s
     return Encoded(ids_BT, mask_BT, position_ids_BT, read_BT)
 
 
-def read_activations(model: Any, batch: Encoded, layers: list[int]) -> list[Float[Tensor, "B D"]]:
-    """Read-weighted residual stream of every row at each layer, through an nnsight trace."""
-    path, _ = decoder_layers(model)
-    blocks = model
-    for part in path.split("."):
-        blocks = getattr(blocks, part)
+def read_hooked(
+    model: Any, batch: Encoded, layers: list[int], site: str = "block"
+) -> list[Float[Tensor, "B D"]]:
+    """``read_activations`` on a TransformerLens ``HookedTransformer``: its hook points
+    (``blocks.{L}.hook_resid_post`` for ``block``) through ``run_with_cache``. The batch must
+    be right-padded (real tokens keep their positions; causal attention never sees the pad)."""
+    names = [site_path(model, layer, site) for layer in layers]
+    device = input_device(model)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch.input_ids_BT.to(device), names_filter=names)
+    read_BT = batch.read_BT.to(device)
+    return [torch.einsum("bt,btd->bd", read_BT, cache[name].float()) for name in names]
+
+
+def read_activations(
+    model: Any, batch: Encoded, layers: list[int], site: str = "block"
+) -> list[Float[Tensor, "B D"]]:
+    """Read-weighted ``site`` output (default the residual stream) of every row at each
+    layer, through an nnsight trace (or a ``HookedTransformer``'s hook points)."""
+    if is_hooked_transformer(model):
+        return read_hooked(model, batch, layers, site)
+    envoys = [submodule(model, site_path(model, layer, site)) for layer in layers]
     device = input_device(model)
     inputs = {"input_ids": batch.input_ids_BT.to(device),
               "attention_mask": batch.attention_mask_BT.to(device),
@@ -132,8 +188,8 @@ def read_activations(model: Any, batch: Encoded, layers: list[int]) -> list[Floa
     read_BT = batch.read_BT
     reads: list[Tensor] = []
     with torch.no_grad(), model.trace(inputs):
-        for layer in layers:
-            out = blocks[layer].output
+        for envoy in envoys:
+            out = envoy.output
             hidden_BTD = out[0] if isinstance(out, tuple) else out
             acts_BD = torch.einsum("bt,btd->bd", read_BT.to(hidden_BTD.device),
                                    hidden_BTD.float())  # float32 sums, any model dtype
@@ -154,13 +210,15 @@ def collect(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> Activations:
     layers = check_layers(model, cfg.layers)
     tokenizer = model.tokenizer
     side = cfg.padding_side or tokenizer.padding_side or "right"
+    if is_hooked_transformer(model):
+        side = "right"  # positions from 0 in every row without an attention mask
     pos: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     neg: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     starts = range(0, len(pairs), cfg.batch_size)
     for start in tqdm(starts, desc="reading pairs", disable=len(starts) < 4):
         chunk = pairs[start:start + cfg.batch_size]
         rows = _row_reads(tokenizer, chunk, read_rule(cfg.read), start)
-        reads = read_activations(model, encode(tokenizer, rows, side), layers)
+        reads = read_activations(model, encode(tokenizer, rows, side), layers, cfg.site)
         for layer, acts_BD in zip(layers, reads, strict=True):
             pos[layer].append(acts_BD[0::2])
             neg[layer].append(acts_BD[1::2])
@@ -169,9 +227,14 @@ def collect(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> Activations:
 
 
 def training_activations(model: Any, pairs: Sequence[Pair], cfg: TrainConfig) -> Activations:
-    """``collect`` on an nnsight ``LanguageModel`` (checked): what training aggregates."""
+    """``collect`` on an nnsight ``TransformersModel`` (checked): what training aggregates."""
+    if is_hooked_transformer(model):
+        if getattr(model, "tokenizer", None) is None:
+            raise TypeError("training a HookedTransformer needs its tokenizer (model.tokenizer)")
+        return collect(model, pairs, cfg)
     if not hasattr(model, "trace"):
-        raise TypeError("training needs an nnsight LanguageModel; wrap it with cae.model.wrap")
+        raise TypeError("training needs an nnsight TransformersModel (cae.model.wrap) or a "
+                        "TransformerLens HookedTransformer")
     hf_module(model)
     return collect(model, pairs, cfg)
 

@@ -6,10 +6,15 @@ This class stores those directions with the facts needed to reuse them safely: t
 id and width they were trained on, the read rule, the aggregator, the number of pairs and a
 hash of the dataset.
 
-On disk a vector is a directory: ``cfg.json`` (the metadata) and ``vectors.safetensors``
-(one float32 tensor per layer, named ``layer.<L>``). The same directory is the Hub format:
-``push_to_hub`` uploads it with ``huggingface_hub`` and ``from_pretrained`` downloads it
-(honouring ``HF_HUB_OFFLINE`` and the local cache).
+On disk a vector is a directory: ``steering_vector.json`` (the metadata, format version 2:
+model id, width, layers, site, read rule, aggregator, normalisation, dataset facts) and
+``vectors.safetensors`` (one float32 tensor per layer, named ``layer.<L>``). Directories of
+format version 1 (metadata in ``cfg.json``, a name SAELens uses for another schema) still
+load, with a deprecation warning. The same directory is the Hub format: ``push_to_hub``
+uploads it with ``huggingface_hub`` and ``from_pretrained`` downloads it (honouring
+``HF_HUB_OFFLINE`` and the local cache). :mod:`cae.llamacpp` (which imports this module) exports
+and imports llama.cpp's control-vector GGUF; :meth:`SteeringVector.to_layer_tensors` / ``from_layer_tensors`` give
+the ``{layer: tensor}`` form of steering-vectors and repeng.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,17 +37,28 @@ from torch import Tensor
 
 import _sae_flux_shared.commit as commit
 from cae.model import hidden_size, model_id
+from cae.model import model_id as _model_id
+from cae.names import SITES
+
+STEERING_VECTORS_LAYER_TYPES = {"block": "decoder_block", "attn": "self_attn", "mlp": "mlp"}
+"""cae site -> steering-vectors ``layer_type`` (its ``layer_matching.LayerType``)."""
 
 logger = logging.getLogger(__name__)
 
-CFG_NAME = "cfg.json"
+META_NAME = "steering_vector.json"
+"""The metadata file (format version 2 on)."""
+LEGACY_CFG_NAME = "cfg.json"
+"""The metadata file of format version 1 (read, never written)."""
 WEIGHTS_NAME = "vectors.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_NAME = "cae.steering_vector"
+"""The ``format`` key of ``steering_vector.json``."""
+NORMALIZATIONS = ("none", "norm_matched")
 
 
 @dataclass(frozen=True)
 class VectorMeta:
-    """Provenance of a steering vector (saved as ``cfg.json``)."""
+    """Provenance of a steering vector (saved as ``steering_vector.json``)."""
 
     model_id: str
     """Hub id or directory of the model the vector was trained on ('' if unknown)."""
@@ -61,10 +78,21 @@ class VectorMeta:
     """Version of this file format."""
     extra: dict = field(default_factory=dict)
     """Free-form user metadata (behaviour name, notes)."""
+    site: str = "block"
+    """Which output of each decoder block the vector was read from and steers: ``block``
+    (the residual stream), ``attn`` or ``mlp`` (:func:`cae.model.site_path`)."""
+    normalization: str = "none"
+    """``none`` (the aggregator's raw directions) or ``norm_matched`` (each layer rescaled to
+    the mean residual norm, ``SteeringVector.norm_matched``; the norms are in ``extra``)."""
 
     def __post_init__(self) -> None:
         if self.hidden_size < 1:
             raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+        if self.site not in SITES:
+            raise ValueError(f"unknown site {self.site!r}; choose from {list(SITES)}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {self.normalization!r}; choose from "
+                             f"{list(NORMALIZATIONS)}")
         object.__setattr__(self, "layers", tuple(sorted(int(x) for x in self.layers)))
 
 
@@ -79,9 +107,11 @@ class SteeringVector:
         >>> lm = wrap(*load("tiny"))
         >>> pairs = [it.pair() for it in items("kind", "ab", 32, split="train")]
         >>> sv = SteeringVector.train(lm, pairs, layers=[1])
-        >>> with sv.apply(lm, multiplier=4.0):
-        ...     ids = lm._module.generate(**lm.tokenizer("story :", return_tensors="pt"),
-        ...                               max_new_tokens=5, do_sample=False)
+        >>> with sv.apply(lm, multiplier=4.0), lm.generate("story :", max_new_tokens=5,
+        ...                                                  do_sample=False) as tracer:
+        ...     ids = tracer.result.save()
+        >>> ids.shape[1] > len(lm.tokenizer("story :")["input_ids"])
+        True
     """
 
     vectors: dict[int, Float[Tensor, " D"]]
@@ -116,8 +146,12 @@ class SteeringVector:
         batch_size: int = 16,
         padding_side: str | None = None,
         normalize: bool = False,
+        site: str = "block",
     ) -> SteeringVector:
-        """Train on an nnsight ``LanguageModel`` from (prompt, positive, negative) pairs.
+        """Train on an nnsight ``TransformersModel`` (``cae.model.wrap``) from (prompt, positive, negative) pairs.
+
+        ``site``: ``block`` (the decoder block's output, CAA's ``resid_L``), ``attn`` or
+        ``mlp`` (that sub-layer's output in block L).
 
         ``normalize`` rescales each layer's direction to the mean residual norm at the read
         positions (``norm_matched`` with ``cae.train.mean_norms`` of the same activations).
@@ -125,12 +159,12 @@ class SteeringVector:
         from cae.pairs import check_pairs, dataset_hash
         from cae.train import TrainConfig, aggregate, mean_norms, training_activations
 
-        cfg = TrainConfig(list(layers), read, aggregator, batch_size, padding_side)
+        cfg = TrainConfig(list(layers), read, aggregator, batch_size, padding_side, site)
         pairs = check_pairs(pairs)
         acts = training_activations(model, pairs, cfg)
         vectors = aggregate(acts, aggregator)
         meta = VectorMeta(model_id(model), hidden_size(model), tuple(vectors), read, aggregator,
-                          len(pairs), dataset_hash(pairs))
+                          len(pairs), dataset_hash(pairs), site=site)
         sv = cls(vectors, meta)
         return sv.norm_matched(mean_norms(acts)) if normalize else sv
 
@@ -147,15 +181,17 @@ class SteeringVector:
 
     def apply(
         self, model: Any, multiplier: float = 1.0, positions: str = "from_prompt_end",
-        force: bool = False,
+        force: bool = False, operator: str | Callable[[Tensor, Tensor], Tensor] = "add",
     ) -> AbstractContextManager[None]:
         """Context manager adding ``multiplier * v_L`` to every forward of ``model``.
 
-        ``positions``: ``all``, ``from_prompt_end`` (CAA) or ``generated`` (``cae.apply``).
+        ``positions``: ``all``, ``from_prompt_end`` (CAA) or ``generated`` (``cae.apply``);
+        ``operator``: ``add``, ``ablate``, ``ablate_then_add``, ``norm_preserving`` or a
+        callable (``cae.operators``).
         """
         from cae.apply import steering
 
-        return steering(model, [(self, multiplier)], positions, force)
+        return steering(model, [(self, multiplier)], positions, force, operator)
 
     # -- arithmetic ----------------------------------------------------------------
 
@@ -178,6 +214,9 @@ class SteeringVector:
         vectors = dict(self.vectors)
         for layer, vec in other.vectors.items():
             vectors[layer] = vectors[layer] + vec if layer in vectors else vec.clone()
+        if other.meta.site != self.meta.site:
+            raise ValueError(f"cannot combine vectors of different sites: {self.meta.site!r} and "
+                             f"{other.meta.site!r}")
         same = self.meta.read == other.meta.read and self.meta.aggregator == other.meta.aggregator
         meta = replace(
             self.meta,
@@ -218,7 +257,8 @@ class SteeringVector:
             vectors[layer] = vec / vec.norm() * norms[layer]
         extra = {**self.meta.extra, "norm_matched": {str(k): float(norms[k]) for k in vectors},
                  "raw_norms": {str(k): float(v.norm()) for k, v in self.vectors.items()}}
-        return SteeringVector(vectors, replace(self.meta, extra=extra))
+        return SteeringVector(vectors, replace(self.meta, extra=extra,
+                                               normalization="norm_matched"))
 
     def __truediv__(self, scale: float) -> SteeringVector:
         if float(scale) == 0.0:
@@ -237,32 +277,30 @@ class SteeringVector:
     # -- files and the Hub -----------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        """Commit ``vectors.safetensors`` and then ``cfg.json`` into ``directory`` (:mod:`_sae_flux_shared.commit`)."""
+        """Commit ``vectors.safetensors`` and then ``steering_vector.json`` into ``directory`` (:mod:`_sae_flux_shared.commit`)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {f"layer.{k}": v.contiguous() for k, v in self.vectors.items()}
         commit.save_safetensors(out / WEIGHTS_NAME, tensors, metadata={"format": "cae"})
-        commit.write_json(out / CFG_NAME, asdict(self.meta), indent=2)
+        meta = {"format": FORMAT_NAME, **asdict(replace(self.meta, format_version=FORMAT_VERSION))}
+        commit.write_json(out / META_NAME, meta, indent=2)
         return out
 
     @classmethod
     def load(cls, directory: str | Path) -> SteeringVector:
-        """Read a directory written by ``save``."""
+        """Read a directory written by ``save`` (or by format version 1, with ``cfg.json``)."""
         path = Path(directory)
-        for name in (CFG_NAME, WEIGHTS_NAME):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{path / name} not found (not a saved steering vector)")
-        try:
-            raw = json.loads((path / CFG_NAME).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path / CFG_NAME}:{err.lineno}: malformed JSON ({err.msg})") from err
-        if raw.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path / CFG_NAME}: format_version {raw['format_version']} is newer "
-                             f"than this library's {FORMAT_VERSION}")
-        try:
-            meta = VectorMeta(**raw)
-        except TypeError as err:
-            raise ValueError(f"{path / CFG_NAME}: bad metadata ({err})") from err
+        meta_file = path / META_NAME
+        if not meta_file.is_file() and (path / LEGACY_CFG_NAME).is_file():
+            meta_file = path / LEGACY_CFG_NAME
+            message = (f"{path}: reading the format-1 layout ({LEGACY_CFG_NAME}); it is "
+                       f"deprecated, save() the vector again to write {META_NAME}")
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
+            logger.warning(message)
+        for file in (meta_file, path / WEIGHTS_NAME):
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} not found (not a saved steering vector)")
+        meta = read_meta(meta_file)
         try:
             tensors = load_file(str(path / WEIGHTS_NAME))
         except SafetensorError as err:
@@ -270,6 +308,51 @@ class SteeringVector:
                              f"(truncated or corrupt: {err})") from err
         vectors = {int(k.split(".", 1)[1]): v for k, v in tensors.items()}
         return cls(vectors, meta)
+
+    # -- other libraries' forms --------------------------------------------------------
+
+    def to_layer_tensors(self) -> dict[int, Tensor]:
+        """``{layer: vector}`` (float32 copies): the form steering-vectors holds in
+        ``SteeringVector(layer_activations=..., layer_type=...)`` and repeng in
+        ``ControlVector(directions=...)`` (as numpy). Both index the decoder blocks from 0 and
+        steer their output, as cae does; for sites ``attn`` / ``mlp`` steering-vectors'
+        ``layer_type`` is ``self_attn`` / ``mlp`` (:data:`STEERING_VECTORS_LAYER_TYPES`).
+
+        Example:
+            >>> from cae.organism import load
+            >>> sv = SteeringVector.random(load("tiny")[0], [1, 2])
+            >>> sorted(sv.to_layer_tensors())
+            [1, 2]
+        """
+        return {layer: vec.clone() for layer, vec in self.vectors.items()}
+
+    @classmethod
+    def from_layer_tensors(
+        cls, vectors: dict[int, Any], model: Any = None, model_id: str = "", site: str = "block",
+        **meta: Any,
+    ) -> SteeringVector:
+        """A vector from ``{layer: tensor or array}`` (steering-vectors' ``layer_activations``,
+        repeng's ``directions``). With ``model``, its id and width are recorded and checked;
+        ``meta`` sets other :class:`VectorMeta` fields (``read``, ``aggregator``, ``extra``)."""
+        tensors = {int(k): torch.as_tensor(v).detach().float().reshape(-1)
+                   for k, v in vectors.items()}
+        if not tensors:
+            raise ValueError("a steering vector needs at least one layer")
+        widths = {int(v.shape[0]) for v in tensors.values()}
+        if len(widths) != 1:
+            raise ValueError(f"layer tensors have different widths {sorted(widths)}")
+        width = widths.pop()
+        if model is not None:
+            from cae.model import check_layers
+
+            if width != hidden_size(model):
+                raise ValueError(f"layer tensors have width {width} but the model's hidden size "
+                                 f"is {hidden_size(model)}")
+            check_layers(model, list(tensors))
+        name = model_id or (_model_id(model) if model is not None else "")
+        defaults = {"read": "unknown", "aggregator": "unknown"}
+        return cls(tensors, VectorMeta(name, width, tuple(tensors), site=site,
+                                       **{**defaults, **meta}))
 
     def push_to_hub(
         self, repo_id: str, token: str | None = None, private: bool = False,
@@ -302,12 +385,40 @@ class SteeringVector:
         if Path(repo_id_or_dir).exists():
             raise ValueError(f"vector {repo_id_or_dir} is a file, not a steering-vector directory")
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        def download(name: str) -> str:
+            return hf_hub_download(str(repo_id_or_dir), name, revision=revision, token=token,
+                                   cache_dir=cache_dir)
 
         try:
-            paths = [hf_hub_download(str(repo_id_or_dir), name, revision=revision, token=token,
-                                     cache_dir=cache_dir) for name in (CFG_NAME, WEIGHTS_NAME)]
+            weights = download(WEIGHTS_NAME)
         except (OSError, ValueError) as err:  # hub errors: not found, offline, invalid repo id
             raise FileNotFoundError(
                 f"vector directory {repo_id_or_dir} does not exist, and it is no Hub repo that "
                 f"could be fetched either ({type(err).__name__})") from err
-        return cls.load(Path(paths[0]).parent)
+        try:
+            download(META_NAME)
+        except EntryNotFoundError:  # a format-1 upload; load() warns
+            download(LEGACY_CFG_NAME)
+        return cls.load(Path(weights).parent)
+
+
+def read_meta(file: Path) -> VectorMeta:
+    """:class:`VectorMeta` from ``steering_vector.json`` (or a format-1 ``cfg.json``); a bad
+    file is a one-line ValueError naming it."""
+    try:
+        raw = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file}:{err.lineno}: malformed JSON ({err.msg})") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(raw).__name__}")
+    if raw.pop("format", FORMAT_NAME) != FORMAT_NAME:
+        raise ValueError(f"{file}: not a cae steering vector (format is not {FORMAT_NAME!r})")
+    if raw.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{file}: format_version {raw['format_version']} is newer than this "
+                         f"library's {FORMAT_VERSION}")
+    try:
+        return VectorMeta(**raw)
+    except TypeError as err:
+        raise ValueError(f"{file}: bad metadata ({err})") from err

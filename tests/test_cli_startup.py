@@ -51,7 +51,7 @@ COMMANDS = {
                      "interp render", "interp explain", "interp detect", "interp ground-truth", "interp calibrate",
                      "publish", "steer", "train", "export"},
     "itda.cli": {"", "build", "build-lm"},
-    "cae.cli": {"", "train", "generate", "eval"},
+    "cae.cli": {"", "train", "generate", "eval", "export"},
 }
 
 

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sae_flux", "itda", "cae", "_sae_flux_requirements", "_sae_flux_shared")
 IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml", "scikit-learn": "sklearn"}
 """Distributions whose import name is not the distribution name with ``-`` read as ``_``."""
-OPTIONAL_IMPORTS = {"wandb": "sae_flux.train imports it only when TrainConfig.wandb_project is set"}
+OPTIONAL_IMPORTS = {"wandb": "sae_flux.train imports it only when TrainConfig.wandb_project is set",
+                    "gguf": "cae.llamacpp imports it only for llama.cpp control vectors (extra gguf)"}
 
 
 def _project() -> dict:

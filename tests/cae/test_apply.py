@@ -4,6 +4,7 @@ nnsight traces; identical to a plain PyTorch forward hook doing the same additio
 from __future__ import annotations
 
 import inspect
+import warnings
 from contextlib import contextmanager
 
 import pytest
@@ -272,3 +273,17 @@ def test_a_second_turn_is_a_prompt_continuation(hf_model, lm, positions, form):
     torch.testing.assert_close(turn_BTD[expected_BT], v_D.expand(int(expected_BT.sum()), -1))
     assert torch.count_nonzero(turn_BTD[~expected_BT]) == 0
     torch.testing.assert_close(step_BTD[:, 0], v_D.expand(2, -1))  # every rule steers a step
+
+
+def test_steer_once_in_generate_warns_that_only_the_prompt_is_steered(lm, hf_model):
+    sv = SteeringVector.random(hf_model, [1], seed=12)
+    with pytest.warns(UserWarning, match=r"only the prompt is steered, not the generated tokens"):
+        with lm.generate(PROMPTS, max_new_tokens=2, do_sample=False):
+            steer(lm, sv, 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with lm.generate(PROMPTS, max_new_tokens=2, min_new_tokens=2, do_sample=False) as tracer:
+            for _step in tracer.iter[:2]:
+                steer(lm, sv, 2.0)
+        with lm.trace(PROMPTS):
+            steer(lm, sv, 2.0)

@@ -63,4 +63,33 @@ def test_cli_choices_are_the_registries_names(capsys):
     assert "--aggregator {logistic,mean,pca}" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
-    assert "--positions {all,from_prompt_end,generated}" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert "--positions {all,from_prompt_end,generated}" in help_text
+    assert "--operator {add,ablate,ablate_then_add,norm_preserving}" in help_text
+
+
+def test_sites_operators_and_llama_cpp_files_from_the_command_line(kind_jsonl, tmp_path, capsys):
+    out = tmp_path / "vec"
+    assert main(["train", "--model", "organism:tiny", "--data", str(kind_jsonl), "--layers", "1",
+                 "2", "--out", str(out), "--site", "mlp"]) == 0
+    capsys.readouterr()
+    assert SteeringVector.load(out).meta.site == "mlp"
+    assert main(["generate", "--model", "organism:tiny", "--vector", str(out), "--operator",
+                 "ablate_then_add", "--prompt", "story : so", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["export", "--vector", str(out), "--out", str(tmp_path / "v.gguf")]) == 2
+    assert "steer block outputs; this vector's site is 'mlp'" in capsys.readouterr().err
+    block = tmp_path / "block"
+    assert main(["train", "--model", "organism:tiny", "--data", str(kind_jsonl), "--layers", "1",
+                 "2", "--out", str(block)]) == 0
+    capsys.readouterr()
+    assert main(["export", "--vector", str(block), "--out", str(tmp_path / "v.gguf"),
+                 "--model-hint", "llama"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"] == [1, 2]
+    assert main(["generate", "--model", "organism:tiny", "--vector", str(tmp_path / "v.gguf"),
+                 "--multiplier", "2", "--prompt", "story : so", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["generate", "--model", "organism:small", "--vector", str(tmp_path / "v.gguf"),
+                 "--prompt", "story : so"]) == 2
+    assert "v.gguf: directions have width 40 but LlamaForCausalLM has hidden size 80" in \
+        capsys.readouterr().err

@@ -70,7 +70,7 @@ def test_push_to_hub_uploads_the_saved_directory(hub, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     sv = SteeringVector({2: torch.arange(6.0)}, VectorMeta("org/model", 6, (2,), n_pairs=3))
     sv.push_to_hub("me/kind-vector", token="hf_fake", endpoint=hub)
-    assert set(FakeHub.files) == {"cfg.json", "vectors.safetensors"}
+    assert set(FakeHub.files) == {"steering_vector.json", "vectors.safetensors"}
     for name, data in FakeHub.files.items():
         (tmp_path / name).write_bytes(data)
     back = SteeringVector.load(tmp_path)

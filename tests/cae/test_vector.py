@@ -22,12 +22,12 @@ def make(width=8, layers=(1, 3), model="org/model", seed=0, **kw):
 def test_save_load_round_trip_keeps_values_and_metadata(tmp_path):
     sv = make(extra={"behaviour": "kind"}, dataset_hash="abc")
     sv.save(tmp_path / "v")
-    assert sorted(os.listdir(tmp_path / "v")) == ["cfg.json", "vectors.safetensors"]
+    assert sorted(os.listdir(tmp_path / "v")) == ["steering_vector.json", "vectors.safetensors"]
     back = SteeringVector.load(tmp_path / "v")
     assert back.meta == sv.meta
     for layer in sv.vectors:
         assert torch.equal(back.vectors[layer], sv.vectors[layer])
-    cfg = json.loads((tmp_path / "v" / "cfg.json").read_text())
+    cfg = json.loads((tmp_path / "v" / "steering_vector.json").read_text())
     assert cfg["model_id"] == "org/model" and cfg["layers"] == [1, 3]
 
 
@@ -107,8 +107,8 @@ def test_bad_vectors_and_files_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a saved steering vector"):
         SteeringVector.load(tmp_path)
     make().save(tmp_path / "v")
-    (tmp_path / "v" / "cfg.json").write_text("{\n oops")
-    with pytest.raises(ValueError, match=r"cfg\.json:2: malformed JSON"):
+    (tmp_path / "v" / "steering_vector.json").write_text("{\n oops")
+    with pytest.raises(ValueError, match=r"steering_vector\.json:2: malformed JSON"):
         SteeringVector.load(tmp_path / "v")
 
 

@@ -36,7 +36,7 @@ def test_eval_writes_json_plots_html_and_is_deterministic(inputs, tmp_path, caps
     for name in ("layer_sweep", "propensity", "efficiency", "perplexity"):
         assert (tmp_path / "a" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert "efficiency.png" in (tmp_path / "a" / "index.html").read_text()
-    assert (tmp_path / "a" / "vector" / "cfg.json").is_file()
+    assert (tmp_path / "a" / "vector" / "steering_vector.json").is_file()
 
     s = a["summary"]
     assert (s["n_train"], s["n_val"], s["n_test"]) == (16, 8, 8)
