@@ -51,8 +51,8 @@ STATE_FILE = "itda_state.safetensors"
 PROGRESS_FILE = "build.json"
 DEFAULT_EVERY = 16
 """Batches between checkpoints of ``itda build`` (``--checkpoint-every``; 4096 tokens a batch)."""
-PROGRESS_KEYS = ("tokens_seen", "batches_seen")
-"""Progress counters, not settings: never compared on resume."""
+PROGRESS_KEYS = ("tokens_seen", "batches_seen", "batch_tokens")
+"""Progress counters (batch_tokens: the largest batch read so far), not settings: never compared on resume."""
 RAISABLE = ("build.max_atoms",)
 """Settings a resume may change: a larger ``max_atoms`` continues a build that stopped at the cap."""
 
@@ -78,7 +78,8 @@ def save_checkpoint(out: str | Path, state: BuildState, settings: dict[str, Any]
         commit.save_safetensors(tmp / STATE_FILE, state.tensors())
         state.prov.save(tmp)
         commit.write_json(tmp / PROGRESS_FILE, {"settings": settings, "tokens_seen": state.tokens_seen,
-                                                "batches_seen": state.batches_seen})
+                                                "batches_seen": state.batches_seen,
+                                                "batch_tokens": state.batch_tokens})
     for old in checkpoints(out)[:-1]:
         shutil.rmtree(old)
     return final
@@ -131,7 +132,8 @@ def _read_progress(path: Path) -> dict[str, Any]:
     try:
         progress = json.loads(file.read_text())
         return {"settings": progress["settings"], "tokens_seen": int(progress["tokens_seen"]),
-                "batches_seen": int(progress["batches_seen"])}
+                "batches_seen": int(progress["batches_seen"]),
+                "batch_tokens": int(progress.get("batch_tokens", 0))}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"ITDA checkpoint {path} is damaged ({file.name}: {err}); remove it and resume") from err
 
@@ -139,4 +141,6 @@ def _read_progress(path: Path) -> dict[str, Any]:
 def _load_state(path: Path, progress: dict[str, Any], max_atoms: int) -> BuildState:
     tensors = load_file(str(path / STATE_FILE))
     prov = Provenance.load(path, int(tensors["atoms_FD"].shape[0]))
-    return BuildState.from_tensors(tensors, prov, max_atoms, progress["tokens_seen"], progress["batches_seen"])
+    state = BuildState.from_tensors(tensors, prov, max_atoms, progress["tokens_seen"], progress["batches_seen"])
+    state.batch_tokens = progress["batch_tokens"]
+    return state

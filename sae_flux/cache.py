@@ -44,6 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import _sae_flux_shared.commit as commit
+from _sae_flux_shared.usererror import UserError
 from sae_flux.cache_config import DTYPE_NAMES, CacheConfig
 from sae_flux.captions import Captions
 from sae_flux.sampling import check_tokens_per_image, kept_rows
@@ -248,6 +249,8 @@ def write_cache(cfg: CacheConfig, resume: bool = False, flux: Any = None) -> Man
     (:mod:`sae_flux.sampling`). Memory stays bounded by one shard. With ``resume`` an interrupted run continues where its
     manifest ends. Returns the final manifest.
     """
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise UserError(f"--out {cfg.out} is a file, not a directory")
     prompts = open_captions(cfg)
     flux = flux if flux is not None else load_flux(cfg.model)
     widths = {h: flux.width(h) for h in cfg.hooks}

@@ -6,8 +6,7 @@ import argparse
 import json
 import sys
 
-from _sae_flux_cliargs import add_dataclass_arguments, dataclass_from_args
-
+from _sae_flux_shared.cliargs import add_dataclass_arguments, dataclass_from_args
 from sae_flux.export_config import ExportConfig
 
 

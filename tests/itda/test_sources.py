@@ -247,7 +247,8 @@ def test_cli_build_killed_between_any_two_file_operations_resumes_to_the_same_by
             "--batch-size", "64", "--checkpoint-every", "2", "--no-progress"]
     assert itda_main([*args, "--out", str(tmp_path / "ref")]) == 0
     reference = _files(tmp_path / "ref")
-    assert set(reference) == {"cfg.json", "sae_weights.safetensors", "itda_provenance.safetensors"}
+    assert set(reference) == {"cfg.json", "sae_weights.safetensors", "itda_provenance.safetensors",
+                              "sparsity.safetensors"}
     with crash_after(None):
         itda_main([*args, "--out", str(tmp_path / "count")])
         total = operations()
@@ -259,19 +260,21 @@ def test_cli_build_killed_between_any_two_file_operations_resumes_to_the_same_by
         assert _files(out) == reference, f"killed at file operation {k} of {total}"
 
 
-def test_cli_resume_names_each_setting_that_differs_in_one_line(flux_cache, tmp_path, caplog):
+def test_cli_resume_names_each_setting_that_differs_in_one_line(flux_cache, tmp_path, capsys):
     out = tmp_path / "d"
     args = ["build", "--cache", str(flux_cache), "--target-l0", "4", "--out", str(out), "--no-progress"]
     with crash_after(12), pytest.raises(InjectedCrash):  # after the first checkpoint (8 operations)
         itda_main([*args, "--batch-size", "64", "--checkpoint-every", "1"])
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["batch-00000001"]
+    capsys.readouterr()
     assert itda_main([*args, "--batch-size", "32", "--loss-threshold", "0.2", "--resume"]) == 2
-    message = caplog.records[-1].getMessage()
-    assert "\n" not in message
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    message = lines[0]
     assert "build.loss_threshold: saved 0.3, now 0.2" in message
     assert "stream.batch_size: saved 64, now 32" in message
     assert itda_main([*args, "--batch-size", "32"]) == 2
-    assert "holds an unfinished ITDA build: pass --resume" in caplog.records[-1].getMessage()
+    assert "holds an unfinished ITDA build: pass --resume" in capsys.readouterr().err
 
 
 def test_two_hooks_of_one_cache_share_the_jaccard_address_space(flux_cache):

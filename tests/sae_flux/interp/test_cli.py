@@ -118,7 +118,7 @@ def test_images_makes_the_distractors_too_so_explain_needs_no_model(setup, tmp_p
 
 
 def test_the_paper_pipeline_runs_from_a_fresh_directory_with_the_loopback_vlm_and_the_oracle(
-        setup, tiny_flux, tmp_path, monkeypatch, caplog):
+        setup, tiny_flux, tmp_path, monkeypatch, capsys):
     """index -> images -> explain -> detect -> render, every step a subcommand, default file names."""
     root = setup
     torch.manual_seed(1)
@@ -167,7 +167,8 @@ def test_the_paper_pipeline_runs_from_a_fresh_directory_with_the_loopback_vlm_an
     first = (tmp_path / "browser" / "browser.html").read_text()
     assert cards == 23 and len(pages) == 3 and 'href="browser-2.html"' in first and "cards 1-10 of 23" in first
     assert "detection, openai:stand-in" in first and "detection floor, oracle" in first
-    with caplog.at_level(logging.ERROR):
-        assert _run("render", "idx", "--prompts", root / "prompts.txt", "--model", "tiny", "--features", 3, 5,
-                    "--out", "cards") == 2
-    assert "features [5] of 'sae' never fired" in caplog.text and "(dead)" in caplog.text
+    capsys.readouterr()
+    assert _run("render", "idx", "--prompts", root / "prompts.txt", "--model", "tiny", "--features", 3, 5,
+                "--out", "cards") == 2
+    err = capsys.readouterr().err
+    assert "features [5] of 'sae' never fired" in err and "(dead)" in err
