@@ -117,6 +117,10 @@ def test_probe_is_the_ceiling_and_random_directions_the_floor(sets, ceiling):
             assert lo - 1e-6 <= found.summary[key] <= hi + 1e-6 or key.endswith(("units", "concepts")), key
 
 
+BROAD = {"circle", "large"}
+"""Concepts covering most object tokens, where Bau's fixed quantile cannot tell units apart."""
+
+
 @pytest.mark.parametrize("concept", ["red", "circle", "left", "large"])
 def test_a_planted_probe_direction_scores_near_the_ceiling_and_above_random_under_every_scorer(sets, ceiling, concept):
     held, select = sets
@@ -129,6 +133,12 @@ def test_a_planted_probe_direction_scores_near_the_ceiling_and_above_random_unde
     floor = score_units(random, held, CFG, select=select)
     for scorer in SCORERS:
         unit, score = found.best(scorer)[concept]
+        if scorer == "bau" and concept in BROAD:
+            # Bau's fixed 0.5% quantile saturates on a concept this broad: the top 0.5% of almost any
+            # unit lies inside it, so random units reach the ceiling too and the choice is a tie.
+            # Measured: floor / ceiling 0.89 (circle), 0.95 (large); the other scorers separate them.
+            assert floor.best(scorer)[concept][1] >= 0.85 * ceiling.best(scorer)[concept][1], concept
+            continue
         assert unit == 127, (scorer, unit)  # the planted unit is the one chosen for its concept
         assert score > floor.best(scorer)[concept][1], scorer
         assert score >= 0.9 * ceiling.best(scorer)[concept][1], scorer
