@@ -60,3 +60,22 @@ def test_committed_safetensors_equal_for_equal_tensors(tmp_path):
     save_safetensors(tmp_path / "b.safetensors", dict(tensors), metadata={"p": "2", "q": "1"})
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors"]
+
+
+def test_a_steering_vector_trained_twice_in_two_processes_is_the_same_bytes(tmp_path):
+    """``cae train`` with the same data and seed, in two fresh interpreters: identical files."""
+    from cae.organism.corpus import items
+
+    data = tmp_path / "kind.jsonl"
+    rows = [{"question": it.prompt, "answer_matching_behavior": " " + it.matching,
+             "answer_not_matching_behavior": " " + it.not_matching} for it in items("kind", "ab", 16, split="train")]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outs = [tmp_path / f"vec-{i}" for i in range(2)]
+    for out in outs:
+        subprocess.run([sys.executable, "-m", "cae.cli", "train", "--model", "organism:tiny", "--data", str(data),
+                        "--layers", "1", "2", "--out", str(out)], check=True, cwd=ROOT, capture_output=True,
+                       timeout=600)
+    names = sorted(p.name for p in outs[0].iterdir())
+    assert names == sorted(p.name for p in outs[1].iterdir()) and "vectors.safetensors" in names
+    for name in names:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
