@@ -118,7 +118,7 @@ class Placement:
 
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``DiffusionPipeline.from_pretrained`` (through nnsight)."""
-        kwargs: dict[str, Any] = {"dtype": self.dtype}
+        kwargs: dict[str, Any] = {_dtype_keyword(): self.dtype}
         if self.device_map is not None:
             kwargs["device_map"] = self.device_map
         elif self.offload is None and self.device.type != "cpu":
@@ -151,3 +151,12 @@ class Placement:
             pipeline.to(self.device)
         else:
             raise ValueError("device_map='balanced' applies when loading; for a pipeline in memory give a device")
+
+
+def _dtype_keyword() -> str:
+    """The dtype keyword of ``DiffusionPipeline.from_pretrained``: ``dtype`` where diffusers resolves
+    it (the releases with ``pipeline_utils._resolve_dtype``, which deprecate ``torch_dtype``), else
+    ``torch_dtype`` (diffusers 0.35, the declared floor, ignores ``dtype`` and loads float32)."""
+    from diffusers.pipelines import pipeline_utils
+
+    return "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"

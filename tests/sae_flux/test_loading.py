@@ -14,6 +14,9 @@ from sae_flux.flux import REAL_DEFAULTS, Flux
 from sae_flux.placement import Placement
 from sae_flux.tiny import GenerationDefaults, TinyFluxConfig, build_pipeline, save_pipeline
 
+DTYPE_KEY = placement_mod._dtype_keyword()
+"""``dtype`` on the diffusers this runs with, ``torch_dtype`` on the declared floor (0.35)."""
+
 PROMPTS = ["a red circle", "a blue square on the left"]
 HOOKS = ["double.1.img", "double.0.mlp", "single.1.txt", "single.0.img.delta"]
 
@@ -137,7 +140,7 @@ def fake_cuda(monkeypatch):
 def test_a_gpu_device_loads_straight_to_it_never_whole_on_the_host(fake_cuda, saved_tiny):
     flux = Flux.from_pretrained(saved_tiny[1], dtype=torch.bfloat16, device="cuda")
     (repo, kwargs), = _Recorder.calls
-    assert kwargs["device_map"] == "cuda" and kwargs["dtype"] == torch.bfloat16
+    assert kwargs["device_map"] == "cuda" and kwargs[DTYPE_KEY] == torch.bfloat16
     assert kwargs["dispatch"] is True
     assert flux.model.offloads == []  # no pipeline.to(device) after a host load
 
@@ -151,10 +154,10 @@ def test_offload_uses_diffusers_own_hooks(fake_cuda, saved_tiny, mode):
 
 
 def test_placement_requests_map_to_diffusers_arguments(fake_cuda):
-    assert Placement.resolve("cuda", "float16").load_kwargs() == {"dtype": torch.float16, "device_map": "cuda"}
+    assert Placement.resolve("cuda", "float16").load_kwargs() == {DTYPE_KEY: torch.float16, "device_map": "cuda"}
     assert Placement.resolve("cuda", device_map="balanced").load_kwargs()["device_map"] == "balanced"
-    assert Placement.resolve("cpu").load_kwargs() == {"dtype": torch.float32}
-    assert Placement.resolve("cuda", offload="model").load_kwargs() == {"dtype": torch.float32}
+    assert Placement.resolve("cpu").load_kwargs() == {DTYPE_KEY: torch.float32}
+    assert Placement.resolve("cuda", offload="model").load_kwargs() == {DTYPE_KEY: torch.float32}
     with pytest.raises(ValueError, match="not both"):
         Placement.resolve("cuda", device_map="cuda", offload="model")
     with pytest.raises(ValueError, match="this machine has 1 CUDA device"):
