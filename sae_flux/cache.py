@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 import _sae_flux_shared.commit as commit
 from _sae_flux_shared.usererror import UserError
+from sae_flux import distributed
 from sae_flux.cache_config import DTYPE_NAMES, CacheConfig
 from sae_flux.captions import Captions
 from sae_flux.sampling import check_tokens_per_image, kept_rows
@@ -248,7 +249,40 @@ def write_cache(cfg: CacheConfig, resume: bool = False, flux: Any = None) -> Man
     ``cfg.tokens_per_image``, K image tokens per image per kept step are kept
     (:mod:`sae_flux.sampling`). Memory stays bounded by one shard. With ``resume`` an interrupted run continues where its
     manifest ends. Returns the final manifest.
+
+    Under a launcher (``torchrun``, ``accelerate launch``: :mod:`sae_flux.distributed`) every
+    rank runs this same call: the shards still to write are dealt round robin over the ranks
+    (:func:`_my_shards`), each rank captures and commits its own, and rank 0 commits the
+    manifest after every round. The files are the same bytes whatever the number of ranks.
     """
+    with distributed.process_group() as ranks:
+        distributed.use_rank_threads()
+        with distributed.together():
+            prompts, flux, manifest = _open(cfg, flux)
+        distributed.check_same({**manifest.settings, "out": cfg.out, "resume": resume}, what="cache settings")
+        out = Path(cfg.out)
+        created, existed = not (out / MANIFEST).is_file(), out.exists()
+        with distributed.together():
+            if ranks.is_main:
+                manifest = _prepare(out, manifest, resume)
+                for hook in cfg.hooks:
+                    (out / hook).mkdir(exist_ok=True)
+        manifest = distributed.from_main(manifest)
+        finished = False
+        try:
+            _write_shards(cfg, flux, prompts, out, manifest, ranks)
+            finished = True
+        finally:
+            if not finished and ranks.is_main and created and not manifest.shards:
+                # a refused first shard leaves nothing
+                commit.clear(out) if existed else shutil.rmtree(out, ignore_errors=True)
+        distributed.barrier()  # every rank returns once the manifest is complete
+    logger.info("cache %s complete: %d shards", out, len(manifest.shards))
+    return manifest
+
+
+def _open(cfg: CacheConfig, flux: Any) -> tuple[Captions, Any, Manifest]:
+    """The captions, the model and the manifest this job would write (nothing written yet)."""
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise UserError(f"--out {cfg.out} is a file, not a directory")
     prompts = open_captions(cfg)
@@ -257,49 +291,64 @@ def write_cache(cfg: CacheConfig, resume: bool = False, flux: Any = None) -> Man
     if cfg.tokens_per_image is not None:
         resolution = cfg.resolution or flux.resolution
         check_tokens_per_image(cfg.tokens_per_image, flux.grid(resolution, resolution), resolution)
-    out = Path(cfg.out)
-    manifest = Manifest(settings_of(cfg, flux, prompts), widths, cfg.dtype, len(prompts))
-    created, existed = not (out / MANIFEST).is_file(), out.exists()
-    manifest = _prepare(out, manifest, resume)
-    for hook in cfg.hooks:
-        (out / hook).mkdir(exist_ok=True)
-    finished = False
-    try:
-        _write_shards(cfg, flux, prompts, out, manifest)
-        finished = True
-    finally:
-        if not finished and created and not manifest.shards:  # a refused first shard leaves nothing
-            commit.clear(out) if existed else shutil.rmtree(out, ignore_errors=True)
-    logger.info("cache %s complete: %d shards", out, len(manifest.shards))
-    return manifest
+    return prompts, flux, Manifest(settings_of(cfg, flux, prompts), widths, cfg.dtype, len(prompts))
 
 
-def _write_shards(cfg: CacheConfig, flux: Any, prompts: Sequence[str], out: Path, manifest: Manifest) -> None:
-    """Capture and commit every shard the manifest does not list yet (manifest last, per shard)."""
+def _my_shards(todo: Sequence[int], ranks: distributed.Ranks) -> list[int | None]:
+    """This rank's shard in each round (``None``: idle in that round): ``todo[i]`` goes to rank
+    ``i mod world_size`` (:func:`sae_flux.distributed.shard_owner`), so the ranks' shares are
+    disjoint and fixed by the manifest alone, whatever world size wrote it."""
+    rounds = -(-len(todo) // ranks.world_size)
+    mine: list[int | None] = [None] * rounds
+    for i, k in enumerate(todo):
+        if distributed.shard_owner(i, ranks.world_size) == ranks.rank:
+            mine[i // ranks.world_size] = k
+    return mine
+
+
+def _write_shards(cfg: CacheConfig, flux: Any, prompts: Sequence[str], out: Path, manifest: Manifest,
+                  ranks: distributed.Ranks = distributed.Ranks(0, 1, 0)) -> None:
+    """Capture and commit every shard the manifest does not list yet, one round of at most one
+    shard per rank at a time; after each round every rank learns the round's shard records and
+    rank 0 commits the manifest (shards first, manifest last, as for one process)."""
     done = {s.index for s in manifest.shards}
     n_shards = -(-len(prompts) // cfg.shard_prompts)
     todo = [k for k in range(n_shards) if k not in done]
-    for k in tqdm(todo, desc="cache shards", unit="shard"):
-        start, stop = k * cfg.shard_prompts, min((k + 1) * cfg.shard_prompts, len(prompts))
-        acts = flux.capture(
-            prompts[start:stop],
-            cfg.hooks,
-            num_inference_steps=cfg.num_inference_steps,
-            seed=cfg.seed,
-            height=cfg.resolution,
-            width=cfg.resolution,
-            steps=cfg.steps,
-            batch_size=cfg.batch_size,
-            prompt_ids=range(start, stop),
-        )
-        counts = {}
-        for hook in cfg.hooks:
-            tensors = _shard_tensors(acts, hook, DTYPES[cfg.dtype], cfg)
-            _write_shard(shard_path(out, hook, k), tensors)
-            counts[hook] = int(tensors["acts"].shape[0])
-        manifest.shards.append(ShardRecord(k, start, stop, counts))
-        manifest.shards.sort(key=lambda s: s.index)
-        manifest.save(out)
+    if ranks.is_main and 0 < len(todo) < ranks.world_size:
+        logger.warning("%d shards to write on %d ranks: ranks %d-%d stay idle", len(todo), ranks.world_size,
+                       len(todo), ranks.world_size - 1)
+    with tqdm(total=len(todo), desc="cache shards", unit="shard", disable=not ranks.is_main) as bar:
+        for k in _my_shards(todo, ranks):
+            with distributed.together():
+                record = None if k is None else _write_one(cfg, flux, prompts, out, k)
+            records = [r for r in distributed.gather(record) if r is not None]
+            manifest.shards.extend(records)
+            manifest.shards.sort(key=lambda s: s.index)
+            if ranks.is_main:
+                manifest.save(out)
+            bar.update(len(records))
+
+
+def _write_one(cfg: CacheConfig, flux: Any, prompts: Sequence[str], out: Path, k: int) -> ShardRecord:
+    """Capture shard ``k`` and commit its file for every hook."""
+    start, stop = k * cfg.shard_prompts, min((k + 1) * cfg.shard_prompts, len(prompts))
+    acts = flux.capture(
+        prompts[start:stop],
+        cfg.hooks,
+        num_inference_steps=cfg.num_inference_steps,
+        seed=cfg.seed,
+        height=cfg.resolution,
+        width=cfg.resolution,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        prompt_ids=range(start, stop),
+    )
+    counts = {}
+    for hook in cfg.hooks:
+        tensors = _shard_tensors(acts, hook, DTYPES[cfg.dtype], cfg)
+        _write_shard(shard_path(out, hook, k), tensors)
+        counts[hook] = int(tensors["acts"].shape[0])
+    return ShardRecord(k, start, stop, counts)
 
 
 def shard_path(out: Path, hook: str, index: int) -> Path:

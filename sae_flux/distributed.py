@@ -8,9 +8,9 @@ on CPU, ``nccl`` when CUDA is present) and ends it on exit. Without a launcher, 
 gets ``Ranks(rank=0, world_size=1, local_rank=0)``, no group, and every helper here is a no-op, so
 a job behaves exactly as it did before it knew about ranks.
 
-Collectives time out (``timeout_s``, default 10 minutes) instead of hanging when a rank dies, and
-a bad setting found on one rank is found on every rank (:func:`check_same`), so all ranks stop
-with the same one-line error.
+Collectives time out (``timeout_s``, default 10 minutes, or ``SAE_FLUX_TIMEOUT_S`` seconds)
+instead of hanging when a rank dies, and a bad setting found on one rank is found on every rank
+(:func:`check_same`, :func:`together`), so all ranks stop with the same one-line error.
 
 Example:
     >>> with process_group() as ranks:   # no launcher: one process, no group
@@ -34,12 +34,14 @@ import torch
 import torch.distributed as dist
 
 from _sae_flux_shared.commit import settings_differences
-from _sae_flux_shared.usererror import UserError
+from _sae_flux_shared.usererror import USER_ERRORS, UserError, describe
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 600.0
 """Seconds a collective waits for the other ranks before it fails (a dead rank ends the job)."""
+TIMEOUT_ENV = "SAE_FLUX_TIMEOUT_S"
+"""Environment variable that sets the collective timeout of :func:`process_group` (seconds)."""
 
 
 class Ranks(NamedTuple):
@@ -90,15 +92,29 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def timeout_from_env() -> float:
+    """The collective timeout: ``SAE_FLUX_TIMEOUT_S`` seconds, else :data:`DEFAULT_TIMEOUT_S`."""
+    value = os.environ.get(TIMEOUT_ENV) or str(DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise UserError(f"{TIMEOUT_ENV}={value!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise UserError(f"{TIMEOUT_ENV}={value!r} must be a positive number of seconds")
+    return seconds
+
+
 @contextmanager
-def process_group(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Ranks]:
+def process_group(backend: str | None = None, timeout_s: float | None = None) -> Iterator[Ranks]:
     """Start the process group a launcher asked for (and end it on exit); a no-op for one process
-    or when a group is already running (the caller's group is kept)."""
+    or when a group is already running (the caller's group is kept). ``timeout_s=None``:
+    :func:`timeout_from_env`."""
     if not launched() or dist.is_initialized():
         yield ranks()
         return
     if not dist.is_available():
         raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    timeout_s = timeout_from_env() if timeout_s is None else timeout_s
     chosen = backend or default_backend()
     dist.init_process_group(chosen, timeout=timedelta(seconds=timeout_s))
     logger.info("rank %d of %d started (%s)", dist.get_rank(), dist.get_world_size(), chosen)
@@ -155,6 +171,53 @@ def all_ok(ok: bool, message: str) -> None:
     if not all(flags):
         bad = [str(rank) for rank, flag in enumerate(flags) if not flag]
         raise UserError(f"{message} (rank {', '.join(bad)})" if len(flags) > 1 else message)
+
+
+@contextmanager
+def together() -> Iterator[None]:
+    """Run the block on every rank; when it refuses its input on any rank (one of
+    :data:`~_sae_flux_shared.usererror.USER_ERRORS`: a missing file, a bad setting, a full disk),
+    every rank raises the same one-line :class:`UserError`: the first failing rank's message and
+    the ranks that failed, e.g. ``prompt file p.txt does not exist (rank 1)``.
+
+    For one process it changes nothing (the error keeps its type). Anything else (a bug, a kill)
+    is not caught: the other ranks then fail in their next collective (the peer is gone, or the
+    timeout passes) and the launcher stops the job.
+
+    Example:
+        >>> with together():   # one process: the block runs as it is
+        ...     1 + 1
+        2
+    """
+    if not active():
+        yield
+        return
+    error: BaseException | None = None
+    try:
+        yield
+    except USER_ERRORS as err:
+        error = err
+    messages = gather(None if error is None else describe(error))
+    failed = [rank for rank, message in enumerate(messages) if message is not None]
+    if failed:
+        line = f"{messages[failed[0]]} (rank {', '.join(map(str, failed))})"
+        raise UserError(line) from error
+
+
+def threads_per_rank() -> int:
+    """CPU threads for one rank: the cores this process may use over the ranks on this machine
+    (``LOCAL_WORLD_SIZE``), at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, _env_int("LOCAL_WORLD_SIZE", 1)))
+
+
+def use_rank_threads() -> int:
+    """Under a launcher, set torch's intra-op threads to :func:`threads_per_rank` (torchrun
+    otherwise leaves ``OMP_NUM_THREADS=1``); a single process keeps torch's default. Returns the
+    thread count in use."""
+    if launched():
+        torch.set_num_threads(threads_per_rank())
+    return torch.get_num_threads()
 
 
 def shard_owner(index: int, world_size: int) -> int:

@@ -4,8 +4,9 @@
 state leaks from the test process), sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR`` and a free ``MASTER_PORT`` in each, calls ``target(*args)`` there, and returns
 each rank's return value (picklable), in rank order. A rank that raises makes ``run_ranks`` raise
-:class:`RankFailed` with that rank's traceback text; a rank still running after ``timeout_s`` is
-killed (so a hung collective fails the test instead of hanging it).
+:class:`RankFailed` with that rank's traceback text, a rank that dies without a result (a kill)
+with its exit code (``rank 1: died without a result (exit code -9)``); a rank still running
+after ``timeout_s`` is killed (so a hung collective fails the test instead of hanging it).
 
 ``target`` must be importable by name (a module-level function), as for any spawned process.
 """
@@ -16,6 +17,7 @@ import multiprocessing as mp
 import os
 import queue
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -54,11 +56,7 @@ def run_ranks(target: Callable[..., Any], world_size: int, *args: Any, timeout_s
         proc.start()
     found: dict[int, tuple[bool, Any]] = {}
     try:
-        while len(found) < world_size:
-            rank, ok, value = results.get(timeout=timeout_s)
-            found[rank] = (ok, value)
-    except queue.Empty:
-        raise RankFailed(f"ranks {sorted(set(range(world_size)) - set(found))} gave no result in {timeout_s} s") from None
+        _collect(results, procs, found, timeout_s)
     finally:
         for proc in procs:
             proc.join(timeout=10)
@@ -68,3 +66,29 @@ def run_ranks(target: Callable[..., Any], world_size: int, *args: Any, timeout_s
     if failed:
         raise RankFailed("\n".join(failed))
     return [found[rank][1] for rank in range(world_size)]
+
+
+def _collect(results: Any, procs: list[Any], found: dict[int, tuple[bool, Any]], timeout_s: float) -> None:
+    """Fill ``found`` with each rank's (ok, value); a rank that died without one counts as failed."""
+    deadline = time.monotonic() + timeout_s
+    while len(found) < len(procs):
+        try:
+            rank, ok, value = results.get(timeout=0.2)
+            found[rank] = (ok, value)
+            continue
+        except queue.Empty:
+            pass
+        dead = [rank for rank, proc in enumerate(procs) if rank not in found and proc.exitcode is not None]
+        if dead:
+            time.sleep(0.5)  # a result put just before exiting may still be on its way
+            while True:
+                try:
+                    rank, ok, value = results.get(timeout=0.1)
+                except queue.Empty:
+                    break
+                found[rank] = (ok, value)
+            for rank in dead:
+                found.setdefault(rank, (False, f"died without a result (exit code {procs[rank].exitcode})"))
+        if time.monotonic() > deadline:
+            missing = sorted(set(range(len(procs))) - set(found))
+            raise RankFailed(f"ranks {missing} gave no result in {timeout_s} s")
