@@ -17,7 +17,17 @@ and checked against such a measurement:
   (a capture of one hook, a TopK SAE training step) turned into achieved FLOP/s; the estimate
   for another device is ``tokens/s = device FLOP/s x utilisation / FLOPs per token``.
 
+- ``cache_ranks`` (``--cache-ranks``, printed alone): caching throughput of 2 ranks launched by
+  ``torchrun`` over 1 process, on this machine's CPU cores, in one run. Each arm caches the same
+  prompts with the same model into its own directory (the caches are checked to be the same
+  bytes); throughput is cached tokens over the caching time (from a barrier after loading the
+  model to the end of ``write_cache``, the slowest rank), and the whole-command wall time is
+  reported too. The single process is measured at torch's default threads (all cores) and at one
+  thread; the headline ratio is over the faster of the two. Each rank's time is broken down into
+  capture + writing its shards and waiting in the per-round collectives.
+
 Run:  python benchmarks/scale.py [--skip-memory | --only-memory] [--workdir DIR]
+      python benchmarks/scale.py --cache-ranks [--cache-model organism] [--cache-prompts 256]
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import shutil
 import subprocess
@@ -254,15 +265,106 @@ def measure_sae_training(d: int = 3072, expansion: int = 4, batch: int = 1024, s
             "note": "wall time includes the run's setup, evaluation and save"}
 
 
+# -- caching on several ranks ------------------------------------------------------------------------
+
+
+def cache_rank_child(work: Path, model: str, shard_prompts: int, batch_size: int, out: str) -> None:
+    """One rank of a timed cache (run by torchrun, or alone): per-rank timings to ``work/OUT-rank-R.json``."""
+    import sae_flux.cache as cache
+    from sae_flux import distributed
+
+    working = [0.0]
+    write_one = cache._write_one
+
+    def timed_write_one(*args: Any, **kwargs: Any) -> Any:  # capture + commit of one shard
+        t = time.perf_counter()
+        try:
+            return write_one(*args, **kwargs)
+        finally:
+            working[0] += time.perf_counter() - t
+
+    cache._write_one = timed_write_one  # type: ignore[assignment]
+    cfg = cache.CacheConfig(model=model, prompts=str(work / "prompts.txt"), hooks=["double.1.img"], out=str(work / out),
+                            shard_prompts=shard_prompts, batch_size=batch_size)
+    with distributed.process_group() as ranks:
+        threads = distributed.use_rank_threads()
+        t = time.perf_counter()
+        flux = cache.load_flux(model)
+        load_s = time.perf_counter() - t
+        distributed.barrier()
+        t = time.perf_counter()
+        manifest = cache.write_cache(cfg, flux=flux)
+        cache_s = time.perf_counter() - t
+    record = {"rank": ranks.rank, "threads": threads, "load_s": round(load_s, 2), "cache_s": round(cache_s, 2),
+              "capture_and_write_s": round(working[0], 2), "waiting_s": round(cache_s - working[0], 2),
+              "tokens": manifest.tokens("double.1.img")}
+    (work / f"{out}-rank-{ranks.rank}.json").write_text(json.dumps(record))
+
+
+def _cache_arm(work: Path, ranks: int, threads: int | None, args: argparse.Namespace, out: str) -> dict[str, Any]:
+    child = [str(Path(__file__).resolve()), "--cache-rank-child", out, "--workdir", str(work),
+             "--cache-model", args.cache_model, "--cache-shard-prompts", str(args.cache_shard_prompts),
+             "--cache-batch-size", str(args.cache_batch_size)]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] if ranks > 1 else []
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, *launcher, *child], check=True, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    per_rank = [json.loads((work / f"{out}-rank-{r}.json").read_text()) for r in range(ranks)]
+    cache_s = max(r["cache_s"] for r in per_rank)
+    return {"ranks": ranks, "tokens_per_s": round(per_rank[0]["tokens"] / cache_s, 1), "cache_s": cache_s,
+            "command_wall_s": round(wall, 2), "per_rank": per_rank}
+
+
+def cache_ranks(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """2 ranks (torchrun, gloo) over 1 process: caching throughput, measured in this run."""
+    from sae_flux.organism.world import prompts
+
+    (work / "prompts.txt").write_text("\n".join(prompts(args.cache_prompts, seed=0)) + "\n")
+    arms = {"one_default_threads": _cache_arm(work, 1, None, args, "one-default"),
+            "one_one_thread": _cache_arm(work, 1, 1, args, "one-thread"),
+            "two_ranks": _cache_arm(work, 2, None, args, "two")}
+    files = {name: {p.relative_to(work / name): p.read_bytes() for p in sorted((work / name).rglob("*")) if p.is_file()}
+             for name in ("one-default", "one-thread", "two")}
+    best_one = max(arms["one_default_threads"]["tokens_per_s"], arms["one_one_thread"]["tokens_per_s"])
+    two = arms["two_ranks"]
+    return {
+        "model": args.cache_model, "prompts": args.cache_prompts, "shard_prompts": args.cache_shard_prompts,
+        "cores": len(os.sched_getaffinity(0)), "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "two_over_one_throughput": round(two["tokens_per_s"] / best_one, 3),
+        "two_over_one_default_threads": round(two["tokens_per_s"] / arms["one_default_threads"]["tokens_per_s"], 3),
+        "two_over_one_command_wall": round(min(arms["one_default_threads"]["command_wall_s"],
+                                               arms["one_one_thread"]["command_wall_s"]) / two["command_wall_s"], 3),
+        "same_bytes": files["one-default"] == files["two"] == files["one-thread"],
+        "arms": arms,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-memory", action="store_true", help="skip the save-and-load memory measurement")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--only-memory", action="store_true", help="only the save-and-load memory measurement")
+    parser.add_argument("--cache-ranks", action="store_true",
+                        help="only the caching throughput of 2 ranks (torchrun) over 1 process")
+    parser.add_argument("--cache-model", default="organism", help="model of --cache-ranks (tiny, organism)")
+    parser.add_argument("--cache-prompts", type=int, default=256, help="prompts cached per arm of --cache-ranks")
+    parser.add_argument("--cache-shard-prompts", type=int, default=16, help="prompts per shard in --cache-ranks")
+    parser.add_argument("--cache-batch-size", type=int, default=8, help="prompts per pipeline call in --cache-ranks")
+    parser.add_argument("--cache-rank-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sae-flux-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.cache_rank_child:
+        cache_rank_child(workdir, args.cache_model, args.cache_shard_prompts, args.cache_batch_size, args.cache_rank_child)
+        return
+    if args.cache_ranks:
+        print(json.dumps({"cache_ranks": cache_ranks(workdir, args)}, indent=1))
+        return
 
     from sae_flux.flux import Flux
     from sae_flux.tiny import TinyFluxPipeline, build_pipeline, real_width_config

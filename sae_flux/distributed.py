@@ -116,6 +116,8 @@ def process_group(backend: str | None = None, timeout_s: float | None = None) ->
         raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     timeout_s = timeout_from_env() if timeout_s is None else timeout_s
     chosen = backend or default_backend()
+    if chosen == "nccl":  # each rank on its own GPU (nccl's object collectives use the current device)
+        torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
     dist.init_process_group(chosen, timeout=timedelta(seconds=timeout_s))
     logger.info("rank %d of %d started (%s)", dist.get_rank(), dist.get_world_size(), chosen)
     try:

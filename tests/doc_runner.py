@@ -185,11 +185,12 @@ def _command(name: str, argv: list[str], scripts: dict[str, str]) -> int:
     if argv[:1] == ["-m"] and len(argv) > 1:
         sys.argv = [argv[1], *argv[2:]]
         sys.path.insert(0, os.getcwd())
-        return _call(lambda: runpy.run_module(argv[1], run_name="__main__", alter_sys=True))
+        # a module that ends without sys.exit (torch.distributed.run) exits 0; run_module returns its globals
+        return _call(lambda: runpy.run_module(argv[1], run_name="__main__", alter_sys=True) and None)
     if argv and not argv[0].startswith("-"):
         sys.argv = list(argv)
         sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
-        return _call(lambda: runpy.run_path(argv[0], run_name="__main__"))
+        return _call(lambda: runpy.run_path(argv[0], run_name="__main__") and None)
     os.execv(sys.executable, [sys.executable, *argv])
     raise AssertionError("unreachable")
 
