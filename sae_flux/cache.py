@@ -15,6 +15,14 @@ committed only after all hooks' files of a shard are in place (it first appears 
 manifest that lists only complete shards, and ``resume=True`` regenerates exactly the missing
 ones (prompt ``j`` always uses seed ``seed + j``, so the result is byte-identical).
 
+Under ``torchrun --nproc_per_node N`` (or ``accelerate launch``) every rank runs the same job
+(:mod:`sae_flux.distributed`): the shards still to write are dealt round robin over the ranks,
+each rank commits its own shard files, and rank 0 commits the manifest after every round of at
+most one shard per rank. Shard ``k``'s bytes do not depend on which rank wrote it, so the cache
+(files and manifest, which records no world size) is the same for every N, and ``--resume``
+continues under any N. Settings that differ between ranks, or a rank refusing its input, stop
+every rank with the same one-line error (docs/scale.md, "Several GPUs, several machines").
+
 Example:
     >>> cfg = CacheConfig(model="tiny", prompts="prompts.txt",  # doctest: +SKIP
     ...                   hooks=["double.1.img"], out="cache")
@@ -307,7 +315,7 @@ def _my_shards(todo: Sequence[int], ranks: distributed.Ranks) -> list[int | None
 
 
 def _write_shards(cfg: CacheConfig, flux: Any, prompts: Sequence[str], out: Path, manifest: Manifest,
-                  ranks: distributed.Ranks = distributed.Ranks(0, 1, 0)) -> None:
+                  ranks: distributed.Ranks) -> None:
     """Capture and commit every shard the manifest does not list yet, one round of at most one
     shard per rank at a time; after each round every rank learns the round's shard records and
     rank 0 commits the manifest (shards first, manifest last, as for one process)."""
@@ -324,8 +332,9 @@ def _write_shards(cfg: CacheConfig, flux: Any, prompts: Sequence[str], out: Path
             records = [r for r in distributed.gather(record) if r is not None]
             manifest.shards.extend(records)
             manifest.shards.sort(key=lambda s: s.index)
-            if ranks.is_main:
-                manifest.save(out)
+            with distributed.together():  # a manifest rank 0 cannot write (a full disk) stops every rank
+                if ranks.is_main:
+                    manifest.save(out)
             bar.update(len(records))
 
 

@@ -8,8 +8,6 @@ several scenarios (module fixture ``two_ranks``) and the tests below read its re
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -37,23 +35,14 @@ def _files(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def _refusal(run: Any) -> str:
-    """The exit status and error lines of a CLI run (its log lines left out)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = run()
-    return " | ".join([str(code), *(line for line in err.getvalue().splitlines() if ": error: " in line)])
-
-
 # -- what every rank runs -------------------------------------------------------------------------
 
 
 def _scenarios(work_dir: str) -> dict[str, str]:
     """Rank r's part in: a cache of 4 shards, a cache of 1 shard (rank 1 idle), the resume of a
-    1-rank partial cache, ranks with other seeds, a prompt file missing on rank 1 only (CLI)."""
+    1-rank partial cache, ranks with other seeds, a prompt file missing on rank 1 only."""
     from sae_flux import distributed
     from sae_flux.cache import load_flux
-    from sae_flux.cli import main
 
     work = Path(work_dir)
     with distributed.process_group() as ranks:
@@ -66,10 +55,11 @@ def _scenarios(work_dir: str) -> dict[str, str]:
             write_cache(_cfg(work, "other", seed=ranks.rank), flux=flux)
         except ValueError as error:
             results["other-settings"] = str(error)
-        prompts = "prompts.txt" if ranks.is_main else "nope.txt"
-        argv = ["cache", "--model", "tiny", "--prompts", str(work / prompts), "--hooks", "double.1.img",
-                "--out", str(work / "missing")]
-        results["missing-on-one-rank"] = _refusal(lambda: main(argv))
+        try:
+            write_cache(_cfg(work, "missing", prompts=str(work / ("prompts.txt" if ranks.is_main else "nope.txt"))),
+                        flux=flux)
+        except ValueError as error:
+            results["missing-on-one-rank"] = str(error)
         return results
 
 
@@ -103,7 +93,7 @@ def two_ranks(work: Path, tiny_flux: Any) -> dict[str, str]:
         write_cache(_cfg(work, "from-one"), flux=tiny_flux)
     assert [s.index for s in Manifest.load(work / "from-one").shards] == [0]
     results = run_ranks(_scenarios, 2, str(work), timeout_s=240)
-    assert results[0]["threads"] == results[1]["threads"]
+    assert results[0]["threads"] == results[1]["threads"] == str(max(1, len(os.sched_getaffinity(0)) // 2))
     return results[0] | {"rank-1-" + k: v for k, v in results[1].items()}
 
 
@@ -132,7 +122,7 @@ def test_ranks_started_with_other_settings_are_refused_on_every_rank(two_ranks):
 
 
 def test_a_rank_refusing_its_input_stops_every_rank_with_one_line(work, two_ranks):
-    line = f"2 | sae-flux cache: error: caption source {work}/nope.txt does not exist (rank 1)"
+    line = f"caption source {work}/nope.txt does not exist (rank 1)"
     assert two_ranks["missing-on-one-rank"] == two_ranks["rank-1-missing-on-one-rank"] == line
     assert not (work / "missing").exists()
 
@@ -157,3 +147,14 @@ def test_torchrun_launches_the_cli_on_two_ranks_as_a_user_would(work, reference)
                            "--out", str(work / "torchrun")], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _files(work / "torchrun") == reference
+
+
+def test_shards_are_dealt_round_robin_over_the_shards_still_to_write():
+    from sae_flux.cache import _my_shards
+    from sae_flux.distributed import Ranks
+
+    todo = [1, 2, 4, 5, 6]  # shards 0 and 3 already in the manifest
+    assert _my_shards(todo, Ranks(0, 2, 0)) == [1, 4, 6]
+    assert _my_shards(todo, Ranks(1, 2, 1)) == [2, 5, None]  # idle in the last round
+    assert _my_shards(todo, Ranks(0, 1, 0)) == todo
+    assert _my_shards([3], Ranks(2, 4, 2)) == [None]
