@@ -24,7 +24,9 @@ and checked against such a measurement:
   model to the end of ``write_cache``, the slowest rank), and the whole-command wall time is
   reported too. The single process is measured at torch's default threads (all cores) and at one
   thread; the headline ratio is over the faster of the two. Each rank's time is broken down into
-  capture + writing its shards and waiting in the per-round collectives.
+  capture + writing its shards and waiting in the per-round collectives, with the CPU time it
+  got (``cpu_s`` over ``cache_s`` is the share of a core it ran on: below 1 when other jobs
+  share the cores).
 
 Run:  python benchmarks/scale.py [--skip-memory | --only-memory] [--workdir DIR]
       python benchmarks/scale.py --cache-ranks [--cache-model organism] [--cache-prompts 256]
@@ -273,13 +275,15 @@ def cache_rank_child(work: Path, model: str, shard_prompts: int, batch_size: int
     import sae_flux.cache as cache
     from sae_flux import distributed
 
-    working = [0.0]
+    working, written = [0.0], [0]
     write_one = cache._write_one
 
     def timed_write_one(*args: Any, **kwargs: Any) -> Any:  # capture + commit of one shard
         t = time.perf_counter()
         try:
-            return write_one(*args, **kwargs)
+            record = write_one(*args, **kwargs)
+            written[0] += record.prompt_stop - record.prompt_start
+            return record
         finally:
             working[0] += time.perf_counter() - t
 
@@ -292,11 +296,12 @@ def cache_rank_child(work: Path, model: str, shard_prompts: int, batch_size: int
         flux = cache.load_flux(model)
         load_s = time.perf_counter() - t
         distributed.barrier()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         manifest = cache.write_cache(cfg, flux=flux)
-        cache_s = time.perf_counter() - t
+        cache_s, cpu_s = time.perf_counter() - t, time.process_time() - cpu
     record = {"rank": ranks.rank, "threads": threads, "load_s": round(load_s, 2), "cache_s": round(cache_s, 2),
               "capture_and_write_s": round(working[0], 2), "waiting_s": round(cache_s - working[0], 2),
+              "cpu_s": round(cpu_s, 2), "prompts_written": written[0],
               "tokens": manifest.tokens("double.1.img")}
     (work / f"{out}-rank-{ranks.rank}.json").write_text(json.dumps(record))
 
@@ -323,6 +328,7 @@ def cache_ranks(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """2 ranks (torchrun, gloo) over 1 process: caching throughput, measured in this run."""
     from sae_flux.organism.world import prompts
 
+    load_before = [round(x, 2) for x in os.getloadavg()]
     (work / "prompts.txt").write_text("\n".join(prompts(args.cache_prompts, seed=0)) + "\n")
     arms = {"one_default_threads": _cache_arm(work, 1, None, args, "one-default"),
             "one_one_thread": _cache_arm(work, 1, 1, args, "one-thread"),
@@ -333,7 +339,8 @@ def cache_ranks(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     two = arms["two_ranks"]
     return {
         "model": args.cache_model, "prompts": args.cache_prompts, "shard_prompts": args.cache_shard_prompts,
-        "cores": len(os.sched_getaffinity(0)), "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "cores": len(os.sched_getaffinity(0)), "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "two_over_one_throughput": round(two["tokens_per_s"] / best_one, 3),
         "two_over_one_default_threads": round(two["tokens_per_s"] / arms["one_default_threads"]["tokens_per_s"], 3),
         "two_over_one_command_wall": round(min(arms["one_default_threads"]["command_wall_s"],
