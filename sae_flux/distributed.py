@@ -114,6 +114,7 @@ def process_group(backend: str | None = None, timeout_s: float | None = None) ->
         return
     if not dist.is_available():
         raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    ranks()  # RANK and WORLD_SIZE consistent, before waiting for the other ranks
     timeout_s = timeout_from_env() if timeout_s is None else timeout_s
     chosen = backend or default_backend()
     if chosen == "nccl":  # each rank on its own GPU (nccl's object collectives use the current device)

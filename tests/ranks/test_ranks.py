@@ -80,3 +80,21 @@ def test_a_rank_that_raises_fails_the_run_with_its_traceback():
 
 def _divide() -> float:
     return 1 / 0
+
+
+def test_a_bad_collective_timeout_is_refused_before_any_rank_waits(monkeypatch):
+    monkeypatch.setenv("SAE_FLUX_TIMEOUT_S", "soon")
+    with pytest.raises(ValueError, match="SAE_FLUX_TIMEOUT_S='soon' is not a number of seconds"):
+        distributed.timeout_from_env()
+    monkeypatch.setenv("SAE_FLUX_TIMEOUT_S", "0")
+    with pytest.raises(ValueError, match="must be a positive number"):
+        distributed.timeout_from_env()
+    monkeypatch.setenv("SAE_FLUX_TIMEOUT_S", "30")
+    assert distributed.timeout_from_env() == 30.0
+
+
+def test_a_rank_outside_the_world_is_refused_before_the_group_starts(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="RANK=3 and WORLD_SIZE=2"), distributed.process_group():
+        pass
