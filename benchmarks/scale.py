@@ -324,6 +324,13 @@ def _cache_arm(work: Path, ranks: int, threads: int | None, args: argparse.Names
             "command_wall_s": round(wall, 2), "per_rank": per_rank}
 
 
+def _cpu_ratio(one: dict[str, Any], ranks: list[dict[str, Any]]) -> float:
+    """World size x (one thread's CPU seconds per prompt / a rank's): the ratio the ranks would
+    reach if each had a core to itself and never waited (a derived bound, not a measurement)."""
+    per_prompt = sum(r["cpu_s"] for r in ranks) / sum(r["prompts_written"] for r in ranks)
+    return round(len(ranks) * one["cpu_s"] / one["prompts_written"] / per_prompt, 3)
+
+
 def cache_ranks(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """2 ranks (torchrun, gloo) over 1 process: caching throughput, measured in this run."""
     from sae_flux.organism.world import prompts
@@ -345,6 +352,8 @@ def cache_ranks(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "two_over_one_default_threads": round(two["tokens_per_s"] / arms["one_default_threads"]["tokens_per_s"], 3),
         "two_over_one_command_wall": round(min(arms["one_default_threads"]["command_wall_s"],
                                                arms["one_one_thread"]["command_wall_s"]) / two["command_wall_s"], 3),
+        "cpu_share_per_rank": [round(r["cpu_s"] / r["cache_s"], 3) for r in two["per_rank"]],
+        "two_over_one_cpu_per_prompt": _cpu_ratio(arms["one_one_thread"]["per_rank"][0], two["per_rank"]),
         "same_bytes": files["one-default"] == files["two"] == files["one-thread"],
         "arms": arms,
     }
