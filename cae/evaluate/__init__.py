@@ -8,11 +8,11 @@ inputs, model-size comparison, and the ``cae eval`` report (``docs/cae-eval.md``
 so ``cae eval --help`` starts at once.
 
 Example:
-    >>> from cae.evaluate import EvalConfig, evaluate
+    >>> from cae.evaluate import EvalConfig, SweepConfig, evaluate
     >>> from cae.organism.corpus import write_mwe_jsonl
     >>> write_mwe_jsonl("/tmp/kind.jsonl", "kind", n=32)
     >>> res = evaluate(EvalConfig("organism:tiny", "/tmp/kind.jsonl", "/tmp/eval",
-    ...                           multipliers=[-4.0, 0.0, 4.0], draws=2))
+    ...                           sweep=SweepConfig(multipliers=[-4.0, 0.0, 4.0], draws=2)))
     >>> res["summary"]["n_test"]
     8
 """
