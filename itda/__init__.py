@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from itda.model import ITDA, ITDAConfig
     from itda.provenance import AtomSource, Provenance
     from itda.pursuit import Pursuit, gradient_pursuit, matching_pursuit
-    from itda.sources import build_from_cache, build_from_lm
+    from itda.sources import build_from_lm
     from itda.sparsity import FiringRates, firing_rates
 
 _EXPORTS = {
@@ -50,7 +50,6 @@ _EXPORTS = {
     "Provenance": "itda.provenance",
     "Pursuit": "itda.pursuit",
     "build": "itda.build",
-    "build_from_cache": "itda.sources",
     "build_from_lm": "itda.sources",
     "fold_mirrored_codes": "itda.interop",
     "ExportAgreement": "itda.interop",
@@ -75,7 +74,6 @@ __all__ = [
     "Provenance",
     "Pursuit",
     "build",
-    "build_from_cache",
     "build_from_lm",
     "fold_mirrored_codes",
     "ExportAgreement",

@@ -30,15 +30,17 @@ Provenance is not part of the matching-pursuit format; it stays in the ITDA dire
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from sae_lens.saes.matching_pursuit_sae import MatchingPursuitSAE, MatchingPursuitSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor
 
-from itda.model import ITDA
 from itda.provenance import Provenance
+
+if TYPE_CHECKING:  # the dictionary is read, never made, here: itda.model imports this module
+    from itda.model import ITDA
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ SAELens publishes, beside every dictionary, ``sparsity.safetensors`` holding
 ``SAE.from_pretrained_with_cfg_and_sparsity`` returns). For an ITDA the density of an atom is
 the fraction of tokens whose code on that atom is non-zero, measured with the finished
 dictionary on (a prefix of) the data it was built from (:func:`firing_rates`; ``itda build``
-and :func:`itda.sources.build_from_cache` do it on the first ``sparsity_tokens`` tokens of the
+and :func:`sae_flux.itda_build.build_from_cache` do it on the first ``sparsity_tokens`` tokens of the
 cache, in cache order).
 
 The file also holds ``sparsity_positive`` / ``sparsity_negative`` (the same for positive and
