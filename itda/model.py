@@ -52,9 +52,16 @@ logger = logging.getLogger(__name__)
 ENCODERS = {"mp": pursuit.matching_pursuit, "gp": pursuit.gradient_pursuit}
 """Registry of pursuit encoders by config name."""
 
+
 @dataclass
 class ITDAConfig(SAEConfig):
-    """Config of an ITDA dictionary; ``cfg.json`` records ``registration.SAVED_ARCHITECTURE``."""
+    """Config of an ITDA dictionary; ``cfg.json`` records ``registration.SAVED_ARCHITECTURE``.
+
+    Example:
+        >>> cfg = ITDAConfig(d_in=16, d_sae=64, target_l0=4, encoder="gp", nonnegative=True)
+        >>> cfg.architecture(), cfg.to_dict()["architecture"].startswith("itda ("), cfg.d_sae
+        ('itda', True, 64)
+    """
 
     encoder: Literal["mp", "gp"] = "mp"
     """Pursuit used by ``encode``: matching pursuit or gradient pursuit."""
