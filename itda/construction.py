@@ -21,7 +21,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,10 +35,9 @@ from itda.pursuit import GRAM_MAX_BYTES
 if TYPE_CHECKING:
     from itda.model import ITDA
 
-D = TypeVar("D")
-"""What ``finish`` makes of a state (an :class:`itda.model.ITDA`)."""
-Finish = Callable[["BuildState", BuildConfig, "dict[str, Any] | None", bool], D]
-"""``finish(state, config, metadata, allow_small)``: the dictionary of a state."""
+Finish = Callable[["BuildState", BuildConfig, "dict[str, Any] | None", bool], "ITDA"]
+"""``finish(state, config, metadata, allow_small)``: the dictionary of a state
+(:meth:`itda.model.ITDA.from_build_state`, passed in: this module sits below the model)."""
 
 logger = logging.getLogger(__name__)
 
@@ -181,15 +180,15 @@ class BuildState:
 def grow(
     batches: Iterable[Tensor | ActivationBatch | tuple],
     config: BuildConfig,
-    finish: Finish[D],
+    finish: Finish,
     *,
-    resume: D | BuildState | None = None,
+    resume: ITDA | BuildState | None = None,
     progress: bool = True,
     metadata: dict[str, Any] | None = None,
-    on_batch: Callable[[D], None] | None = None,
+    on_batch: Callable[[ITDA], None] | None = None,
     checkpoint: Callable[[BuildState], object] | None = None,
     checkpoint_every: int = 0,
-) -> D:
+) -> ITDA:
     """One pass of Algorithm 1 over ``batches``; the result is ``finish`` of the final state
     (the arguments as :func:`itda.build.build` documents them; a ``resume`` that is no
     :class:`BuildState` is a dictionary whose atoms and statistics are kept).
@@ -248,7 +247,7 @@ def _validate(
     state: BuildState | None,
     config: BuildConfig,
     metadata: dict[str, Any] | None,
-    finish: Finish[Any],
+    finish: Finish,
 ) -> None:
     problem = _problem(batch.acts_ND, index, state)
     if problem is not None:
