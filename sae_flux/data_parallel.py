@@ -109,10 +109,10 @@ def step(trainer: SAETrainer[Any, Any], batch_bD: torch.Tensor, global_rows: int
     Call it inside :func:`averaged_gradients`. The returned ``loss`` is the global batch's (the
     mean over ranks) and has no graph; the other fields are this rank's.
     """
+    if not distributed.active():
+        return trainer.step(batch_bD)
     freq_before = trainer.act_freq_scores.clone()
     output = trainer.step(batch_bD)
-    if not distributed.active():
-        return output
     trainer.n_training_samples += global_rows - batch_bD.shape[0]
     sync_dead_latents(trainer, freq_before)
     return dataclasses.replace(output, loss=_mean(output.loss.detach()))

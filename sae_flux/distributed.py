@@ -102,6 +102,8 @@ def process_group(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT
     if not dist.is_available():
         raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     chosen = backend or default_backend()
+    if chosen == "nccl":  # before the first collective: each rank on its own GPU, not all on cuda:0
+        torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
     dist.init_process_group(chosen, timeout=timedelta(seconds=timeout_s))
     logger.info("rank %d of %d started (%s)", dist.get_rank(), dist.get_world_size(), chosen)
     try:

@@ -350,6 +350,8 @@ def _train(cfg: TrainConfig, resume: bool, source: ActivationSource | None, rank
         return data, sae, batches, fit_to_data(cfg, data.source, data.description)
 
     data, sae, batches, cfg = distributed.on_every_rank(open_everything)
+    distributed.check_same({"data": data.description, "d_model": data.source.d_model,
+                            "num_tokens": getattr(data.source, "num_tokens", None)}, what="training data")
     resume = distributed.on_main(lambda: _prepare_out(cfg, resume))
     _check_shared_out(Path(cfg.out))
     sae.cfg.metadata.dataset_path = data.description

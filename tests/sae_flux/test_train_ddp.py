@@ -108,7 +108,7 @@ def _refusals(root: str, cases: dict[str, dict[int, dict[str, Any]]]) -> dict[st
             try:
                 train_sae(_cfg(Path(root) / name, **changes), source=TensorSource(_acts()[:acts]))
                 lines[name] = "accepted"
-            except ValueError as error:
+            except (ValueError, OSError) as error:
                 lines[name] = describe(error)
     return lines
 
@@ -191,7 +191,11 @@ def test_bad_settings_are_refused_on_every_rank_in_one_line(tmp_path):
         "mixed": {1: {"optim": other}},
         "batchtopk": {0: {"sae": batchtopk}, 1: {"sae": batchtopk}},
         "no-data-on-rank-1": {1: {"acts": 10}},
+        "other-data-on-rank-1": {1: {"acts": 2048}},
+        "used-out": {},  # found by rank 0 alone, refused on both
     }
+    (tmp_path / "used-out").mkdir()
+    (tmp_path / "used-out" / "notes.txt").write_text("not a run")
     lines = run_ranks(_refusals, 2, str(tmp_path), cases, timeout_s=200)
     assert lines[0] == lines[1]
     assert lines[0] == {
@@ -201,6 +205,9 @@ def test_bad_settings_are_refused_on_every_rank_in_one_line(tmp_path):
                      "data-parallel: train it in one process, or use 'topk' under 2 ranks",
         "no-data-on-rank-1": "the tensor source holds 10 tokens, fewer than one batch of 64: lower the batch "
                              "size to at most 10 or add data",
+        "other-data-on-rank-1": "rank 1 was started with other training data than rank 0: "
+                                "num_tokens: saved 4096, now 2048",
+        "used-out": f"output directory {tmp_path / 'used-out'} is not empty and holds no checkpoint",
     }
 
 
