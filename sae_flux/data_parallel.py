@@ -19,9 +19,12 @@ own ``SAETrainer.step``:
   (the global loss) every step, and :func:`whole_batch` gathers a logging step's output so the
   log line is the single-process one.
 
-BatchTopK (and Matryoshka BatchTopK) choose the top ``k x B`` activations over the whole batch,
-which a rank's slice cannot do alone: they are refused under more than one rank
-(:func:`check_data_parallel`). Latents are not sharded: each rank holds the full dictionary.
+- BatchTopK (and Matryoshka BatchTopK) keep the top ``k x B`` activations of the whole batch:
+  :func:`global_batch_topk` makes the selection global (each rank's top ``k x B`` candidates are
+  gathered, the ``k x B``-th largest of them is the cut every rank applies) and the threshold's
+  moving average takes the smallest kept activation over all ranks.
+
+Latents are not sharded: each rank holds the full dictionary.
 
 Legend: B global batch, b rows of one rank, D model width, F latents.
 """
@@ -29,43 +32,37 @@ Legend: B global batch, b rows of one rank, D model width, F latents.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from sae_lens import BatchTopKTrainingSAE
 from sae_lens.saes.sae import TrainStepOutput
 from sae_lens.training.sae_trainer import SAETrainer
 
 from _sae_flux_shared.usererror import UserError
 from sae_flux import distributed
 
-#: Architectures whose activation couples the tokens of a batch (a top k x B over the batch).
-BATCH_COUPLED = ("batchtopk", "matryoshka_batchtopk")
 
-
-def check_data_parallel(batch_size: int, architecture: str, world_size: int) -> None:
-    """Refuse settings that data parallelism over ``world_size`` ranks cannot train exactly.
+def check_data_parallel(batch_size: int, world_size: int) -> None:
+    """Refuse a global batch that does not split evenly over ``world_size`` ranks.
 
     Every rank calls it with the same (checked) settings, so every rank refuses alike.
 
     Example:
-        >>> check_data_parallel(4096, "topk", world_size=2)
-        >>> check_data_parallel(4095, "topk", world_size=2)
+        >>> check_data_parallel(4096, world_size=2)
+        >>> check_data_parallel(4095, world_size=2)
         Traceback (most recent call last):
         ...
         _sae_flux_shared.usererror.UserError: the batch size 4095 does not divide into 2 ranks: give a multiple of 2 (e.g. 4096)
     """
-    if world_size <= 1:
-        return
-    if batch_size % world_size:
+    if world_size > 1 and batch_size % world_size:
         nearest = (batch_size // world_size + 1) * world_size
         raise UserError(f"the batch size {batch_size} does not divide into {world_size} ranks: "
                         f"give a multiple of {world_size} (e.g. {nearest})")
-    if architecture in BATCH_COUPLED:
-        raise UserError(f"architecture {architecture!r} selects its top k over the whole batch and is not "
-                        f"trained data-parallel: train it in one process, or use 'topk' under {world_size} ranks")
 
 
 def rank_slices(batches: Iterator[torch.Tensor], ranks: distributed.Ranks) -> Iterator[torch.Tensor]:
@@ -101,6 +98,53 @@ def averaged_gradients(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+class GlobalBatchTopK(torch.nn.Module):
+    """sae_lens's ``BatchTopK`` over the global batch: keeps this rank's activations at or above
+    the ``int(k x B)``-th largest ReLU activation of all ranks (B = rows of all ranks)."""
+
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, hidden_pre_bF: torch.Tensor) -> torch.Tensor:
+        acts_bF = hidden_pre_bF.relu()
+        flat = acts_bF.detach().flatten()
+        keep = int(self.k * acts_bF.shape[:-1].numel() * dist.get_world_size())
+        candidates = flat.topk(min(keep, flat.numel())).values  # the same length on every rank
+        parts = [torch.empty_like(candidates) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, candidates.contiguous())
+        cut = torch.cat(parts).topk(keep).values[-1]
+        return acts_bF * (acts_bF >= cut)
+
+
+@contextmanager
+def global_batch_topk(sae: torch.nn.Module) -> Iterator[None]:
+    """Make a BatchTopK SAE's selection and threshold update global while training (a no-op for
+    one process or another architecture)."""
+    if not distributed.active() or not isinstance(sae, BatchTopKTrainingSAE):
+        yield
+        return
+    activation, update = sae.activation_fn, sae.update_topk_threshold
+    lr = sae.cfg.topk_threshold_lr
+
+    @torch.no_grad()
+    def update_globally(acts_topk: torch.Tensor) -> None:
+        positive = acts_topk[acts_topk > 0]
+        smallest = positive.min().reshape(1) if positive.numel() else acts_topk.new_full((1,), math.inf)
+        dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+        if math.isfinite(float(smallest)):
+            min_positive = smallest[0].to(sae.topk_threshold.dtype)
+            sae.topk_threshold = (1 - lr) * sae.topk_threshold + lr * min_positive
+
+    sae.activation_fn = GlobalBatchTopK(sae.cfg.k)
+    sae.update_topk_threshold = update_globally  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        sae.activation_fn = activation
+        sae.update_topk_threshold = update  # type: ignore[method-assign]
 
 
 def step(trainer: SAETrainer[Any, Any], batch_bD: torch.Tensor, global_rows: int) -> TrainStepOutput:

@@ -339,7 +339,7 @@ def train_sae(
 
 def _train(cfg: TrainConfig, resume: bool, source: ActivationSource | None, ranks: distributed.Ranks) -> TrainResult:
     distributed.check_same({**cfg.to_dict(), "resume": resume}, what="training settings")
-    data_parallel.check_data_parallel(cfg.optim.batch_size, cfg.sae.architecture, ranks.world_size)
+    data_parallel.check_data_parallel(cfg.optim.batch_size, ranks.world_size)
     _use_local_device(cfg, ranks)
 
     def open_everything() -> tuple[_Data, TrainingSAE[Any], Iterator[torch.Tensor], TrainConfig]:
@@ -438,7 +438,7 @@ def _init_from_data(trainer: SAETrainer[Any, Any], cfg: TrainConfig, source: Act
 
 def _fit(trainer: SAETrainer[Any, Any], cfg: TrainConfig, batches: Iterator[torch.Tensor], log: _Log | None) -> None:
     """Step to ``cfg.optim.steps``; ``log`` is ``None`` on ranks other than 0 (which write nothing)."""
-    with data_parallel.averaged_gradients(trainer.sae):
+    with data_parallel.averaged_gradients(trainer.sae), data_parallel.global_batch_topk(trainer.sae):
         _steps(trainer, cfg, batches, log)
 
 

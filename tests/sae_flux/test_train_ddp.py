@@ -28,6 +28,11 @@ DDP_RTOL = 1e-4
 
 STEPS = 120
 BATCH = 64
+#: TopK selects per token; BatchTopK over the whole (global) batch.
+ARCHITECTURES = {
+    "topk": DictionaryConfig(expansion_factor=4, k=8, normalize_tokens=512),
+    "batchtopk": DictionaryConfig(architecture="batchtopk", expansion_factor=4, k=8, normalize_tokens=512),
+}
 
 
 def _acts() -> torch.Tensor:
@@ -41,7 +46,7 @@ def _acts() -> torch.Tensor:
 
 
 def _cfg(out: str | Path, **kw: Any) -> TrainConfig:
-    sae = kw.pop("sae", DictionaryConfig(expansion_factor=4, k=8, normalize_tokens=512))
+    sae = kw.pop("sae", ARCHITECTURES["topk"])
     optim = kw.pop("optim", OptimConfig(total_tokens=STEPS * BATCH, batch_size=BATCH, lr=1e-3))
     return TrainConfig(out=str(out), sae=sae, optim=optim, eval_tokens=512, log_every=10, **kw)
 
@@ -135,40 +140,49 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
-    """The single-process run every test compares against."""
-    out = tmp_path_factory.mktemp("ddp") / "one"
-    return out, train_sae(_cfg(out), source=TensorSource(_acts())).sae.state_dict()
+def references(tmp_path_factory) -> dict[str, tuple[Path, dict[str, torch.Tensor]]]:
+    """The single-process runs every test compares against, by architecture."""
+    root = tmp_path_factory.mktemp("ddp")
+    return {name: (root / name, train_sae(_cfg(root / name, sae=sae), source=TensorSource(_acts())).sae.state_dict())
+            for name, sae in ARCHITECTURES.items()}
 
 
-def test_two_ranks_train_the_single_process_sae_and_save_it_once(reference, tmp_path):
-    one, want = reference
-    results = run_ranks(_train, 2, str(tmp_path / "two"))
-    rank0, rank1 = results
-    worst = _assert_same_weights(rank0["state"], want)
-    print(f"largest weight difference, 2 ranks vs 1 process after {STEPS} steps: {worst:.3g}")
-    for name, value in rank0["state"].items():  # both ranks return the dictionary rank 0 saved
-        assert (rank1["state"][name] == value).all()
-    assert rank0["steps"] == rank1["steps"] == STEPS
-    # the log is the single-process one: global loss, FVU and L0 of the whole batch, global dead fraction
-    two_log, one_log = _log(tmp_path / "two"), _log(one)
-    assert [r["step"] for r in two_log] == [r["step"] for r in one_log] == list(range(10, STEPS + 1, 10))
-    for got, ref in zip(two_log, one_log, strict=True):
-        assert got["tokens"] == ref["tokens"]
-        assert got["l0"] == ref["l0"] and got["dead_fraction"] == ref["dead_fraction"]
-        for key in ("loss", "fvu", "mse_loss", "auxiliary_reconstruction_loss"):
-            assert got[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
-    assert any(r["dead_fraction"] > 0 and r["auxiliary_reconstruction_loss"] > 0 for r in one_log)  # AuxK ran
-    # the same files and format as a single-process run, loaded by plain sae_lens
-    names = sorted(p.name for p in (tmp_path / "two").iterdir())
-    assert names == sorted(p.name for p in one.iterdir())
-    assert json.loads((tmp_path / "two" / "cfg.json").read_text()) == json.loads((one / "cfg.json").read_text())
-    loaded = SAE.load_from_disk(tmp_path / "two")
-    _assert_same_weights(loaded.state_dict(), SAE.load_from_disk(one).state_dict())
+def _train_each(root: str) -> dict[str, Any]:
+    """Each architecture's run, one after the other in one process group."""
+    from sae_flux import distributed
+
+    with distributed.process_group():
+        return {name: _train(str(Path(root) / name), sae=sae) for name, sae in ARCHITECTURES.items()}
 
 
-def test_resume_under_two_ranks_from_a_checkpoint_of_two_ranks_or_of_one_process(reference, tmp_path):
-    _, want = reference
+def test_two_ranks_train_the_single_process_sae_and_save_it_once(references, tmp_path):
+    results = run_ranks(_train_each, 2, str(tmp_path))
+    for name, (one, want) in references.items():
+        two = tmp_path / name
+        rank0, rank1 = results[0][name], results[1][name]
+        worst = _assert_same_weights(rank0["state"], want)
+        print(f"{name}: largest weight difference, 2 ranks vs 1 process after {STEPS} steps: {worst:.3g}")
+        for key, value in rank0["state"].items():  # both ranks return the dictionary rank 0 saved
+            assert (rank1["state"][key] == value).all()
+        assert rank0["steps"] == rank1["steps"] == STEPS
+        # the log is the single-process one: global loss, FVU and L0 of the whole batch, global dead fraction
+        two_log, one_log = _log(two), _log(one)
+        assert [r["step"] for r in two_log] == [r["step"] for r in one_log] == list(range(10, STEPS + 1, 10))
+        for got, ref in zip(two_log, one_log, strict=True):
+            assert got["tokens"] == ref["tokens"]
+            assert got["l0"] == ref["l0"] and got["dead_fraction"] == ref["dead_fraction"]
+            for key in ("loss", "fvu", "mse_loss", "auxiliary_reconstruction_loss"):
+                assert got[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
+        assert any(r["dead_fraction"] > 0 and r["auxiliary_reconstruction_loss"] > 0 for r in one_log)  # AuxK ran
+        # the same files and format as a single-process run, loaded by plain sae_lens
+        assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+        assert json.loads((two / "cfg.json").read_text()) == json.loads((one / "cfg.json").read_text())
+        _assert_same_weights(SAE.load_from_disk(two).state_dict(), SAE.load_from_disk(one).state_dict())
+    assert json.loads((tmp_path / "batchtopk" / "cfg.json").read_text())["architecture"] == "jumprelu"
+
+
+def test_resume_under_two_ranks_from_a_checkpoint_of_two_ranks_or_of_one_process(references, tmp_path):
+    _, want = references["topk"]
     one = tmp_path / "one"
     with pytest.raises(_Crash):
         train_sae(_cfg(one, checkpoint_every=25), source=_CrashingSource(_acts(), after=70))
@@ -185,11 +199,9 @@ def test_resume_under_two_ranks_from_a_checkpoint_of_two_ranks_or_of_one_process
 def test_bad_settings_are_refused_on_every_rank_in_one_line(tmp_path):
     odd = OptimConfig(total_tokens=STEPS * 63, batch_size=63, lr=1e-3)
     other = OptimConfig(total_tokens=STEPS * BATCH, batch_size=BATCH, lr=5e-3)
-    batchtopk = DictionaryConfig(architecture="batchtopk", expansion_factor=4, k=8, normalize_tokens=512)
     cases = {
         "odd": {0: {"optim": odd}, 1: {"optim": odd}},
         "mixed": {1: {"optim": other}},
-        "batchtopk": {0: {"sae": batchtopk}, 1: {"sae": batchtopk}},
         "no-data-on-rank-1": {1: {"acts": 10}},
         "other-data-on-rank-1": {1: {"acts": 2048}},
         "used-out": {},  # found by rank 0 alone, refused on both
@@ -201,8 +213,6 @@ def test_bad_settings_are_refused_on_every_rank_in_one_line(tmp_path):
     assert lines[0] == {
         "odd": "the batch size 63 does not divide into 2 ranks: give a multiple of 2 (e.g. 64)",
         "mixed": "rank 1 was started with other training settings than rank 0: optim.lr: saved 0.001, now 0.005",
-        "batchtopk": "architecture 'batchtopk' selects its top k over the whole batch and is not trained "
-                     "data-parallel: train it in one process, or use 'topk' under 2 ranks",
         "no-data-on-rank-1": "the tensor source holds 10 tokens, fewer than one batch of 64: lower the batch "
                              "size to at most 10 or add data",
         "other-data-on-rank-1": "rank 1 was started with other training data than rank 0: "
