@@ -333,7 +333,8 @@ def train_sae(
     Example:
         >>> train_sae(TrainConfig(out="sae", data=DataConfig(cache="cache")))  # doctest: +SKIP
     """
-    with distributed.process_group() as ranks:
+    backend = "nccl" if cfg.device.startswith("cuda") else "gloo"  # the SAE's device, not what is installed
+    with distributed.process_group(backend) as ranks:
         return _train(cfg, resume, source, ranks)
 
 
