@@ -330,6 +330,11 @@ def train_sae(
     uninterrupted run would. A non-finite loss stops the run with :class:`FloatingPointError`
     naming the step; the checkpoints already written are kept.
 
+    Started by a launcher as several processes (``torchrun``), or called inside
+    :func:`sae_flux.distributed.process_group`, it trains data-parallel and equals the
+    single-process run on the same global batch (:mod:`sae_flux.data_parallel`); every rank
+    returns the dictionary rank 0 saved.
+
     Example:
         >>> train_sae(TrainConfig(out="sae", data=DataConfig(cache="cache")))  # doctest: +SKIP
     """
@@ -375,6 +380,11 @@ def _train(cfg: TrainConfig, resume: bool, source: ActivationSource | None, rank
     finally:
         if log is not None:
             log.close()
+    return _finish_on_main(trainer, cfg, data)
+
+
+def _finish_on_main(trainer: SAETrainer[Any, Any], cfg: TrainConfig, data: _Data) -> TrainResult:
+    """Rank 0 saves and evaluates the dictionary; the other ranks wait, then load what it saved."""
     if not distributed.active():
         return _finish(trainer, cfg, data)
     finished: list[TrainResult] = []
