@@ -207,6 +207,7 @@ def test_bad_settings_are_refused_on_every_rank_in_one_line(tmp_path):
         "no-data-on-rank-1": {1: {"acts": 10}},
         "other-data-on-rank-1": {1: {"acts": 2048}},
         "used-out": {},  # found by rank 0 alone, refused on both
+        "one-gpu-for-all": {0: {"device": "cuda:0"}, 1: {"device": "cuda:0"}},
     }
     (tmp_path / "used-out").mkdir()
     (tmp_path / "used-out" / "notes.txt").write_text("not a run")
@@ -220,6 +221,8 @@ def test_bad_settings_are_refused_on_every_rank_in_one_line(tmp_path):
         "other-data-on-rank-1": "rank 1 was started with other training data than rank 0: "
                                 "num_tokens: saved 4096, now 2048",
         "used-out": f"output directory {tmp_path / 'used-out'} is not empty and holds no checkpoint",
+        "one-gpu-for-all": "--device cuda:0 names one GPU for all 2 ranks: give --device cuda (each rank "
+                           "then uses cuda:LOCAL_RANK)",
     }
 
 
