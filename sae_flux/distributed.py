@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -37,6 +37,8 @@ from _sae_flux_shared.commit import settings_differences
 from _sae_flux_shared.usererror import UserError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 600.0
 """Seconds a collective waits for the other ranks before it fails (a dead rank ends the job)."""
@@ -100,6 +102,8 @@ def process_group(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT
     if not dist.is_available():
         raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     chosen = backend or default_backend()
+    if chosen == "nccl":  # before the first collective: each rank on its own GPU, not all on cuda:0
+        torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
     dist.init_process_group(chosen, timeout=timedelta(seconds=timeout_s))
     logger.info("rank %d of %d started (%s)", dist.get_rank(), dist.get_world_size(), chosen)
     try:
@@ -161,3 +165,40 @@ def shard_owner(index: int, world_size: int) -> int:
     """The rank that writes work unit ``index``: round robin, so every rank gets a disjoint,
     deterministic share that does not depend on how fast the ranks run."""
     return index % world_size
+
+
+def on_main(fn: Callable[[], T], errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> T:
+    """``fn()`` run on rank 0 only, its (picklable) result on every rank; when it raises one of
+    ``errors``, every rank raises that error (same type and message), so no rank waits for a rank
+    that stopped. A plain call for one process."""
+    if not active():
+        return fn()
+    outcome: tuple[bool, Any] = (True, None)
+    if dist.get_rank() == 0:
+        try:
+            outcome = (True, fn())
+        except errors as error:
+            outcome = (False, error)
+    ok, value = from_main(outcome)
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def on_every_rank(fn: Callable[[], T], errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> T:
+    """``fn()`` on every rank; when it raises one of ``errors`` on some rank, every rank raises the
+    error of the first rank that failed (a rank that cannot read its data stops the job at once,
+    instead of leaving the others waiting in the next collective). A plain call for one process."""
+    if not active():
+        return fn()
+    result: Any = None
+    failure: BaseException | None = None
+    try:
+        result = fn()
+    except errors as error:
+        failure = error
+    every = gather(failure)
+    failed = [rank for rank, error in enumerate(every) if error is not None]
+    if failed:
+        raise failure if failed[0] == dist.get_rank() and failure is not None else every[failed[0]]
+    return result  # type: ignore[no-any-return]

@@ -185,17 +185,19 @@ def _command(name: str, argv: list[str], scripts: dict[str, str]) -> int:
     if argv[:1] == ["-m"] and len(argv) > 1:
         sys.argv = [argv[1], *argv[2:]]
         sys.path.insert(0, os.getcwd())
-        return _call(lambda: runpy.run_module(argv[1], run_name="__main__", alter_sys=True))
+        return _call(lambda: runpy.run_module(argv[1], run_name="__main__", alter_sys=True) and None)
     if argv and not argv[0].startswith("-"):
         sys.argv = list(argv)
         sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
-        return _call(lambda: runpy.run_path(argv[0], run_name="__main__"))
+        return _call(lambda: runpy.run_path(argv[0], run_name="__main__") and None)
     os.execv(sys.executable, [sys.executable, *argv])
     raise AssertionError("unreachable")
 
 
 def _call(function: Any) -> int:
-    """Run ``function`` as a process's main code; its exit status as the interpreter gives it."""
+    """Run ``function`` as a process's main code; its exit status as the interpreter gives it
+    (``runpy``'s returned globals are dropped by the callers: a module that ends without
+    ``sys.exit``, such as ``torch.distributed.run``, exits 0)."""
     try:
         result = function()
     except SystemExit as stop:
