@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from ranks.spawn import run_ranks
+from reliability.crashing_source import Crash, CrashingSource
 from sae_lens import SAE
 
 from sae_flux.cli import main as cli_main
@@ -53,34 +54,16 @@ def _cfg(out: str | Path, **kw: Any) -> TrainConfig:
     return TrainConfig(out=str(out), sae=sae, optim=optim, eval_tokens=512, log_every=10, **kw)
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashingSource(TensorSource):
-    """Raises after ``after`` batches of any stream longer than the normalisation read."""
-
-    def __init__(self, acts_ND: torch.Tensor, after: int) -> None:
-        super().__init__(acts_ND)
-        self.after = after
-
-    def batches(self, batch_size, seed=0, buffer_tokens=0, epochs=1) -> Iterator[torch.Tensor]:
-        for i, batch in enumerate(super().batches(batch_size, seed, buffer_tokens, epochs)):
-            if i == self.after:
-                raise _Crash(f"killed after {i} batches")
-            yield batch
-
-
 def _train(out: str, resume: bool = False, crash_after: int | None = None, **kw: Any) -> dict[str, Any] | str:
     """One rank's run: its returned weights, or the crash message."""
     from sae_flux import distributed
 
     torch.set_num_threads(1)
     acts = _acts()
-    source = TensorSource(acts) if crash_after is None else _CrashingSource(acts, crash_after)
+    source = TensorSource(acts) if crash_after is None else CrashingSource(acts, crash_after)
     try:
         result = train_sae(_cfg(out, **kw), resume=resume, source=source)
-    except _Crash as crash:
+    except Crash as crash:
         return str(crash)
     # numpy, not tensors: a tensor crosses processes in shared memory that is gone when this one ends
     return {"rank": distributed.ranks().rank, "state": {k: v.numpy() for k, v in result.sae.state_dict().items()},
@@ -186,8 +169,8 @@ def test_two_ranks_train_the_single_process_sae_and_save_it_once(references, tmp
 def test_resume_under_two_ranks_from_a_checkpoint_of_two_ranks_or_of_one_process(references, tmp_path):
     _, want = references["topk"]
     one = tmp_path / "one"
-    with pytest.raises(_Crash):
-        train_sae(_cfg(one, checkpoint_every=25), source=_CrashingSource(_acts(), after=70))
+    with pytest.raises(Crash):
+        train_sae(_cfg(one, checkpoint_every=25), source=CrashingSource(_acts(), after=70))
     results = run_ranks(_crash_then_resume, 2, str(tmp_path / "two"), str(one))
     for found in results:
         assert found["killed"] == "killed after 70 batches"
