@@ -8,11 +8,15 @@ The config dataclass *is* the CLI, the Python API and the saved record:
   fields list their choices;
 - a nested config dataclass becomes an argument group titled by its docstring; its options keep
   their plain names (``--lr``) unless a name occurs twice in the tree, then every occurrence is
-  spelled with its path (``--vae.steps``, ``--flow.steps``);
+  spelled with its path (``--vae.steps``, ``--flow.steps``); a nested field with
+  ``metadata={PREFIX: "judge"}`` spells its options ``--judge-url``, ``--judge-model``, ...;
+  a field with ``metadata={ALIASES: ("--timeout",)}`` also answers to the older spellings;
 - ``--config-path FILE`` reads a saved record back (``train_config.json``, ``demo_config.json``,
   ``results.json``'s ``config``, ...: a JSON object of the fields, nested configs as nested
   objects, or such an object nested in the record): options given on the command line override
-  it, fields it lacks keep their defaults, and a record of another config is refused in one line.
+  it, fields it lacks keep their defaults, and a record of another config is refused in one line;
+  ``dataclass_from_args(..., legacy=f)`` first passes each candidate record through ``f`` (a
+  config whose layout changed reads its older records).
 
 Light on purpose (standard library only): the three console scripts build their parsers from
 it without importing torch. Why not ``simple_parsing`` (which SAELens uses): it spells negated
@@ -42,6 +46,7 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +57,10 @@ T = TypeVar("T")
 CONFIG_PATH = "config_path"
 """Destination of ``--config-path`` in the parsed namespace."""
 _GIVEN = "_given_on_command_line"
+PREFIX = "cli_prefix"
+"""Metadata key of a nested config field: the word its options are spelled with (``--judge-url``)."""
+ALIASES = "cli_aliases"
+"""Metadata key of a field: further option strings it answers to (older spellings)."""
 
 
 class ConfigFileError(UserError):
@@ -120,6 +129,7 @@ class _Spec:
     dest: str
     flag: str
     required: bool
+    aliases: tuple[str, ...] = ()
 
 
 class _Given(argparse.Action):
@@ -143,17 +153,33 @@ class _Flag(_Given, argparse.BooleanOptionalAction):
         self._mark(namespace)
 
 
-def _leaves(cls: type, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dataclasses.Field[Any], Any, type]]:
-    """(path, field, annotation, owner class) of every non-dataclass field of a config tree."""
+def _leaves(cls: type, path: tuple[str, ...] = (), prefix: str = "") -> list[_Leaf]:
+    """Every non-dataclass field of a config tree, with its option name (``PREFIX`` applied)."""
     hints = typing.get_type_hints(cls)
     out = []
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         tp, _ = _base_type(hints[field.name])
         if dataclasses.is_dataclass(tp):
-            out += _leaves(typing.cast(type, tp), (*path, field.name))
+            word = field.metadata.get(PREFIX)
+            out += _leaves(typing.cast(type, tp), (*path, field.name), f"{prefix}{word}_" if word else prefix)
         else:
-            out.append(((*path, field.name), field, hints[field.name], cls))
+            out.append(_Leaf((*path, field.name), prefix + field.name, field, hints[field.name], cls))
     return out
+
+
+class _Leaf(typing.NamedTuple):
+    """One field of a config tree that becomes an option."""
+
+    path: tuple[str, ...]
+    """Field names from the root config down to the field."""
+    name: str
+    """The option's name before spelling (``judge_url``: the field ``url`` under prefix ``judge``)."""
+    field: dataclasses.Field[Any]
+    """The dataclass field."""
+    annotation: Any
+    """Its resolved type annotation."""
+    owner: type
+    """The config class declaring it (its docstrings are the help)."""
 
 
 def _default(field: dataclasses.Field[Any]) -> Any:
@@ -176,23 +202,26 @@ def add_dataclass_arguments(
     ``positional`` names top-level fields given as positionals; ``exclude`` names top-level fields
     left out (the command sets them itself).
     """
-    leaves = [leaf for leaf in _leaves(cls) if leaf[0][0] not in exclude]
-    counts = collections.Counter(path[-1] for path, *_ in leaves)
+    leaves = [leaf for leaf in _leaves(cls) if leaf.path[0] not in exclude]
+    counts = collections.Counter(leaf.name for leaf in leaves)
     groups: dict[tuple[str, ...], Any] = {}
-    for path, field, annotation, owner in leaves:
-        name = path[-1] if counts[path[-1]] == 1 or len(path) == 1 else ".".join(path)
+    for leaf in leaves:
+        path, field = leaf.path, leaf.field
+        name = leaf.name if counts[leaf.name] == 1 or len(path) == 1 else ".".join(path)
         spec = _Spec(path, name if len(path) == 1 else ".".join(path), "--" + name.replace("_", "-"),
                      _default(field) is None and field.default is dataclasses.MISSING
-                     and field.default_factory is dataclasses.MISSING)
-        target = parser if len(path) == 1 else groups.setdefault(path[:-1], _group(parser, owner, path[:-1]))
-        _add_option(target, spec, field, annotation, owner, positional)
+                     and field.default_factory is dataclasses.MISSING, tuple(field.metadata.get(ALIASES, ())))
+        if len(path) > 1 and path[:-1] not in groups:
+            groups[path[:-1]] = _group(parser, leaf.owner, path[:-1])
+        target = parser if len(path) == 1 else groups[path[:-1]]
+        _add_option(target, spec, field, leaf.annotation, leaf.owner, positional)
     if not any(CONFIG_PATH == a.dest for a in parser._actions):
         parser.add_argument("--config-path", dest=CONFIG_PATH, default=None, metavar="FILE",
                             help="read a saved config of this command (JSON) back; options given here override it")
 
 
 def _group(parser: argparse.ArgumentParser, owner: type, path: tuple[str, ...]) -> Any:
-    doc = (inspect.getdoc(owner) or "").split("\n")[0]
+    doc = " ".join((inspect.getdoc(owner) or "").split("\n\n")[0].split())  # the first paragraph
     return parser.add_argument_group(f"{'.'.join(path)} ({owner.__name__})", doc or None)
 
 
@@ -205,7 +234,7 @@ def _add_option(target: Any, spec: _Spec, field: dataclasses.Field[Any], annotat
         help_text += " (required)"
     elif default is not None:
         help_text += f" (default: {list(default) if isinstance(default, tuple) else default})"
-    kwargs: dict[str, Any] = {"help": help_text}
+    kwargs: dict[str, Any] = {"help": help_text.replace("%", "%%")}  # argparse formats help with %
     if tp is bool:
         kwargs["action"] = _Flag
     else:
@@ -222,16 +251,19 @@ def _add_option(target: Any, spec: _Spec, field: dataclasses.Field[Any], annotat
         return
     if "choices" not in kwargs:
         kwargs["metavar"] = field.name.upper()
-    target.add_argument(spec.flag, dest=spec.dest, default=default, **kwargs)
+    target.add_argument(spec.flag, *spec.aliases, dest=spec.dest, default=default, **kwargs)
 
 
-def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
+def dataclass_from_args(cls: type[T], args: argparse.Namespace,
+                        legacy: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> T:
     """Build ``cls`` from the parsed options and ``--config-path`` (its ``__post_init__`` validates them).
 
     Precedence per field: the command line, then the ``--config-path`` file, then the default.
-    A required field set by neither is refused in one line naming its option.
+    A required field set by neither is refused in one line naming its option. ``legacy`` maps
+    a record of an older layout of ``cls`` to the current one (records already current pass
+    through unchanged).
     """
-    saved = _saved_config(args, cls)
+    saved = _saved_config(args, cls, legacy or (lambda record: record))
     return typing.cast(T, _build(cls, (), args, saved, getattr(args, _GIVEN, set())))
 
 
@@ -276,7 +308,8 @@ def _dest(args: argparse.Namespace, path: tuple[str, ...]) -> str | None:
     return None
 
 
-def _saved_config(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+def _saved_config(args: argparse.Namespace, cls: type,
+                  legacy: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
     """The ``--config-path`` record as a dict of ``cls``'s fields (empty without the option).
 
     The record is the file's JSON object, or the first object nested in it (breadth first:
@@ -297,7 +330,7 @@ def _saved_config(args: argparse.Namespace, cls: type) -> dict[str, Any]:
         raise ConfigFileError(f"--config-path {file} holds no JSON object")
     queue = [record]
     while queue:
-        candidate = queue.pop(0)
+        candidate = legacy(queue.pop(0))
         if not _unknown_keys(cls, candidate) and candidate:
             return candidate
         queue += [v for v in candidate.values() if isinstance(v, dict)]

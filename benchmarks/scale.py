@@ -17,8 +17,13 @@ and checked against such a measurement:
   (a capture of one hook, a TopK SAE training step) turned into achieved FLOP/s; the estimate
   for another device is ``tokens/s = device FLOP/s x utilisation / FLOPs per token``.
 
-- ``cache_ranks`` (``--cache-ranks``, printed alone): caching throughput of 2 ranks launched by
-  ``torchrun`` over 1 process, on this machine's CPU cores, in one run. Each arm caches the same
+- ``ddp_training`` (``--only-ddp``): data-parallel SAE training step throughput under
+  ``torchrun`` with 1 and 2 ranks of one thread each on this machine (gloo), in one run, and the
+  ratio of the best of alternating runs (2 ranks over 1); each rank runs the training step of ``sae_flux.train`` (forward,
+  backward, gradient all-reduce, clip and Adam step, dead-latent sync) on its half of the batch.
+
+- ``cache_ranks`` (``--only-cache-ranks``; with ``--only-ddp`` too, both in one JSON): caching
+  throughput of 2 ranks launched by ``torchrun`` over 1 process, on this machine's CPU cores, in one run. Each arm caches the same
   prompts with the same model into its own directory (the caches are checked to be the same
   bytes); throughput is cached tokens over the caching time (from a barrier after loading the
   model to the end of ``write_cache``, the slowest rank), and the whole-command wall time is
@@ -28,8 +33,9 @@ and checked against such a measurement:
   got (``cpu_s`` over ``cache_s`` is the share of a core it ran on: below 1 when other jobs
   share the cores).
 
-Run:  python benchmarks/scale.py [--skip-memory | --only-memory] [--workdir DIR]
-      python benchmarks/scale.py --cache-ranks [--cache-model organism] [--cache-prompts 256]
+Run:  python benchmarks/scale.py [--skip-memory | --only-memory | --only-ddp] [--workdir DIR]
+      python benchmarks/scale.py --only-cache-ranks [--cache-model organism] [--cache-prompts 256]
+      python benchmarks/scale.py --only-cache-ranks --only-ddp   # both ratios, one run, one JSON
 """
 
 from __future__ import annotations
@@ -359,27 +365,110 @@ def cache_ranks(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# -- data-parallel SAE training (issue 23) ------------------------------------------------------
+
+
+def ddp_worker(out: Path, d: int, d_sae: int, k: int, batch: int, steps: int, warmup: int) -> None:
+    """One rank of ``torchrun ... scale.py --ddp-worker``: time ``steps`` data-parallel training
+    steps on this rank's slice of random global batches; rank 0 writes the result to ``out``."""
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    from sae_flux import data_parallel, distributed
+    from sae_flux.train import TrainConfig, build_sae, trainer_config
+    from sae_flux.train_config import DictionaryConfig, OptimConfig
+
+    torch.set_num_threads(1)
+    with distributed.process_group() as ranks:
+        cfg = TrainConfig(out=str(out.parent), sae=DictionaryConfig(d_sae=d_sae, k=k, normalize="none"),
+                          optim=OptimConfig(total_tokens=(steps + warmup) * batch, batch_size=batch))
+        trainer = SAETrainer(trainer_config(cfg), build_sae(cfg, d, "bench", "bench"), iter(()))
+        data_parallel.broadcast_state(trainer)
+        gen = torch.Generator().manual_seed(0)
+        batches = [torch.randn(batch, d, generator=gen) for _ in range(4)]
+        rows = batch // ranks.world_size
+        slices = [b[ranks.rank * rows : (ranks.rank + 1) * rows] for b in batches]
+        with data_parallel.averaged_gradients(trainer.sae):
+            for i in range(warmup):
+                data_parallel.step(trainer, slices[i % 4], batch)
+            distributed.barrier()
+            t = time.perf_counter()
+            for i in range(steps):
+                data_parallel.step(trainer, slices[i % 4], batch)
+            distributed.barrier()
+            seconds = time.perf_counter() - t
+        if ranks.is_main:
+            out.write_text(json.dumps({"ranks": ranks.world_size, "seconds": round(seconds, 3),
+                                       "tokens_per_second": round(steps * batch / seconds, 1)}))
+
+
+def measure_ddp_training(workdir: Path, d: int = 256, d_sae: int = 2048, k: int = 32, batch: int = 2048,
+                         steps: int = 20, warmup: int = 3, rounds: int = 2) -> dict[str, Any]:
+    """Training step throughput with 1 and 2 ranks launched by torchrun (one thread per rank), in
+    one run: ``rounds`` alternating runs of each (1, 2, 1, 2, ...), so that a change of the machine's
+    load hits both; the best run of each is compared."""
+    runs: dict[int, list[float]] = {1: [], 2: []}
+    load_before = os.getloadavg()[0]
+    for _ in range(rounds):
+        for world in (1, 2):
+            out = workdir / f"ddp-{world}.json"
+            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
+                            "--master_port", str(_free_port()), __file__, "--ddp-worker", str(out),
+                            "--ddp-shape", *map(str, (d, d_sae, k, batch, steps, warmup))],
+                           check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            runs[world].append(json.loads(out.read_text())["tokens_per_second"])
+    best = {world: max(found) for world, found in runs.items()}
+    return {"d_in": d, "d_sae": d_sae, "k": k, "global_batch": batch, "timed_steps": steps, "backend": "gloo",
+            "threads_per_rank": 1, "tokens_per_second_1_rank": runs[1], "tokens_per_second_2_ranks": runs[2],
+            "speedup_2_over_1": round(best[2] / best[1], 2),
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ddp_section(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """``--only-ddp``: the data-parallel training section alone."""
+    return {"ddp_training": measure_ddp_training(workdir, steps=args.ddp_steps)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-memory", action="store_true", help="skip the save-and-load memory measurement")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--only-memory", action="store_true", help="only the save-and-load memory measurement")
-    parser.add_argument("--cache-ranks", action="store_true",
-                        help="only the caching throughput of 2 ranks (torchrun) over 1 process")
-    parser.add_argument("--cache-model", default="organism", help="model of --cache-ranks (tiny, organism)")
-    parser.add_argument("--cache-prompts", type=int, default=256, help="prompts cached per arm of --cache-ranks")
-    parser.add_argument("--cache-shard-prompts", type=int, default=16, help="prompts per shard in --cache-ranks")
-    parser.add_argument("--cache-batch-size", type=int, default=8, help="prompts per pipeline call in --cache-ranks")
+    parser.add_argument("--only-cache-ranks", action="store_true",
+                        help="only caching: 2 ranks (torchrun, gloo) over 1 process (with --only-ddp: both)")
+    parser.add_argument("--cache-model", default="organism", help="model of --only-cache-ranks (tiny, organism)")
+    parser.add_argument("--cache-prompts", type=int, default=256, help="prompts cached per arm of --only-cache-ranks")
+    parser.add_argument("--cache-shard-prompts", type=int, default=16, help="prompts per shard in --only-cache-ranks")
+    parser.add_argument("--cache-batch-size", type=int, default=8, help="prompts per pipeline call in --only-cache-ranks")
     parser.add_argument("--cache-rank-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--only-ddp", action="store_true", help="only data-parallel training: 2 ranks over 1 (torchrun, gloo)")
+    parser.add_argument("--ddp-steps", type=int, default=20, help="timed training steps per world size (--only-ddp)")
+    parser.add_argument("--ddp-worker", default=None, help=argparse.SUPPRESS)  # one rank, started by --only-ddp
+    parser.add_argument("--ddp-shape", type=int, nargs=6, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ddp_worker:
+        ddp_worker(Path(args.ddp_worker), *args.ddp_shape)
+        return
     logging.basicConfig(level=logging.WARNING)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sae-flux-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if args.cache_rank_child:
         cache_rank_child(workdir, args.cache_model, args.cache_shard_prompts, args.cache_batch_size, args.cache_rank_child)
         return
-    if args.cache_ranks:
-        print(json.dumps({"cache_ranks": cache_ranks(workdir, args)}, indent=1))
+    if args.only_cache_ranks or args.only_ddp:  # the issue-23 sections: ratios measured in this run
+        sections: dict[str, Any] = {}
+        if args.only_cache_ranks:
+            sections["cache_ranks"] = cache_ranks(workdir, args)
+        if args.only_ddp:
+            sections.update(ddp_section(args, workdir))
+        print(json.dumps(sections, indent=1))
         return
 
     from sae_flux.flux import Flux

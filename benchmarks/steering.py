@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 from sae_flux.cache import CacheConfig, load_flux, write_cache  # noqa: E402
 from sae_flux.dictionary import load_dictionary  # noqa: E402
+from sae_flux.itda_build import build_from_cache  # noqa: E402
 from sae_flux.organism.world import prompts  # noqa: E402
 from sae_flux.steer import add, feature_direction, make_steering, steer_trace, steering  # noqa: E402
 from sae_flux.steering.concepts import (  # noqa: E402
@@ -56,7 +57,7 @@ def build_dictionaries(flux: Any, args: argparse.Namespace, work: Path) -> dict[
     built = {"itda": work / "itda", "sae": work / "sae"}
     config = itda.BuildConfig(target_l0=args.itda_l0, loss_threshold=args.itda_threshold, seed=args.seed,
                               max_atoms=8192)
-    itda.build_from_cache(work / "cache", config, batch_size=256, progress=False).save_model(built["itda"])
+    build_from_cache(work / "cache", config, batch_size=256, progress=False).save_model(built["itda"])
     train_sae(TrainConfig(
         out=str(built["sae"]),
         data=DataConfig(cache=str(work / "cache"), buffer_tokens=65_536),

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import _sae_flux_requirements  # noqa: F401  (refuses an unsupported dependency version in one line)
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from _sae_flux_shared.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from cae.aggregators import AGGREGATORS
@@ -69,11 +70,4 @@ __all__ = [
     "steering",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """A public name, imported from its module on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+lazy_exports(__name__, _EXPORTS)

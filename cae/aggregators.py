@@ -12,6 +12,13 @@ differs. (Scaling a direction by the mean difference's *projection* onto it, as 
 once did, shrinks it whenever the direction is far from the mean: on the organism the first
 principal direction of the differences is the answer-letter direction, nearly orthogonal to
 the mean difference, and came out ~100x shorter.)
+
+Example: every aggregator of :data:`AGGREGATORS` on two pairs whose difference is ``e_0``:
+
+    >>> import torch
+    >>> pos_ND, neg_ND = torch.eye(3)[:2] + torch.eye(3)[0], torch.eye(3)[:2]
+    >>> sorted(AGGREGATORS), AGGREGATORS["mean"](pos_ND, neg_ND).tolist()
+    (['logistic', 'mean', 'pca'], [1.0, 0.0, 0.0])
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ PositionRule = Literal["all", "from_prompt_end", "generated"]
 """Where :mod:`cae.apply` adds a vector (its module docstring defines each rule)."""
 OperatorName = Literal["add", "ablate", "ablate_then_add", "norm_preserving"]
 """How :mod:`cae.apply` changes the activation (:data:`cae.operators.OPERATORS`)."""
+ReadRuleName = Literal["answer", "last", "mean"]
+"""A read rule of :data:`cae.read.READ_RULES` (the registry; a test keeps the two equal)."""
 SiteName = Literal["block", "attn", "mlp"]
 """Which output of decoder block L a vector reads and steers (:func:`cae.model.site_module`)."""
 

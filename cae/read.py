@@ -6,6 +6,12 @@ and ``repeng`` also read the last token or average over the completion. Each rul
 small function from the completion's decoded tokens to the indices (into the completion)
 that are averaged; ``aligned`` rules compare positive and negative at the same position, so
 both completions must tokenize to the same length.
+
+Example: the tokens each rule of :data:`READ_RULES` reads in the completion ``" (A)"``:
+
+    >>> tokens = [" (", "A", ")"]
+    >>> {name: rule.select(tokens) for name, rule in READ_RULES.items()}
+    {'answer': [1], 'last': [2], 'mean': [0, 1, 2]}
 """
 
 from __future__ import annotations

@@ -58,7 +58,13 @@ NORMALIZATIONS = ("none", "norm_matched")
 
 @dataclass(frozen=True)
 class VectorMeta:
-    """Provenance of a steering vector (saved as ``steering_vector.json``)."""
+    """Provenance of a steering vector (saved as ``steering_vector.json``).
+
+    Example:
+        >>> meta = VectorMeta("organism:tiny", hidden_size=40, layers=(2, 1), read="mean")
+        >>> meta.layers, meta.site, meta.normalization
+        ((1, 2), 'block', 'none')
+    """
 
     model_id: str
     """Hub id or directory of the model the vector was trained on ('' if unknown)."""

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import _sae_flux_requirements  # noqa: F401  (refuses an unsupported dependency version in one line)
 
-import importlib
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from _sae_flux_shared.lazy import lazy_exports
 from itda.registration import register_with_sae_lens
 
 if TYPE_CHECKING:
@@ -39,7 +37,7 @@ if TYPE_CHECKING:
     from itda.model import ITDA, ITDAConfig
     from itda.provenance import AtomSource, Provenance
     from itda.pursuit import Pursuit, gradient_pursuit, matching_pursuit
-    from itda.sources import build_from_cache, build_from_lm
+    from itda.sources import build_from_lm
     from itda.sparsity import FiringRates, firing_rates
 
 _EXPORTS = {
@@ -52,7 +50,6 @@ _EXPORTS = {
     "Provenance": "itda.provenance",
     "Pursuit": "itda.pursuit",
     "build": "itda.build",
-    "build_from_cache": "itda.sources",
     "build_from_lm": "itda.sources",
     "fold_mirrored_codes": "itda.interop",
     "ExportAgreement": "itda.interop",
@@ -77,7 +74,6 @@ __all__ = [
     "Provenance",
     "Pursuit",
     "build",
-    "build_from_cache",
     "build_from_lm",
     "fold_mirrored_codes",
     "ExportAgreement",
@@ -93,23 +89,4 @@ __all__ = [
 
 register_with_sae_lens()
 
-
-def __getattr__(name: str) -> Any:
-    """A public name, imported from its module on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-class _Package(types.ModuleType):
-    """Keeps ``itda.build`` the function: importing the submodule ``itda.build`` would rebind it."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
-            return  # the submodule stays in sys.modules["itda.build"], as before
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+lazy_exports(__name__, _EXPORTS)

@@ -21,7 +21,15 @@ STREAM_KEY = "itda_stream"
 
 @dataclass
 class BuildConfig:
-    """How to build an ITDA; recorded in the saved ``cfg.json`` under ``metadata.itda_build``."""
+    """How to build an ITDA; recorded in the saved ``cfg.json`` under ``metadata.itda_build``.
+
+    Example:
+        >>> import torch, itda
+        >>> config = BuildConfig(target_l0=2, loss_threshold=0.5, max_atoms=40, seed=1)
+        >>> d = itda.build(torch.randn(512, 8).split(128), config, progress=False)
+        >>> d.cfg.d_sae <= 40, d.cfg.metadata.itda_build["loss_threshold"]
+        (True, 0.5)
+    """
 
     target_l0: int = 32
     """Pursuit steps used to encode while building (and by the finished dictionary)."""

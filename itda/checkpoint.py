@@ -40,7 +40,7 @@ from sae_lens.constants import SAE_CFG_FILENAME
 from safetensors.torch import load_file
 
 import _sae_flux_shared.commit as commit
-from itda.build import BuildState
+from itda.construction import BuildState
 from itda.model import ITDA
 from itda.provenance import Provenance
 

@@ -75,13 +75,17 @@ def _run(args: argparse.Namespace) -> tuple[ITDA, bool]:
     from itda import checkpoint, sources  # dispatch: torch and sae_lens load here, not for --help
     from itda.build import build
 
+    # dispatch: the Flux cache source reads sae_flux's cache format; the itda library never
+    # imports sae_flux, only this console script, which sits on top of every package
+    from sae_flux import itda_build
+
     config = dataclass_from_args(BuildConfig, args)
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = Path(args.out)
     batch_size = args.batch_size or (4096 if args.command == "build" else 8)
     if args.command == "build":
-        batches, meta = sources.cache_batches(args.cache, args.hook, batch_size)
+        batches, meta = itda_build.cache_batches(args.cache, args.hook, batch_size)
     else:
         texts = _read_texts(args.texts)
         batches, meta = sources.lm_stream(_load_lm(args.model), texts, args.layer, batch_size, args.max_length)
@@ -97,7 +101,7 @@ def _run(args: argparse.Namespace) -> tuple[ITDA, bool]:
     )
     new = point is None or itda is not point.dictionary
     if new and args.command == "build":
-        sources.measure_cache_firing(itda, args.cache, args.hook, batch_size, args.sparsity_tokens)
+        itda_build.measure_cache_firing(itda, args.cache, args.hook, batch_size, args.sparsity_tokens)
     return itda, new
 
 

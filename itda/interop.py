@@ -30,21 +30,34 @@ Provenance is not part of the matching-pursuit format; it stays in the ITDA dire
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from sae_lens.saes.matching_pursuit_sae import MatchingPursuitSAE, MatchingPursuitSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor
 
-from itda.model import ITDA
 from itda.provenance import Provenance
+
+if TYPE_CHECKING:  # the dictionary is read, never made, here: itda.model imports this module
+    from itda.model import ITDA
 
 logger = logging.getLogger(__name__)
 
 
 def export_problems(itda: ITDA) -> list[str]:
-    """Why the matching-pursuit export of ``itda`` would not be exact (empty: it is exact)."""
+    """Why the matching-pursuit export of ``itda`` would not be exact (empty: it is exact).
+
+    Example:
+        >>> import torch, itda
+        >>> acts = torch.randn(256, 8) * torch.arange(1.0, 9.0)
+        >>> export_problems(itda.ITDA.build([acts], target_l0=2, loss_threshold=0.5, progress=False))
+        []
+        >>> scaled = itda.ITDA.build([acts], target_l0=2, loss_threshold=0.5, progress=False,
+        ...                          normalization="mean_std")
+        >>> len(export_problems(scaled)) > 0
+        True
+    """
     problems = []
     std_D = itda.act_std.detach().float()
     if not bool((std_D == 1).all()):
@@ -127,9 +140,18 @@ ROUNDING = 1e-5
 
 
 class ExportAgreement(NamedTuple):
-    """How an export's encode/decode compare with the ITDA's on the same activations."""
+    """How an export's encode/decode compare with the ITDA's on the same activations.
+
+    Example:
+        >>> import torch, itda
+        >>> d = itda.ITDA.build([torch.randn(256, 8)], target_l0=2, loss_threshold=0.5, progress=False)
+        >>> agreement = compare_export(d, to_matching_pursuit(d), torch.randn(32, 8))
+        >>> agreement.tokens, agreement.same_significant_support, agreement.max_recon_error < 1e-4
+        (32, 1.0, True)
+    """
 
     tokens: int
+    """Activations compared."""
     same_support: float
     """Fraction of tokens whose set of non-zero atoms is identical."""
     same_significant_support: float
@@ -149,7 +171,14 @@ class ExportAgreement(NamedTuple):
 
 @torch.no_grad()
 def compare_export(itda: ITDA, mp: MatchingPursuitSAE, x_ND: Tensor) -> ExportAgreement:
-    """Encode and decode ``x_ND`` with both and measure the differences."""
+    """Encode and decode ``x_ND`` with both and measure the differences.
+
+    Example:
+        >>> import torch, itda
+        >>> d = itda.ITDA.build([torch.randn(256, 8)], target_l0=2, loss_threshold=0.5, progress=False)
+        >>> compare_export(d, to_matching_pursuit(d), torch.randn(16, 8)).same_significant_support
+        1.0
+    """
     codes_itda = itda.encode(x_ND).float()
     codes_mp = mp.encode(x_ND.to(mp.device, mp.dtype)).float()
     recon_mp = mp.decode(codes_mp.to(mp.dtype)).float()

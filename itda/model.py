@@ -32,13 +32,18 @@ from jaxtyping import Float
 from sae_lens import SAE, SAEConfig
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
+from sae_lens.saes.sae import SAEMetadata
 from safetensors import SafetensorError
 from torch import Tensor, nn
 from typing_extensions import override
 
 import _sae_flux_shared.commit as commit
-from itda import pursuit
+from itda import construction, pursuit
+from itda.build_config import BuildConfig
+from itda.construction import BuildState, build_metadata
+from itda.interop import to_matching_pursuit
 from itda.provenance import PROVENANCE_FILENAME, AtomSource, Provenance
+from itda.pursuit import GRAM_MAX_BYTES
 from itda.registration import ARCHITECTURE, ARCHITECTURE_NAMES, SAVED_ARCHITECTURE
 from itda.sparsity import FiringRates, firing_rates, save_sparsity
 
@@ -47,13 +52,16 @@ logger = logging.getLogger(__name__)
 ENCODERS = {"mp": pursuit.matching_pursuit, "gp": pursuit.gradient_pursuit}
 """Registry of pursuit encoders by config name."""
 
-GRAM_MAX_BYTES = 2**31
-"""Largest Gram matrix (F*F*4 bytes) an ITDA caches to speed up matching pursuit."""
-
 
 @dataclass
 class ITDAConfig(SAEConfig):
-    """Config of an ITDA dictionary; ``cfg.json`` records ``registration.SAVED_ARCHITECTURE``."""
+    """Config of an ITDA dictionary; ``cfg.json`` records ``registration.SAVED_ARCHITECTURE``.
+
+    Example:
+        >>> cfg = ITDAConfig(d_in=16, d_sae=64, target_l0=4, encoder="gp", nonnegative=True)
+        >>> cfg.architecture(), cfg.to_dict()["architecture"].startswith("itda ("), cfg.d_sae
+        ('itda', True, 64)
+    """
 
     encoder: Literal["mp", "gp"] = "mp"
     """Pursuit used by ``encode``: matching pursuit or gradient pursuit."""
@@ -329,7 +337,7 @@ class ITDA(SAE[ITDAConfig]):
         sae.load_provenance(Path(local).parent)
         return sae
 
-    # --- construction and interop (implemented in build.py / interop.py) ---------------
+    # --- construction and interop (itda.construction / itda.interop) -------------------
 
     @classmethod
     def build(
@@ -340,21 +348,50 @@ class ITDA(SAE[ITDAConfig]):
         max_atoms: int = 50_000,
         **kwargs: Any,
     ) -> ITDA:
-        """Build a dictionary from a stream of activations (Algorithm 1); see ``itda.build``."""
-        from itda.build import BuildConfig, build
+        """Build a dictionary from a stream of activations (Algorithm 1); see ``itda.build``.
 
+        Example:
+            >>> import torch
+            >>> d = ITDA.build([torch.randn(256, 8)], target_l0=2, loss_threshold=0.5, progress=False)
+            >>> d.cfg.target_l0, d.cfg.d_in
+            (2, 8)
+        """
         options = {
             k: kwargs.pop(k) for k in ("resume", "progress", "metadata", "on_batch") if k in kwargs
         }
         config = BuildConfig(
             target_l0=target_l0, loss_threshold=loss_threshold, max_atoms=max_atoms, **kwargs
         )
-        return build(batches, config, **options)
+        return construction.grow(batches, config, cls.from_build_state, **options)
+
+    @classmethod
+    def from_build_state(cls, state: BuildState, config: BuildConfig,
+                         metadata: dict[str, Any] | None = None, allow_small: bool = False) -> ITDA:
+        """The dictionary of a build's state: atoms rescaled to activation units, the stream's
+        statistics, provenance, and the build recorded in ``cfg.metadata.itda_build``."""
+        meta = build_metadata(state, config, metadata, allow_small)
+        cfg = ITDAConfig(
+            d_in=state.atoms_FD.shape[1],
+            d_sae=state.size,
+            encoder=config.encoder,
+            nonnegative=config.nonnegative,
+            target_l0=min(config.target_l0, state.size),
+            candidates=None if config.candidates is None else min(config.candidates, state.size),
+            normalization=config.normalization,
+            apply_b_dec_to_input=True,
+            device=str(state.atoms_FD.device),
+            metadata=SAEMetadata(**meta),
+        )
+        itda = cls(cfg)
+        with torch.no_grad():
+            itda.W_dec.copy_(state.atoms_FD * state.std_D)
+            itda.b_dec.copy_(state.mean_D)
+            itda.act_std.copy_(state.std_D)
+        itda.provenance = state.prov
+        return itda
 
     def to_matching_pursuit(self, **kwargs: Any) -> SAE:
         """Export as sae_lens's built-in ``"matching_pursuit"`` SAE; see ``itda.interop``."""
-        from itda.interop import to_matching_pursuit
-
         return to_matching_pursuit(self, **kwargs)
 
 

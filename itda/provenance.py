@@ -64,7 +64,17 @@ class AtomSource(NamedTuple):
 
 @dataclass
 class Provenance:
-    """Column-wise provenance of a dictionary, one row per atom."""
+    """Column-wise provenance of a dictionary, one row per atom.
+
+    Example: two atoms taken from tokens 5 and 9 of prompt 3, then one from an index-only stream:
+
+        >>> import torch
+        >>> prov = Provenance.for_batch(2, "prompts-v1", "blocks.6", {"prompt": torch.tensor([3, 3]),
+        ...                             "token": torch.tensor([5, 9])}, first_index=0)
+        >>> prov = prov.concat(Provenance.for_batch(1, "stream", "blocks.6", None, first_index=7))
+        >>> len(prov), prov.describe(1).token, prov.describe(2).source, prov.describe(2).token
+        (3, 9, 'stream', 7)
+    """
 
     columns: dict[str, Tensor]
     """int64 columns named in ``INT_COLUMNS`` plus float32 ``timestep``, all of one length."""

@@ -54,6 +54,9 @@ CPU_GRAM_BLOCK_BYTES = 2**24
 Measured (docs/bench/itda.md): 256 tokens x 16,384 atoms per block is ~1.5x faster than one
 1,024-token block; 128 or 512 tokens are slower again."""
 
+GRAM_MAX_BYTES = 2**31
+"""Largest Gram matrix (F*F*4 bytes) an ITDA caches, and a build keeps, to speed up matching pursuit."""
+
 
 class Pursuit(NamedTuple):
     """Result of a pursuit: per step the chosen atom (-1 when none) and its coefficient.

@@ -5,7 +5,7 @@ SAELens publishes, beside every dictionary, ``sparsity.safetensors`` holding
 ``SAE.from_pretrained_with_cfg_and_sparsity`` returns). For an ITDA the density of an atom is
 the fraction of tokens whose code on that atom is non-zero, measured with the finished
 dictionary on (a prefix of) the data it was built from (:func:`firing_rates`; ``itda build``
-and :func:`itda.sources.build_from_cache` do it on the first ``sparsity_tokens`` tokens of the
+and :func:`sae_flux.itda_build.build_from_cache` do it on the first ``sparsity_tokens`` tokens of the
 cache, in cache order).
 
 The file also holds ``sparsity_positive`` / ``sparsity_negative`` (the same for positive and
@@ -49,12 +49,23 @@ CHUNK_BYTES = 2**26
 
 
 class FiringRates(NamedTuple):
-    """Per-atom fraction of tokens with a positive / negative code, over ``tokens`` tokens."""
+    """Per-atom fraction of tokens with a positive / negative code, over ``tokens`` tokens.
+
+    Example:
+        >>> import torch
+        >>> rates = FiringRates(torch.tensor([0.5, 0.0]), torch.tensor([0.25, 0.0]), 4, "toy")
+        >>> rates.density_F.tolist()
+        [0.75, 0.0]
+    """
 
     positive_F: Float[Tensor, " F"]
+    """Fraction of the tokens on which each atom's code is > 0."""
     negative_F: Float[Tensor, " F"]
+    """Fraction of the tokens on which each atom's code is < 0."""
     tokens: int
+    """Tokens counted."""
     data: str
+    """What the tokens were (recorded in ``sparsity.safetensors``)."""
 
     @property
     def density_F(self) -> Float[Tensor, " F"]:
@@ -66,7 +77,16 @@ class FiringRates(NamedTuple):
 def firing_rates(
     itda: ITDA, batches: Iterable[Tensor], max_tokens: int | None = None, data: str = "build data"
 ) -> FiringRates:
-    """Count, per atom, the tokens of ``batches`` (raw activations) it encodes non-zero."""
+    """Count, per atom, the tokens of ``batches`` (raw activations) it encodes non-zero.
+
+    Example:
+        >>> import torch, itda
+        >>> acts = torch.randn(512, 8)
+        >>> d = itda.ITDA.build([acts], target_l0=2, loss_threshold=0.5, progress=False)
+        >>> rates = firing_rates(d, acts.split(128), max_tokens=256)
+        >>> rates.tokens, rates.density_F.shape == (d.cfg.d_sae,), float(rates.density_F.sum()) <= 2.0
+        (256, True, True)
+    """
     from itda import pursuit
 
     n_atoms = itda.cfg.d_sae

@@ -14,24 +14,20 @@ from __future__ import annotations
 
 import _sae_flux_requirements  # noqa: F401  (refuses an unsupported dependency version in one line)
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from _sae_flux_shared.lazy import lazy_exports
 from sae_flux.quiet import drop_torchvision_fallback_warning
 
 if TYPE_CHECKING:
     from sae_flux.flux import Activations, Flux
+
+_EXPORTS = {"Activations": "sae_flux.flux", "Flux": "sae_flux.flux"}
+"""Public name (each of ``__all__``) -> the module that defines it."""
 
 __all__ = ["Activations", "Flux"]
 __version__ = "0.1.0"
 
 drop_torchvision_fallback_warning()
 
-
-def __getattr__(name: str) -> Any:
-    """The public names, imported from :mod:`sae_flux.flux` on first use (PEP 562)."""
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module("sae_flux.flux"), name)
-    globals()[name] = value
-    return value
+lazy_exports(__name__, _EXPORTS)

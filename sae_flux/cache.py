@@ -41,6 +41,7 @@ import logging
 import shutil
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -205,12 +206,20 @@ def settings_of(cfg: CacheConfig, flux: Any, prompts: Sequence[str]) -> dict[str
     }
 
 
-def _prepare(out: Path, manifest: Manifest, resume: bool) -> Manifest:
-    """The manifest to continue from, or a clear error if ``out`` holds something else.
+def _prepare(out: Path, manifest: Manifest, resume: bool, hooks: Sequence[str]) -> Manifest:
+    """The manifest to continue from, or a clear error if ``out`` holds something else; the
+    hooks' directories made.
 
     A directory with nothing committed yet (missing, empty, or only a killed run's temporaries)
     starts afresh, with or without ``resume``. The manifest is first written with the first shard.
     """
+    manifest = _continue_from(out, manifest, resume)
+    for hook in hooks:
+        (out / hook).mkdir(exist_ok=True)
+    return manifest
+
+
+def _continue_from(out: Path, manifest: Manifest, resume: bool) -> Manifest:
     exists = (out / MANIFEST).is_file()
     if not exists:
         if not commit.holds_nothing_saved(out, own=["shard-*.safetensors"]):
@@ -265,17 +274,11 @@ def write_cache(cfg: CacheConfig, resume: bool = False, flux: Any = None) -> Man
     """
     with distributed.process_group() as ranks:
         distributed.use_rank_threads()
-        with distributed.together():
-            prompts, flux, manifest = _open(cfg, flux)
+        prompts, flux, manifest = distributed.on_every_rank(partial(_open, cfg, flux))
         distributed.check_same({**manifest.settings, "out": cfg.out, "resume": resume}, what="cache settings")
         out = Path(cfg.out)
         created, existed = not (out / MANIFEST).is_file(), out.exists()
-        with distributed.together():
-            if ranks.is_main:
-                manifest = _prepare(out, manifest, resume)
-                for hook in cfg.hooks:
-                    (out / hook).mkdir(exist_ok=True)
-        manifest = distributed.from_main(manifest)
+        manifest = distributed.on_main(partial(_prepare, out, manifest, resume, cfg.hooks))
         finished = False
         try:
             _write_shards(cfg, flux, prompts, out, manifest, ranks)
@@ -327,19 +330,18 @@ def _write_shards(cfg: CacheConfig, flux: Any, prompts: Sequence[str], out: Path
                        len(todo), ranks.world_size - 1)
     with tqdm(total=len(todo), desc="cache shards", unit="shard", disable=not ranks.is_main) as bar:
         for k in _my_shards(todo, ranks):
-            with distributed.together():
-                record = None if k is None else _write_one(cfg, flux, prompts, out, k)
+            record = distributed.on_every_rank(partial(_write_one, cfg, flux, prompts, out, k))
             records = [r for r in distributed.gather(record) if r is not None]
             manifest.shards.extend(records)
             manifest.shards.sort(key=lambda s: s.index)
-            with distributed.together():  # a manifest rank 0 cannot write (a full disk) stops every rank
-                if ranks.is_main:
-                    manifest.save(out)
+            distributed.on_main(partial(manifest.save, out))  # a manifest rank 0 cannot write stops every rank
             bar.update(len(records))
 
 
-def _write_one(cfg: CacheConfig, flux: Any, prompts: Sequence[str], out: Path, k: int) -> ShardRecord:
-    """Capture shard ``k`` and commit its file for every hook."""
+def _write_one(cfg: CacheConfig, flux: Any, prompts: Sequence[str], out: Path, k: int | None) -> ShardRecord | None:
+    """Capture shard ``k`` and commit its file for every hook (``None``: a rank idle this round)."""
+    if k is None:
+        return None
     start, stop = k * cfg.shard_prompts, min((k + 1) * cfg.shard_prompts, len(prompts))
     acts = flux.capture(
         prompts[start:stop],

@@ -174,11 +174,12 @@ def stage_cache(state: DemoState) -> None:
 
 def stage_itda(state: DemoState) -> None:
     import itda
+    from sae_flux.itda_build import build_from_cache
 
     config = itda.BuildConfig(target_l0=state.cfg.itda_l0, loss_threshold=state.cfg.itda_threshold,
                               encoder="gp", nonnegative=True, seed=state.cfg.seed, max_atoms=8192)
     assert state.cache is not None, "stage_cache runs before stage_itda"
-    dictionary = itda.build_from_cache(state.cache, config, batch_size=state.cfg.itda_batch)
+    dictionary = build_from_cache(state.cache, config, batch_size=state.cfg.itda_batch)
     path = state.out / "dictionaries" / "itda"
     dictionary.save_model(path)
     state.dictionaries = {**(state.dictionaries or {}), "itda": path}

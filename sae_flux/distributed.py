@@ -10,7 +10,7 @@ a job behaves exactly as it did before it knew about ranks.
 
 Collectives time out (``timeout_s``, default 10 minutes, or ``SAE_FLUX_TIMEOUT_S`` seconds)
 instead of hanging when a rank dies, and a bad setting found on one rank is found on every rank
-(:func:`check_same`, :func:`together`), so all ranks stop with the same one-line error.
+(:func:`check_same`, :func:`on_every_rank`), so all ranks stop with the same one-line error.
 
 Example:
     >>> with process_group() as ranks:   # no launcher: one process, no group
@@ -25,18 +25,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from _sae_flux_shared.commit import settings_differences
-from _sae_flux_shared.usererror import USER_ERRORS, UserError, describe
+from _sae_flux_shared.usererror import UserError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 600.0
 """Seconds a collective waits for the other ranks before it fails (a dead rank ends the job)."""
@@ -117,7 +119,7 @@ def process_group(backend: str | None = None, timeout_s: float | None = None) ->
     ranks()  # RANK and WORLD_SIZE consistent, before waiting for the other ranks
     timeout_s = timeout_from_env() if timeout_s is None else timeout_s
     chosen = backend or default_backend()
-    if chosen == "nccl":  # each rank on its own GPU (nccl's object collectives use the current device)
+    if chosen == "nccl":  # before the first collective: each rank on its own GPU, not all on cuda:0
         torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
     dist.init_process_group(chosen, timeout=timedelta(seconds=timeout_s))
     logger.info("rank %d of %d started (%s)", dist.get_rank(), dist.get_world_size(), chosen)
@@ -176,37 +178,6 @@ def all_ok(ok: bool, message: str) -> None:
         raise UserError(f"{message} (rank {', '.join(bad)})" if len(flags) > 1 else message)
 
 
-@contextmanager
-def together() -> Iterator[None]:
-    """Run the block on every rank; when it refuses its input on any rank (one of
-    :data:`~_sae_flux_shared.usererror.USER_ERRORS`: a missing file, a bad setting, a full disk),
-    every rank raises the same one-line :class:`UserError`: the first failing rank's message and
-    the ranks that failed, e.g. ``prompt file p.txt does not exist (rank 1)``.
-
-    For one process it changes nothing (the error keeps its type). Anything else (a bug, a kill)
-    is not caught: the other ranks then fail in their next collective (the peer is gone, or the
-    timeout passes) and the launcher stops the job.
-
-    Example:
-        >>> with together():   # one process: the block runs as it is
-        ...     1 + 1
-        2
-    """
-    if not active():
-        yield
-        return
-    error: BaseException | None = None
-    try:
-        yield
-    except USER_ERRORS as err:
-        error = err
-    messages = gather(None if error is None else describe(error))
-    failed = [rank for rank, message in enumerate(messages) if message is not None]
-    if failed:
-        line = f"{messages[failed[0]]} (rank {', '.join(map(str, failed))})"
-        raise UserError(line) from error
-
-
 def threads_per_rank() -> int:
     """CPU threads for one rank: the cores this process may use over the ranks on this machine
     (``LOCAL_WORLD_SIZE``), at least one."""
@@ -227,3 +198,40 @@ def shard_owner(index: int, world_size: int) -> int:
     """The rank that writes work unit ``index``: round robin, so every rank gets a disjoint,
     deterministic share that does not depend on how fast the ranks run."""
     return index % world_size
+
+
+def on_main(fn: Callable[[], T], errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> T:
+    """``fn()`` run on rank 0 only, its (picklable) result on every rank; when it raises one of
+    ``errors``, every rank raises that error (same type and message), so no rank waits for a rank
+    that stopped. A plain call for one process."""
+    if not active():
+        return fn()
+    outcome: tuple[bool, Any] = (True, None)
+    if dist.get_rank() == 0:
+        try:
+            outcome = (True, fn())
+        except errors as error:
+            outcome = (False, error)
+    ok, value = from_main(outcome)
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def on_every_rank(fn: Callable[[], T], errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> T:
+    """``fn()`` on every rank; when it raises one of ``errors`` on some rank, every rank raises the
+    error of the first rank that failed (a rank that cannot read its data stops the job at once,
+    instead of leaving the others waiting in the next collective). A plain call for one process."""
+    if not active():
+        return fn()
+    result: Any = None
+    failure: BaseException | None = None
+    try:
+        result = fn()
+    except errors as error:
+        failure = error
+    every = gather(failure)
+    failed = [rank for rank, error in enumerate(every) if error is not None]
+    if failed:
+        raise failure if failed[0] == dist.get_rank() and failure is not None else every[failed[0]]
+    return result  # type: ignore[no-any-return]

@@ -13,6 +13,12 @@ with resume, a NaN guard, and the project's metrics on raw activations (:mod:`sa
 At the end the normalisation is folded into the weights with sae_lens's own
 ``fold_activation_whitening``, so the saved directory is a plain SAELens SAE over raw activations.
 
+Under a launcher (``torchrun --nproc_per_node N -m sae_flux.cli train ...``, or ``train_sae``
+called in a script that torchrun started) the same call trains data-parallel
+(:mod:`sae_flux.data_parallel`): every rank holds the whole SAE and trains on its slice of each
+global batch with gradients averaged before the step, so N ranks equal one process; rank 0 alone
+writes the log, the checkpoints and the dictionary, into an ``out`` every rank sees.
+
 Output directory::
 
     cfg.json, sae_weights.safetensors   # SAE.load_from_disk(out) -> reconstructs raw activations
@@ -35,6 +41,7 @@ import dataclasses
 import json
 import logging
 import math
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +56,8 @@ from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
 import _sae_flux_shared.commit as commit
-from sae_flux import normalize
+from _sae_flux_shared.usererror import UserError
+from sae_flux import data_parallel, distributed, normalize
 from sae_flux.metrics import DictionaryMetrics, evaluate
 from sae_flux.sources import ActivationSource, FluxStream
 from sae_flux.train_config import (
@@ -322,31 +330,101 @@ def train_sae(
     uninterrupted run would. A non-finite loss stops the run with :class:`FloatingPointError`
     naming the step; the checkpoints already written are kept.
 
+    Started by a launcher as several processes (``torchrun``), or called inside
+    :func:`sae_flux.distributed.process_group`, it trains data-parallel and equals the
+    single-process run on the same global batch (:mod:`sae_flux.data_parallel`); every rank
+    returns the dictionary rank 0 saved.
+
     Example:
         >>> train_sae(TrainConfig(out="sae", data=DataConfig(cache="cache")))  # doctest: +SKIP
     """
-    data = _data_for(cfg, source)
-    sae = build_sae(cfg, data.source.d_model, data.hook, data.model_id)
-    batches = data.source.batches(cfg.optim.batch_size, seed=cfg.optim.seed,
-                                  buffer_tokens=cfg.data.buffer_tokens, epochs=None)  # refuses data < 1 batch
-    cfg = fit_to_data(cfg, data.source, data.description)
-    resume = _prepare_out(cfg, resume)
+    backend = "nccl" if cfg.device.startswith("cuda") else "gloo"  # the SAE's device, not what is installed
+    with distributed.process_group(backend) as ranks:
+        return _train(cfg, resume, source, ranks)
+
+
+def _train(cfg: TrainConfig, resume: bool, source: ActivationSource | None, ranks: distributed.Ranks) -> TrainResult:
+    distributed.check_same({**cfg.to_dict(), "resume": resume}, what="training settings")
+    data_parallel.check_data_parallel(cfg.optim.batch_size, ranks.world_size)
+    _use_local_device(cfg, ranks)
+
+    def open_everything() -> tuple[_Data, TrainingSAE[Any], Iterator[torch.Tensor], TrainConfig]:
+        data = _data_for(cfg, source)
+        sae = build_sae(cfg, data.source.d_model, data.hook, data.model_id)
+        batches = data.source.batches(cfg.optim.batch_size, seed=cfg.optim.seed,
+                                      buffer_tokens=cfg.data.buffer_tokens, epochs=None)  # refuses data < 1 batch
+        return data, sae, batches, fit_to_data(cfg, data.source, data.description)
+
+    data, sae, batches, cfg = distributed.on_every_rank(open_everything)
+    distributed.check_same({"data": data.description, "d_model": data.source.d_model,
+                            "num_tokens": getattr(data.source, "num_tokens", None)}, what="training data")
+    resume = distributed.on_main(lambda: _prepare_out(cfg, resume))
+    _check_shared_out(Path(cfg.out))
     sae.cfg.metadata.dataset_path = data.description
     min_dead = dead_window_tokens(sae.cfg.d_sae, getattr(sae.cfg, "k", None))
     trainer = SAETrainer(trainer_config(cfg, min_dead), sae, iter(()))
     if resume:
-        _resume(trainer, cfg)
+        distributed.on_every_rank(lambda: _resume(trainer, cfg))
     else:
-        _init_from_data(trainer, cfg, data.source)
+        distributed.on_main(lambda: _init_from_data(trainer, cfg, data.source))
+    data_parallel.broadcast_state(trainer)
     for _ in range(trainer.n_training_steps):  # replay the data order up to the checkpoint
         next(batches)
+    batches = data_parallel.rank_slices(batches, ranks)
     trainer.data_provider = batches
-    log = _Log(cfg, trainer.n_training_steps)
+    logs: list[_Log] = []  # rank 0's log; the other ranks write nothing
+    distributed.on_main(lambda: logs.append(_Log(cfg, trainer.n_training_steps)))
+    log = logs[0] if logs else None
     try:
         _fit(trainer, cfg, batches, log)
     finally:
-        log.close()
-    return _finish(trainer, cfg, data)
+        if log is not None:
+            log.close()
+    return _finish_on_main(trainer, cfg, data)
+
+
+def _finish_on_main(trainer: SAETrainer[Any, Any], cfg: TrainConfig, data: _Data) -> TrainResult:
+    """Rank 0 saves and evaluates the dictionary; the other ranks wait, then load what it saved."""
+    if not distributed.active():
+        return _finish(trainer, cfg, data)
+    finished: list[TrainResult] = []
+
+    def finish() -> tuple[DictionaryMetrics, int]:
+        finished.append(_finish(trainer, cfg, data))
+        return finished[0].metrics, finished[0].steps
+
+    metrics, steps = distributed.on_main(finish)
+    if finished:
+        return finished[0]
+    return TrainResult(Path(cfg.out), SAE.load_from_disk(cfg.out, device=cfg.device), metrics, steps)
+
+
+def _use_local_device(cfg: TrainConfig, ranks: distributed.Ranks) -> None:
+    """Under several ranks, ``--device cuda`` means this rank's GPU (``cuda:LOCAL_RANK``)."""
+    if ranks.world_size == 1 or not cfg.device.startswith("cuda"):
+        return
+    if cfg.device != "cuda":
+        raise UserError(f"--device {cfg.device} names one GPU for all {ranks.world_size} ranks: give "
+                        f"--device cuda (each rank then uses cuda:LOCAL_RANK)")
+    torch.cuda.set_device(ranks.local_rank)
+
+
+def _check_shared_out(out: Path) -> None:
+    """Refuse, on every rank, an ``out`` that is not one directory all ranks see (rank 0 writes
+    the checkpoints every rank resumes from, and the dictionary every rank returns)."""
+    if not distributed.active():
+        return
+    token = distributed.from_main(secrets.token_hex(8))
+    probe = out / f"{commit.TMP_DIR_PREFIX}ranks-{token}"
+    if distributed.ranks().is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token)
+    distributed.barrier()
+    seen = probe.is_file() and probe.read_text() == token
+    distributed.all_ok(seen, f"the output directory {out} is not the same directory on every rank: "
+                             f"put --out on a filesystem that every rank sees")
+    if distributed.ranks().is_main:
+        probe.unlink()
 
 
 def _data_for(cfg: TrainConfig, source: ActivationSource | None) -> _Data:
@@ -369,13 +447,19 @@ def _init_from_data(trainer: SAETrainer[Any, Any], cfg: TrainConfig, source: Act
         trainer.sae.b_dec.data.copy_(mean_D.to(trainer.sae.b_dec.dtype))
 
 
-def _fit(trainer: SAETrainer[Any, Any], cfg: TrainConfig, batches: Iterator[torch.Tensor], log: _Log) -> None:
+def _fit(trainer: SAETrainer[Any, Any], cfg: TrainConfig, batches: Iterator[torch.Tensor], log: _Log | None) -> None:
+    """Step to ``cfg.optim.steps``; ``log`` is ``None`` on ranks other than 0 (which write nothing)."""
+    with data_parallel.averaged_gradients(trainer.sae), data_parallel.global_batch_topk(trainer.sae):
+        _steps(trainer, cfg, batches, log)
+
+
+def _steps(trainer: SAETrainer[Any, Any], cfg: TrainConfig, batches: Iterator[torch.Tensor], log: _Log | None) -> None:
     total = cfg.optim.steps
     last_checkpoint: Path | None = None
-    bar = tqdm(total=total, initial=trainer.n_training_steps, desc="train SAE", unit="step")
+    bar = tqdm(total=total, initial=trainer.n_training_steps, desc="train SAE", unit="step", disable=log is None)
     while trainer.n_training_steps < total:
         trainer.maybe_reset_sparsity()
-        output = trainer.step(next(batches))
+        output = data_parallel.step(trainer, next(batches), cfg.optim.batch_size)
         if not torch.isfinite(output.loss):
             bar.close()
             found = checkpoints(Path(cfg.out))
@@ -387,11 +471,13 @@ def _fit(trainer: SAETrainer[Any, Any], cfg: TrainConfig, batches: Iterator[torc
             )
         trainer.n_training_steps += 1
         if trainer.n_training_steps % cfg.log_every == 0 or trainer.n_training_steps == total:
-            record = step_record(trainer, output)
-            log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.4g}", fvu=f"{record['fvu']:.3f}")
+            whole = data_parallel.whole_batch(output)
+            if log is not None:
+                record = step_record(trainer, whole)
+                log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4g}", fvu=f"{record['fvu']:.3f}")
         if cfg.checkpoint_every and trainer.n_training_steps % cfg.checkpoint_every == 0:
-            last_checkpoint = save_checkpoint(trainer, cfg)
+            last_checkpoint = distributed.on_main(lambda: save_checkpoint(trainer, cfg))
         bar.update(1)
     bar.close()
 

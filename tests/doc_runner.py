@@ -185,7 +185,6 @@ def _command(name: str, argv: list[str], scripts: dict[str, str]) -> int:
     if argv[:1] == ["-m"] and len(argv) > 1:
         sys.argv = [argv[1], *argv[2:]]
         sys.path.insert(0, os.getcwd())
-        # a module that ends without sys.exit (torch.distributed.run) exits 0; run_module returns its globals
         return _call(lambda: runpy.run_module(argv[1], run_name="__main__", alter_sys=True) and None)
     if argv and not argv[0].startswith("-"):
         sys.argv = list(argv)
@@ -196,7 +195,9 @@ def _command(name: str, argv: list[str], scripts: dict[str, str]) -> int:
 
 
 def _call(function: Any) -> int:
-    """Run ``function`` as a process's main code; its exit status as the interpreter gives it."""
+    """Run ``function`` as a process's main code; its exit status as the interpreter gives it
+    (``runpy``'s returned globals are dropped by the callers: a module that ends without
+    ``sys.exit``, such as ``torch.distributed.run``, exits 0)."""
     try:
         result = function()
     except SystemExit as stop:

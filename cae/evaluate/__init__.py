@@ -8,33 +8,47 @@ inputs, model-size comparison, and the ``cae eval`` report (``docs/cae-eval.md``
 so ``cae eval --help`` starts at once.
 
 Example:
-    >>> from cae.evaluate import EvalConfig, evaluate
+    >>> from cae.evaluate import EvalConfig, SweepConfig, evaluate
     >>> from cae.organism.corpus import write_mwe_jsonl
     >>> write_mwe_jsonl("/tmp/kind.jsonl", "kind", n=32)
     >>> res = evaluate(EvalConfig("organism:tiny", "/tmp/kind.jsonl", "/tmp/eval",
-    ...                           multipliers=[-4.0, 0.0, 4.0], draws=2))
+    ...                           sweep=SweepConfig(multipliers=[-4.0, 0.0, 4.0], draws=2)))
     >>> res["summary"]["n_test"]
     8
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from _sae_flux_shared.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from cae.evaluate.behaviour import BehaviourConfig, behaviour, layer_sweep
+    from cae.evaluate.config import (
+        AdversarialStage,
+        EvalConfig,
+        EvalDatasets,
+        JudgeConfig,
+        Placement,
+        PromptBaseline,
+        SweepConfig,
+    )
     from cae.evaluate.efficiency import EfficiencyConfig, efficiency_curve, model_efficiency
     from cae.evaluate.perplexity import PerplexityConfig, perplexity_cost
-    from cae.evaluate.report import EvalConfig, evaluate
+    from cae.evaluate.report import evaluate
 
 _EXPORTS = {
+    "AdversarialStage": "cae.evaluate.config",
     "BehaviourConfig": "cae.evaluate.behaviour",
     "EfficiencyConfig": "cae.evaluate.efficiency",
-    "EvalConfig": "cae.evaluate.report",
+    "EvalConfig": "cae.evaluate.config",
+    "EvalDatasets": "cae.evaluate.config",
+    "JudgeConfig": "cae.evaluate.config",
     "PerplexityConfig": "cae.evaluate.perplexity",
+    "Placement": "cae.evaluate.config",
+    "PromptBaseline": "cae.evaluate.config",
+    "SweepConfig": "cae.evaluate.config",
     "behaviour": "cae.evaluate.behaviour",
     "efficiency_curve": "cae.evaluate.efficiency",
     "evaluate": "cae.evaluate.report",
@@ -45,10 +59,16 @@ _EXPORTS = {
 """Public name (each of ``__all__``) -> the module that defines it."""
 
 __all__ = [
+    "AdversarialStage",
     "BehaviourConfig",
     "EfficiencyConfig",
     "EvalConfig",
+    "EvalDatasets",
+    "JudgeConfig",
     "PerplexityConfig",
+    "Placement",
+    "PromptBaseline",
+    "SweepConfig",
     "behaviour",
     "efficiency_curve",
     "evaluate",
@@ -57,23 +77,4 @@ __all__ = [
     "perplexity_cost",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """A public name, imported from its module on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-class _Package(types.ModuleType):
-    """Keeps ``cae.evaluate.behaviour`` the function: importing the submodule would rebind it."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
-            return  # the submodule stays in sys.modules["cae.evaluate.behaviour"], as before
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+lazy_exports(__name__, _EXPORTS)

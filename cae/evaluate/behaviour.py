@@ -159,7 +159,12 @@ def least_squares_slopes(
 
 @dataclass
 class BehaviourConfig:
-    """How the behaviour metrics are measured."""
+    """How the behaviour metrics are measured.
+
+    Example:
+        >>> BehaviourConfig([-2, 0, 2]).multipliers, BehaviourConfig([-1, 1]).positions
+        ([-2.0, 0.0, 2.0], 'from_prompt_end')
+    """
 
     multipliers: list[float]
     """Multipliers of the propensity curve (at least two distinct values)."""
@@ -271,6 +276,17 @@ def layer_sweep(
     A layer whose steerability is negative is anti-steerable: there the vector works in
     reverse. It is reported (``anti_steerable_layers``) and, when it is the chosen layer,
     warned about (``warnings`` and the log); it is not flipped.
+
+    Example:
+        >>> from cae import SteeringVector
+        >>> from cae.model import load_language_model
+        >>> from cae.organism.corpus import items
+        >>> lm = load_language_model("organism:tiny")
+        >>> pairs = [i.pair() for i in items("kind", "ab", 24, "train")]
+        >>> sv = SteeringVector.train(lm, pairs[:16], [0, 1, 2])
+        >>> sweep = layer_sweep(lm, pairs[16:], sv, BehaviourConfig([-4.0, 0.0, 4.0]))
+        >>> sweep.layers, sweep.best_layer == sweep.ranking[0], len(sweep.results)
+        ([0, 1, 2], True, 3)
     """
     layers = list(sv.vectors)
     base = (propensities(model, model.tokenizer, answer_items(model.tokenizer, pairs),

@@ -57,7 +57,13 @@ def doubling_sizes(n_max: int) -> list[int]:
 
 @dataclass
 class EfficiencyConfig:
-    """How the sample-efficiency curve is measured."""
+    """How the sample-efficiency curve is measured.
+
+    Example:
+        >>> cfg = EfficiencyConfig(draws=2, seed=1)
+        >>> cfg.sizes, cfg.aggregator, cfg.flat_fraction
+        (None, 'mean', 0.95)
+    """
 
     sizes: list[int] | None = None
     """Subset sizes n; None: 1, 2, 4, ... N (``doubling_sizes``)."""

@@ -42,7 +42,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PerplexityConfig:
-    """How the perplexity cost is measured."""
+    """How the perplexity cost is measured.
+
+    Example:
+        >>> cfg = PerplexityConfig([-4, 4], context=32, max_windows=8)
+        >>> cfg.multipliers, cfg.positions
+        ([-4.0, 4.0], 'all')
+    """
 
     multipliers: list[float]
     """Multipliers to score (0 is always scored as the unsteered baseline)."""

@@ -76,8 +76,9 @@ def evaluate(cfg: EvalConfig, lm: Any = None) -> dict[str, Any]:
     Example:
         >>> from cae.organism.corpus import write_mwe_jsonl
         >>> write_mwe_jsonl("/tmp/kind.jsonl", "kind", n=32)
+        >>> from cae.evaluate.config import SweepConfig
         >>> res = evaluate(EvalConfig("organism:tiny", "/tmp/kind.jsonl", "/tmp/eval",
-        ...                           multipliers=[-4.0, 0.0, 4.0], draws=2))
+        ...                           sweep=SweepConfig(multipliers=[-4.0, 0.0, 4.0], draws=2)))
         >>> res["summary"]["n_train"], res["summary"]["n_val"], res["summary"]["n_test"]
         (16, 8, 8)
     """
@@ -91,14 +92,14 @@ def evaluate(cfg: EvalConfig, lm: Any = None) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out, cfg)
-    train, val, test = split(load_pairs(cfg.data), cfg.test_fraction, seed, cfg.val_fraction)
+    train, val, test = split(load_pairs(cfg.data), cfg.sweep.test_fraction, seed, cfg.sweep.val_fraction)
     lm = lm if lm is not None else load_model(cfg)
     layers = model_layers(lm, cfg)
     text, ppl_cfg = None, None
-    if cfg.corpus is not None:  # checked before the expensive stages
-        text = Path(cfg.corpus).read_text(encoding="utf-8")
-        ppl_cfg = PerplexityConfig([m for m in cfg.multipliers if m != 0], cfg.context,
-                                   cfg.max_windows, positions=cfg.positions)
+    if cfg.datasets.corpus is not None:  # checked before the expensive stages
+        text = Path(cfg.datasets.corpus).read_text(encoding="utf-8")
+        ppl_cfg = PerplexityConfig([m for m in cfg.sweep.multipliers if m != 0], cfg.sweep.context,
+                                   cfg.sweep.max_windows, positions=cfg.sweep.positions)
         windows(lm.tokenizer, text, ppl_cfg)
     baselines = prompting(cfg, train)
     sv = train_stage(lm, cfg, train, layers, results)
@@ -106,15 +107,15 @@ def evaluate(cfg: EvalConfig, lm: Any = None) -> dict[str, Any]:
     best_sv = behaviour_stage(lm, cfg, sv, val, test, results, summary)
     if baselines:
         prompt_stage(lm, baselines, test, results, summary)
-    if cfg.side_data or cfg.capability:
+    if cfg.datasets.side_data or cfg.datasets.capability:
         side_stage(lm, cfg, best_sv, results, summary)
     efficiency_stage(lm, cfg, best_sv, train, test, results, summary)
     if text is not None and ppl_cfg is not None:
         perplexity_stage(lm, best_sv, text, ppl_cfg, results, summary)
-    if cfg.adversarial > 0:
+    if cfg.adversarial.items > 0:
         adversarial_stage(lm, cfg, best_sv, test, results, summary)
-    if cfg.other_data or cfg.ood is not None or cfg.open:
-        top = max(abs(m) for m in cfg.multipliers)
+    if cfg.datasets.other_data or cfg.datasets.ood is not None or cfg.datasets.open:
+        top = max(abs(m) for m in cfg.sweep.multipliers)
         rows = shift_stage(lm, cfg, best_sv, test, top, results, baselines)
         _plots().plot_shift(rows, out / "shift.png")
         steering = [r for r in rows if r.method == "steering"]
@@ -173,7 +174,7 @@ def behaviour_stage(lm: Any, cfg: EvalConfig, sv: Any, val: list[Any], test: lis
     from cae.evaluate.shift import mean_ci
 
     out = Path(cfg.out)
-    bcfg = BehaviourConfig(cfg.multipliers, cfg.positions)
+    bcfg = BehaviourConfig(cfg.sweep.multipliers, cfg.sweep.positions)
     sweep = layer_sweep(lm, val, sv, bcfg)
     results.add("layer_sweep", sweep)
     if sweep.warnings:
@@ -237,9 +238,9 @@ def side_stage(lm: Any, cfg: EvalConfig, best_sv: Any, results: Results,
     from cae.evaluate.behaviour import BehaviourConfig
     from cae.pairs import load_pairs
 
-    rows = side_effects(lm, best_sv, BehaviourConfig(cfg.multipliers, cfg.positions),
-                        {Path(p).name: load_pairs(p) for p in cfg.side_data},
-                        {Path(p).name: load_pairs(p) for p in cfg.capability})
+    rows = side_effects(lm, best_sv, BehaviourConfig(cfg.sweep.multipliers, cfg.sweep.positions),
+                        {Path(p).name: load_pairs(p) for p in cfg.datasets.side_data},
+                        {Path(p).name: load_pairs(p) for p in cfg.datasets.capability})
     results.add("side_effects", [asdict(r) for r in rows])
     summary["side_effects"] = {
         r.name: {"metric": r.metric, "steerability": r.steerability,
@@ -257,10 +258,10 @@ def efficiency_stage(lm: Any, cfg: EvalConfig, best_sv: Any, train: list[Any],
     from cae.evaluate.efficiency import EfficiencyConfig, model_efficiency
 
     layer = next(iter(best_sv.vectors))
-    top = max(abs(m) for m in cfg.multipliers)
+    top = max(abs(m) for m in cfg.sweep.multipliers)
     eff = model_efficiency(lm, train, test, layer,
-                           EfficiencyConfig(draws=cfg.draws, seed=cfg.seed_list()[0]), top,
-                           cfg.positions, cfg.read, length=float(best_sv.vectors[layer].norm()))
+                           EfficiencyConfig(draws=cfg.sweep.draws, seed=cfg.seed_list()[0]), top,
+                           cfg.sweep.positions, cfg.read, length=float(best_sv.vectors[layer].norm()))
     results.add("sample_efficiency", eff)
     _plots().plot_efficiency(eff, Path(cfg.out) / "efficiency.png")
     sizes = list(map(str, eff.sizes))
@@ -289,11 +290,11 @@ def perplexity_stage(lm: Any, best_sv: Any, text: str, ppl_cfg: Any, results: Re
 
 def adversarial_stage(lm: Any, cfg: EvalConfig, best_sv: Any, test: list[Any],
                       results: Results, summary: dict[str, Any]) -> None:
-    """The search on the first ``cfg.adversarial`` test items at the largest multiplier."""
+    """The search on the first ``cfg.adversarial.items`` test items at the largest multiplier."""
     from cae.evaluate.adversarial import adversarial_search
 
     adv_cfg = cfg.adversarial_config()
-    adv = adversarial_search(lm, test[:cfg.adversarial], best_sv, adv_cfg)
+    adv = adversarial_search(lm, test[:cfg.adversarial.items], best_sv, adv_cfg)
     results.add("adversarial", adv)
     n = len(adv.reversed)
     sign = 1.0 if adv_cfg.multiplier > 0 else -1.0
@@ -345,36 +346,36 @@ def shift_stage(
 
     def choice_rows(name: str, pairs: list[Any]) -> None:
         base = propensities(lm, lm.tokenizer, answer_items(lm.tokenizer, pairs))
-        rows.append(choice_effect(lm, name, pairs, sv, multiplier, cfg.positions, base))
+        rows.append(choice_effect(lm, name, pairs, sv, multiplier, cfg.sweep.positions, base))
         rows.extend(prompted_choice(lm, name, pairs, b, unsteered=base) for b in baselines)
         results.add("distribution_shift", [asdict(r) for r in rows])
 
     def open_rows(name: str, prompts: list[str], judge: Any) -> None:
         base = score_all(judge, prompts, continuations(lm, prompts, None, 0.0))
         rows.append(judged_effect(lm, name, prompts, sv, multiplier, judge,
-                                  positions=cfg.positions, unsteered=base))
+                                  positions=cfg.sweep.positions, unsteered=base))
         rows.extend(prompted_open(lm, name, prompts, b, judge, unsteered=base)
                     for b in baselines)
         results.add("distribution_shift", [asdict(r) for r in rows])
 
     choice_rows("in-distribution (held out)", test)
-    for path in cfg.other_data:
+    for path in cfg.datasets.other_data:
         choice_rows(Path(path).name, load_pairs(path))
-    judge_fn = load_judge_function(cfg.judge_fn) if cfg.judge_fn is not None else None
-    for path in cfg.open:
+    judge_fn = load_judge_function(cfg.judge.fn) if cfg.judge.fn is not None else None
+    for path in cfg.datasets.open:
         prompts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()
                    if line.strip()]
-        judge: Any = judge_fn or EndpointJudge(cfg.judge_url or "", cfg.judge_model,
-                                               Path(path).stem, **cfg.judge_options())
+        judge: Any = judge_fn or EndpointJudge(cfg.judge.url or "", cfg.judge.model,
+                                               Path(path).stem, **cfg.judge.options())
         open_rows(f"open/{Path(path).name}", prompts, judge)
-    if cfg.ood is not None and cfg.judge_url is not None:
-        sets = [s for s in load_ood_dir(cfg.ood)
-                if cfg.ood_behaviour is None or s.behaviour == cfg.ood_behaviour]
+    if cfg.datasets.ood is not None and cfg.judge.url is not None:
+        sets = [s for s in load_ood_dir(cfg.datasets.ood)
+                if cfg.datasets.ood_behaviour is None or s.behaviour == cfg.datasets.ood_behaviour]
         if not sets:
-            raise ValueError(f"{cfg.ood}: no OOD files for behaviour {cfg.ood_behaviour!r}")
+            raise ValueError(f"{cfg.datasets.ood}: no OOD files for behaviour {cfg.datasets.ood_behaviour!r}")
         for ood_set in sets:
-            judge = EndpointJudge(cfg.judge_url, cfg.judge_model, ood_set.behaviour,
-                                  ood_set.prompts[0].criteria or "", **cfg.judge_options())
+            judge = EndpointJudge(cfg.judge.url, cfg.judge.model, ood_set.behaviour,
+                                  ood_set.prompts[0].criteria or "", **cfg.judge.options())
             open_rows(f"{ood_set.kind}/{ood_set.behaviour}-{ood_set.length}",
                       [p.prompt for p in ood_set.prompts], judge)
     return rows

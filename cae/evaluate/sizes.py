@@ -104,7 +104,8 @@ def compare_sizes(
     over seeds); one row per model and seed, and per model the intervals over seeds.
 
     Example:
-        >>> rows = compare_sizes(EvalConfig("", "kind.jsonl", "out", "neutral.txt"),
+        >>> from cae.evaluate.config import EvalDatasets
+        >>> rows = compare_sizes(EvalConfig("", "kind.jsonl", "out", datasets=EvalDatasets("neutral.txt")),
         ...                      ["organism:tiny", "organism:small"])  # doctest: +SKIP
     """
     if len(models) < 2:

@@ -30,11 +30,28 @@ RETRAIN = "python -m sae_flux.organism.train"
 
 
 class OrganismWeightsError(FileNotFoundError):
-    """An organism weight file is missing or does not match its recorded digest."""
+    """An organism weight file is missing or does not match its recorded digest.
+
+    Example:
+        >>> import tempfile
+        >>> try:
+        ...     check_weights(tempfile.mkdtemp())
+        ... except OrganismWeightsError as err:
+        ...     print("organism weights missing" in str(err))
+        True
+    """
 
 
 class VocabularyError(ValueError):
-    """A prompt holds words the organism's tokenizers do not know."""
+    """A prompt holds words the organism's tokenizers do not know.
+
+    Example:
+        >>> try:
+        ...     check_vocabulary("a purple hexagon", strict=True)
+        ... except VocabularyError as err:
+        ...     print("hexagon" in str(err))
+        True
+    """
 
 
 def _digest(path: Path) -> str:
@@ -63,6 +80,11 @@ def check_weights(directory: Path) -> Path:
 
     Raises:
         OrganismWeightsError: naming the missing or corrupt file and how to retrain.
+
+    Example:
+        >>> from sae_flux.organism.weights import WEIGHTS_DIR
+        >>> check_weights(WEIGHTS_DIR) == WEIGHTS_DIR
+        True
     """
     directory = Path(directory)
     manifest = directory / MANIFEST
@@ -101,7 +123,13 @@ def weights_dir(directory: Path | None = None) -> Path:
 
 
 def vocabulary() -> tuple[str, ...]:
-    """Words the organism knows (the scene world's caption vocabulary)."""
+    """Words the organism knows (the scene world's caption vocabulary).
+
+    Example:
+        >>> words = vocabulary()
+        >>> {"red", "circle", "left", "black"} <= set(words)
+        True
+    """
     return World().vocabulary()
 
 

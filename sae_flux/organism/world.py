@@ -99,7 +99,13 @@ Split = Literal["train", "heldout"]
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One drawn object: its factors and a small pixel offset of its centre."""
+    """One drawn object: its factors and a small pixel offset of its centre.
+
+    Example:
+        >>> obj = SceneObject("circle", "red", "left", "small")
+        >>> obj.shape, obj.offset
+        ('circle', (0, 0))
+    """
 
     shape: str
     colour: str
@@ -111,7 +117,13 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """A scene: a background and one or two objects (the first is the main one)."""
+    """A scene: a background and one or two objects (the first is the main one).
+
+    Example:
+        >>> scene = Scene((SceneObject("square", "blue", "right", "large"),), background="white")
+        >>> scene.main.colour, World(resolution=32).render(scene).shape
+        ('blue', (32, 32, 3))
+    """
 
     objects: tuple[SceneObject, ...]
     background: str = "black"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import pytest
 
@@ -53,14 +54,16 @@ def test_bad_inputs_exit_with_a_clear_message(kind_jsonl, tmp_path, capsys):
 def test_cli_choices_are_the_registries_names(capsys):
     from cae.aggregators import AGGREGATORS
     from cae.apply import POSITIONS
-    from cae.names import AGGREGATOR_NAMES
+    from cae.names import AGGREGATOR_NAMES, ReadRuleName
     from cae.names import POSITIONS as POSITION_NAMES
+    from cae.read import READ_RULES
 
     assert tuple(AGGREGATORS) == AGGREGATOR_NAMES == ("mean", "pca", "logistic")
     assert POSITIONS == POSITION_NAMES == ("all", "from_prompt_end", "generated")
+    assert tuple(READ_RULES) == typing.get_args(ReadRuleName) == ("answer", "last", "mean")
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "--aggregator {logistic,mean,pca}" in capsys.readouterr().out
+    assert "--aggregator {mean,pca,logistic}" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     help_text = capsys.readouterr().out

@@ -122,7 +122,7 @@ def test_early_stopping_pursuit_builds_the_same_dictionary_as_full_pursuit(
     # the build stops pursuing a token once its loss reaches the threshold; the reference
     # pursues every token for all target_l0 steps and must add exactly the same atoms
     if not with_gram:  # no Gram matrix fits: the pursuit recomputes correlations every step
-        monkeypatch.setattr(sys.modules["itda.build"], "GRAM_MAX_BYTES", 0)
+        monkeypatch.setattr(sys.modules["itda.construction"], "GRAM_MAX_BYTES", 0)
     kw = dict(target_l0=8, loss_threshold=0.15, max_atoms=700, progress=False)
     fast = itda.ITDA.build(acts[:2048].split(256), **kw)
     full_mp = pursuit.matching_pursuit
@@ -242,7 +242,8 @@ def test_growing_state_keeps_atoms_in_order_and_the_gram_matrix_exact():
 def test_build_steps_keep_the_gram_matrix_exact_when_reusing_pursuit_correlations(acts):
     # the exact-MP step hands the pursuit's x @ atoms.T rows of the added tokens to the Gram
     # matrix instead of recomputing them; the Gram matrix must still equal atoms @ atoms.T
-    from itda.build import BuildConfig, _seed, _step
+    from itda.build import BuildConfig
+    from itda.construction import _seed, _step
 
     config = BuildConfig(target_l0=4, loss_threshold=0.1, max_atoms=500)
     batches = [ActivationBatch(b) for b in acts[:2048].split(256)]

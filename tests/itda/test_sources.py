@@ -12,6 +12,7 @@ import itda
 from _sae_flux_shared.commit import InjectedCrash, crash_after, operations
 from itda.cli import main as itda_main
 from itda.sources import lm_batches
+from sae_flux.itda_build import build_from_cache
 
 WORDS = "the a red blue green circle square on left right of is and above below".split()
 TEXTS = [
@@ -178,7 +179,7 @@ def test_build_from_cache_keeps_step_and_position_provenance(flux_cache):
     acts, prov = zip(*reader.iter_shards(), strict=True)
     acts_ND = torch.cat(acts).float()
     cols = {k: torch.cat([p[k] for p in prov]) for k in prov[0]}
-    d = itda.build_from_cache(
+    d = build_from_cache(
         flux_cache,
         itda.BuildConfig(target_l0=4, loss_threshold=0.3, max_atoms=500),
         batch_size=64,
@@ -233,8 +234,8 @@ def test_cli_build_from_cache_then_resume_continues(flux_cache, tmp_path):
 
 def test_resuming_a_build_that_read_the_whole_cache_returns_it_unchanged(flux_cache):
     config = itda.BuildConfig(target_l0=4, loss_threshold=0.3)
-    whole = itda.build_from_cache(flux_cache, config, batch_size=64, progress=False)
-    again = itda.build_from_cache(flux_cache, config, batch_size=64, resume=whole, progress=False)
+    whole = build_from_cache(flux_cache, config, batch_size=64, progress=False)
+    again = build_from_cache(flux_cache, config, batch_size=64, resume=whole, progress=False)
     assert again is whole
 
 
@@ -278,7 +279,7 @@ def test_cli_resume_names_each_setting_that_differs_in_one_line(flux_cache, tmp_
 
 
 def test_two_hooks_of_one_cache_share_the_jaccard_address_space(flux_cache):
-    d = itda.build_from_cache(
+    d = build_from_cache(
         flux_cache, itda.BuildConfig(target_l0=4, loss_threshold=0.3), batch_size=64, progress=False
     )
     assert itda.jaccard(d, d) == 1.0

@@ -24,6 +24,7 @@ import itda
 from sae_flux.cache import CacheConfig, CacheReader, write_cache
 from sae_flux.cli import main as cli_main
 from sae_flux.dictionary import HubReference, load_dictionary, parse_reference
+from sae_flux.itda_build import build_from_cache
 from sae_flux.model_card import register_release
 from sae_flux.publish import PublishConfig, publish, scrub_paths
 from sae_flux.train import DataConfig, DictionaryConfig, OptimConfig, TrainConfig, train_sae
@@ -55,7 +56,7 @@ def dictionaries(cache, tmp_path_factory) -> list[Path]:
                           sae=DictionaryConfig(expansion_factor=2, k=4, normalize_tokens=512),
                           optim=OptimConfig(total_tokens=20 * 128, batch_size=128), eval_tokens=1024))
     itda_dir = root / ITDA_ID
-    d = itda.build_from_cache(cache, itda.BuildConfig(target_l0=4, loss_threshold=0.5), batch_size=500,
+    d = build_from_cache(cache, itda.BuildConfig(target_l0=4, loss_threshold=0.5), batch_size=500,
                               progress=False)
     d.save_model(itda_dir)
     assert cli_main(["eval", str(itda_dir), "--cache", str(cache), "--tokens", "1000", "--save"]) == 0
@@ -320,7 +321,7 @@ def test_the_export_command_writes_an_exact_matching_pursuit_and_measures_it(dic
 
 
 def test_an_approximate_export_is_refused_then_labelled(cache, tmp_path, capsys):
-    d = itda.build_from_cache(cache, itda.BuildConfig(target_l0=4, loss_threshold=0.5, normalization="mean_std"),
+    d = build_from_cache(cache, itda.BuildConfig(target_l0=4, loss_threshold=0.5, normalization="mean_std"),
                               batch_size=500, progress=False, sparsity_tokens=0)
     d.save_model(tmp_path / "itda")
     assert cli_main(["export", str(tmp_path / "itda"), "--out", str(tmp_path / "mp")]) == 2

@@ -49,7 +49,7 @@ def small_cache(tiny_flux, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def small_dictionary(small_cache, tmp_path_factory) -> Path:
     from itda import BuildConfig
-    from itda.sources import build_from_cache
+    from sae_flux.itda_build import build_from_cache
 
     out = tmp_path_factory.mktemp("small-dict") / "itda"
     build_from_cache(small_cache, BuildConfig(target_l0=4, loss_threshold=0.5), batch_size=500,

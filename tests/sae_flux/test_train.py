@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability.crashing_source import Crash, CrashingSource
 from sae_lens import SAE, TrainingSAE
 from sae_lens.training.activation_scaler import ActivationScaler
 
@@ -141,24 +142,6 @@ def test_the_dead_latent_window_scales_with_the_run_and_a_longer_one_is_refused(
         train_sae(capped)  # checked again once the run is cut to max_epochs
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashingSource(TensorSource):
-    """Raises after ``after`` batches of any stream longer than the normalisation read."""
-
-    def __init__(self, acts_ND: torch.Tensor, after: int) -> None:
-        super().__init__(acts_ND)
-        self.after = after
-
-    def batches(self, batch_size, seed=0, buffer_tokens=0, epochs=1) -> Iterator[torch.Tensor]:
-        for i, batch in enumerate(super().batches(batch_size, seed, buffer_tokens, epochs)):
-            if i == self.after:
-                raise _Crash(f"killed after {i} batches")
-            yield batch
-
-
 #: Resume replays the data order and restores Adam, scheduler and dead-latent state exactly;
 #: on CPU the resumed weights equal the uninterrupted ones to this tolerance.
 RESUME_ATOL = 1e-6
@@ -171,8 +154,8 @@ def test_resume_continues_to_the_uninterrupted_result(acts, tmp_path):
                            checkpoint_every=50, eval_tokens=512)
 
     reference = train_sae(cfg(tmp_path / "ref"), source=TensorSource(acts))
-    with pytest.raises(_Crash):
-        train_sae(cfg(tmp_path / "run"), source=_CrashingSource(acts, after=120))
+    with pytest.raises(Crash):
+        train_sae(cfg(tmp_path / "run"), source=CrashingSource(acts, after=120))
     assert [p.name for p in checkpoints(tmp_path / "run")] == ["step-00000050", "step-00000100"]
     resumed = train_sae(cfg(tmp_path / "run"), resume=True, source=TensorSource(acts))
     for name, value in reference.sae.state_dict().items():

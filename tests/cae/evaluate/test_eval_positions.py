@@ -215,7 +215,7 @@ def test_a_whole_eval_run_adds_the_vector_only_where_its_rule_says(tmp_path, mon
     decoding = [f for f in forwards if f.steering[1] and f.past > 0 and f.n_tokens == 1]
     assert decoding, "the open-ended and perplexity stages steer decoding steps"
     results = json.loads((tmp_path / "e" / "results.json").read_text())
-    assert results["config"]["positions"] == rule
+    assert results["config"]["sweep"]["positions"] == rule
     assert results["perplexity"]["positions"] == rule
 
 
