@@ -343,9 +343,9 @@ def cache_ranks(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     load_before = [round(x, 2) for x in os.getloadavg()]
     (work / "prompts.txt").write_text("\n".join(prompts(args.cache_prompts, seed=0)) + "\n")
-    arms = {"one_default_threads": _cache_arm(work, 1, None, args, "one-default"),
-            "one_one_thread": _cache_arm(work, 1, 1, args, "one-thread"),
-            "two_ranks": _cache_arm(work, 2, None, args, "two")}
+    arms = {"one_one_thread": _cache_arm(work, 1, 1, args, "one-thread"),  # the two compared arms back to back
+            "two_ranks": _cache_arm(work, 2, None, args, "two"),
+            "one_default_threads": _cache_arm(work, 1, None, args, "one-default")}
     files = {name: {p.relative_to(work / name): p.read_bytes() for p in sorted((work / name).rglob("*")) if p.is_file()}
              for name in ("one-default", "one-thread", "two")}
     best_one = max(arms["one_default_threads"]["tokens_per_s"], arms["one_one_thread"]["tokens_per_s"])
