@@ -356,6 +356,7 @@ def cache_ranks(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "two_over_one_throughput": round(two["tokens_per_s"] / best_one, 3),
         "two_over_one_default_threads": round(two["tokens_per_s"] / arms["one_default_threads"]["tokens_per_s"], 3),
+        "two_over_one_one_thread": round(two["tokens_per_s"] / arms["one_one_thread"]["tokens_per_s"], 3),
         "two_over_one_command_wall": round(min(arms["one_default_threads"]["command_wall_s"],
                                                arms["one_one_thread"]["command_wall_s"]) / two["command_wall_s"], 3),
         "cpu_share_per_rank": [round(r["cpu_s"] / r["cache_s"], 3) for r in two["per_rank"]],
