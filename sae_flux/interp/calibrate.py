@@ -136,11 +136,56 @@ def random_source(hook: str, d_in: int, count: int, seed: int = 0) -> FeatureSou
     """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
+    signed_DF = _signed_directions(d_in, count, seed)
+    return FeatureSource(f"random-{count}", hook, d_in, count, "random", encode=lambda x: x.float() @ signed_DF)
+
+
+def _signed_directions(d_in: int, count: int, seed: int) -> Float[Tensor, "D F"]:
+    """``count`` unit-norm Gaussian directions, unit ``2j + 1`` the negation of unit ``2j``."""
     gen = torch.Generator().manual_seed(seed)
     dirs_DK = torch.randn(d_in, (count + 1) // 2, generator=gen)
     dirs_DK /= dirs_DK.norm(dim=0, keepdim=True)
-    signed_DF = torch.stack([dirs_DK, -dirs_DK], dim=2).reshape(d_in, -1)[:, :count].contiguous()
-    return FeatureSource(f"random-{count}", hook, d_in, count, "random", encode=lambda x: x.float() @ signed_DF)
+    return torch.stack([dirs_DK, -dirs_DK], dim=2).reshape(d_in, -1)[:, :count].contiguous()
+
+
+def topk_random_source(hook: str, centre_D: Tensor, count: int, k: int, seed: int = 0) -> FeatureSource:
+    """A random dictionary with a TopK SAE's nonlinearity: :func:`random_source`'s directions, per token the
+    ``k`` largest projections of ``x - centre`` kept (ReLU'd), every other unit 0.
+
+    The sparse floor of a TopK dictionary of ``count`` latents: its units share the dictionary's
+    L0 and, like its latents, tie at zero on the tokens they do not fire on.
+    """
+    if not 1 <= k <= count:
+        raise ValueError(f"need 1 <= k <= count, got k={k}, count={count}")
+    signed_DF = _signed_directions(len(centre_D), count, seed)
+
+    def encode(x: Tensor) -> Tensor:
+        values_NF = (x.float() - centre_D) @ signed_DF
+        top = values_NF.topk(k, dim=1)
+        return torch.zeros_like(values_NF).scatter_(1, top.indices, top.values.relu())
+
+    return FeatureSource(f"random-top{k}-{count}", hook, len(centre_D), count, "random", encode=encode)
+
+
+def rate_matched_source(hook: str, fit_ND: Tensor, rates_F: Tensor, seed: int = 0) -> FeatureSource:
+    """A random dictionary as sparse as a given one, unit by unit: :func:`random_source`'s directions, unit
+    ``f`` on (ReLU of the projection minus a threshold) at its top ``rates_F[f]`` of the tokens ``fit_ND``.
+
+    With ``rates_F`` a dictionary's firing rates, each random unit covers the share of tokens one
+    of its units covers, so an area-capped score (AP of a unit that is 0 on most tokens) caps both
+    alike; a unit that never fires (rate 0) is 0 everywhere.
+    """
+    count = len(rates_F)
+    signed_DF = _signed_directions(fit_ND.shape[1], count, seed)
+    proj_NF = fit_ND.float() @ signed_DF
+    position_F = ((1 - rates_F.float().clamp(0, 1)) * (len(proj_NF) - 1)).round().long()
+    cut_F = proj_NF.sort(dim=0).values.gather(0, position_F[None])[0]
+    cut_F = torch.where(rates_F > 0, cut_F, torch.inf)
+
+    def encode(x: Tensor) -> Tensor:
+        return (x.float() @ signed_DF - cut_F).relu().nan_to_num(0.0)
+
+    return FeatureSource(f"random-rate-{count}", hook, fit_ND.shape[1], count, "random", encode=encode)
 
 
 def fit_probes(
@@ -200,6 +245,8 @@ class UnitScores(NamedTuple):
     """Units that are non-constant on the scoring tokens."""
     summary: dict[str, float]
     intervals: dict[str, tuple[float, float]]
+    samples: dict[str, Tensor] = {}
+    """Per summary: its value under every image weighting (row 0 the full set, then the resamples)."""
 
     def row(self, digits: int = 3) -> dict[str, Any]:
         """A table row: each summary as ``value [lo, hi]`` (counts as integers)."""
@@ -270,7 +317,7 @@ def score_units(
     live = int((values_FN.amax(1) > values_FN.amin(1)).sum())
     return UnitScores(source.name, source.kind, data.concepts, full.bau_FC, full.iou_FC, full.auroc_FC, full.ap_FC,
                       {k: v.tolist() for k, v in chosen.items()}, live, {k: float(v[0]) for k, v in stats.items()},
-                      intervals)
+                      intervals, stats)
 
 
 def _areas(data: ScoringSet) -> Tensor:
