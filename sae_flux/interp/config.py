@@ -114,23 +114,25 @@ class SweepConfig:
     """Residual hook the dictionaries are trained on; its block's MLP neurons (double.{i}.mlp) are compared too."""
     step: int = 0
     """Denoising step of every activation."""
-    train_images: int = 512
+    train_images: int = 384
     """Training scenes: world and noise seed 0 (the training cache's scenes), 64 tokens each."""
-    images: int = 128
+    images: int = 96
     """Held-out scoring images (seed 10,000): dissection scores and held-out FVU / L0 / live units."""
-    select_images: int = 128
+    select_images: int = 96
     """Images the unit of each concept is chosen on and the probes are trained on (seed 20,000)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Training seeds of every dictionary (SAE init and data order; ITDA first-batch sample and token order)."""
-    topk: list[str] = field(default_factory=lambda: ["64x8", "256x8", "1024x8", "256x32"])
+    topk: list[str] = field(default_factory=lambda: ["256x8", "64x8", "64x20"])
     """TopK SAEs (whitened, AuxK on) as LATENTSxK."""
-    batchtopk: list[str] = field(default_factory=lambda: ["256x8"])
+    batchtopk: list[str] = field(default_factory=lambda: ["64x8"])
     """BatchTopK SAEs (whitened, AuxK on, saved with the calibrated threshold) as LATENTSxK."""
     normalizations: list[str] = field(default_factory=lambda: ["standardize", "none"])
     """Normalisations trained besides whitening for the first --topk setting (the paper's dead-latent contrast)."""
-    itda: list[str] = field(default_factory=lambda: ["32@0.6/256", "32@0.6/64", "32@0.6/1024", "8@0.6/256"])
+    itda: list[str] = field(default_factory=lambda: ["32@0.6/256", "32@0.6/64", "8@0.6/256"])
     """ITDAs (non-negative gradient pursuit, the paper's recipe) as L0@THRESHOLD/BATCH_TOKENS; batch and threshold set the size."""
-    neuron_ks: list[int] = field(default_factory=lambda: [8, 32])
+    all_neurons: bool = True
+    """Score every MLP neuron of the block, read densely (as the paper compares them)."""
+    neuron_ks: list[int] = field(default_factory=lambda: [8, 20])
     """MLP neurons read sparsely: per token the k largest neurons (L0-matched neurons)."""
     neuron_subsets: list[int] = field(default_factory=lambda: [64, 256])
     """Random subsets of the MLP neurons of these sizes (one per seed): size-matched neurons."""
@@ -142,8 +144,10 @@ class SweepConfig:
     """SAE Adam learning rate."""
     tolerance: float = 0.25
     """Two settings are matched on an axis (live units, L0, held-out FVU) when their values differ by at most this fraction."""
-    bootstrap: int = 100
+    bootstrap: int = 50
     """Image resamples of every interval (each also resamples the training seeds: a two-level bootstrap)."""
+    threads: int = 1
+    """torch threads while the sweep runs (0: torch's default; as in the demo, one is faster on shared cores)."""
 
     def __post_init__(self) -> None:
         for name in ("train_images", "images", "select_images", "sae_epochs", "sae_batch"):

@@ -28,11 +28,13 @@ Example:
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
 import re
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,7 +104,8 @@ def parse_settings(cfg: SweepConfig, mlp_width: int | None) -> list[Setting]:
             raise ValueError(f"--itda {spec!r}: need L0 >= 1, 0 < THRESHOLD <= 1, BATCH >= 1")
         out.append(Setting("itda", f"itda-{spec}", "itda", {"l0": l0, "threshold": threshold, "batch": batch}))
     if mlp_width is not None:
-        out.append(Setting("neurons", "neurons", "neurons", {}))
+        if cfg.all_neurons:
+            out.append(Setting("neurons", "neurons", "neurons", {}))
         for k in cfg.neuron_ks:
             if not 1 <= k <= mlp_width:
                 raise ValueError(f"--neuron-ks {k} must be in [1, {mlp_width}]")
@@ -147,13 +150,19 @@ class Run:
     train_dead_fraction: float | None
     """Dead fraction the training run measured on its own window (SAEs)."""
     scores: dict[str, UnitScores] = field(default_factory=dict)
-    """``units`` and its floors: ``dense``, ``sparse`` and, for TopK settings, ``topk``."""
+    """``units`` and its floors: ``dense``, ``sparse`` and, for TopK settings, ``topk``; for dictionaries also
+    ``dense read`` (the encoder's directions read densely, :func:`dense_read`)."""
+    chosen_rate: float = math.nan
+    """Mean over factor concepts of the AP-chosen unit's firing rate on the held-out tokens."""
+    chosen_recall: float = math.nan
+    """Mean over factor concepts of the share of the concept's tokens where its AP-chosen unit fires at all."""
 
     def record(self) -> dict[str, Any]:
         return {"setting": self.setting.name, "family": self.setting.family, "seed": self.seed, "path": self.path,
                 "width": self.width, "live": self.live, "l0": round(self.l0, 3),
                 "fvu": None if self.fvu is None else round(self.fvu, 4), "dead_fraction": round(self.dead_fraction, 4),
-                "train_dead_fraction": self.train_dead_fraction,
+                "train_dead_fraction": self.train_dead_fraction, "chosen_rate": round(self.chosen_rate, 4),
+                "chosen_recall": round(self.chosen_recall, 4),
                 **{f"{role}:{key}": round(s.summary[key], 4) for role, s in self.scores.items() for key in POOLED}}
 
 
@@ -229,6 +238,36 @@ def neuron_setting(setting: Setting, seed: int, hook: str, width: int) -> Featur
     return FeatureSource(setting.name, hook, width, size, "neurons", encode=lambda x: x.float()[:, pick])
 
 
+def dense_read(dictionary: Any, name: str, hook: str) -> FeatureSource:
+    """A dictionary's encoder directions read densely: ``x @ W_enc`` (before any TopK, threshold or pursuit).
+
+    Per unit this ranks tokens as the pre-activation does (a bias or centring adds a constant per
+    unit), so it separates what the directions know from what the sparse read-out keeps.
+    """
+    w_DF = dictionary.W_enc.detach().float()
+    return FeatureSource(f"{name} dense read", hook, w_DF.shape[0], w_DF.shape[1],
+                         "dictionary", encode=lambda x: x.float() @ w_DF)
+
+
+def chosen_support(scores: UnitScores, source: FeatureSource, held: ScoringSet) -> tuple[float, float]:
+    """(mean firing rate, mean concept recall of the support) of each factor concept's AP-chosen unit.
+
+    A unit that is 0 on a share ``1 - r`` of a concept's tokens ties them with every negative at 0,
+    so its AP is about ``r x precision + (1 - r) x prevalence`` at best: ``r`` is the cap.
+    """
+    from sae_flux.interp.calibrate import CONTEXT
+
+    values_NF = torch.cat([source.encode(held.acts[source.hook][i:i + 4096])
+                           for i in range(0, len(held.image_N), 4096)])
+    factor = [i for i, c in enumerate(held.concepts) if c not in CONTEXT]
+    rates, recalls = [], []
+    for i in factor:
+        on_N = values_NF[:, scores.chosen["ap"][i]] != 0
+        rates.append(float(on_N.float().mean()))
+        recalls.append(float(on_N[held.masks_NC[:, i]].float().mean()))
+    return _mean(rates), _mean(recalls)
+
+
 class Floors:
     """The floors of every run, each computed once per (kind, width, seed) where it does not depend on the run."""
 
@@ -263,6 +302,7 @@ def measure(setting: Setting, seed: int, cfg: SweepConfig, sets: Sets, out: Path
         rates_F, l0 = _firing(source, sets.held.acts[mlp])
         run = Run(setting, seed, "", source.width, int((rates_F > 0).sum()), l0, None,
                   float((rates_F == 0).float().mean()), None)
+        dictionary = None
     else:
         source, dictionary, train_dead = train_setting(setting, seed, cfg, sets, out)
         fvu, l0, rates_F = _held_metrics(dictionary, sets.held.acts[cfg.hook])
@@ -272,6 +312,9 @@ def measure(setting: Setting, seed: int, cfg: SweepConfig, sets: Sets, out: Path
     if not deterministic or setting.name not in floors.units:
         floors.units[setting.name] = floors.score(source)
     run.scores = {"units": floors.units[setting.name], **floors.of(run, source)}
+    if setting.family != "neurons":
+        run.scores["dense read"] = floors.score(dense_read(dictionary, setting.name, source.hook))
+    run.chosen_rate, run.chosen_recall = chosen_support(run.scores["units"], source, sets.held)
     logger.info("%s seed %d: %d/%d live, L0 %.1f, FVU %s, AP %.3f (dense floor %.3f, sparse floor %.3f)",
                 setting.name, seed, run.live, run.width, run.l0, "-" if run.fvu is None else f"{run.fvu:.3f}",
                 run.scores["units"].summary["ap_best"], run.scores["dense"].summary["ap_best"],
@@ -341,6 +384,8 @@ class Point(NamedTuple):
     l0: float
     fvu: float | None
     dead: float
+    chosen_rate: float
+    chosen_recall: float
     scores: dict[str, dict[str, Pooled]]
     """role (units, dense, sparse, topk) -> summary -> pooled."""
 
@@ -358,7 +403,8 @@ def points(runs: Sequence[Run]) -> list[Point]:
         fvus = [r.fvu for r in group if r.fvu is not None]
         out.append(Point(group[0].setting.family, name, len(group), _mean([r.live for r in group]),
                          _mean([r.l0 for r in group]), _mean(fvus) if fvus else None,
-                         _mean([r.dead_fraction for r in group]), scores))
+                         _mean([r.dead_fraction for r in group]), _mean([r.chosen_rate for r in group]),
+                         _mean([r.chosen_recall for r in group]), scores))
     return out
 
 
@@ -444,6 +490,7 @@ class SweepResult(NamedTuple):
 def run_sweep(cfg: SweepConfig, command: str = "", flux: Any = None) -> SweepResult:
     """Train, measure and score every setting of ``cfg`` at every seed; write sweep.json and sweep.md."""
     from sae_flux.cache import load_flux
+    from sae_flux.demo import torch_threads
 
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
@@ -456,6 +503,12 @@ def run_sweep(cfg: SweepConfig, command: str = "", flux: Any = None) -> SweepRes
     mlp = f"double.{block}.mlp" if kind == "double" and stream == "img" else ""
     settings = parse_settings(cfg, flux.width(mlp) if mlp else None)
     hooks = [cfg.hook, *([mlp] if mlp else [])]
+    with torch_threads(cfg.threads):
+        return _sweep(cfg, command, flux, out, settings, hooks, mlp, time.perf_counter())
+
+
+def _sweep(cfg: SweepConfig, command: str, flux: Any, out: Path, settings: list[Setting], hooks: list[str],
+           mlp: str, start: float) -> SweepResult:
     sets = Sets(capture_set(flux, hooks, cfg.train_images, seed=TRAIN_SEED, step=cfg.step),
                 capture_set(flux, hooks, cfg.images, seed=HELD_SEED, step=cfg.step),
                 capture_set(flux, hooks, cfg.select_images, seed=SELECT_SEED, step=cfg.step))
@@ -466,7 +519,8 @@ def run_sweep(cfg: SweepConfig, command: str = "", flux: Any = None) -> SweepRes
                 for hook in hooks}
     found = points(runs)
     pairs = [pair for axis in AXES for pair in matched_pairs(found, axis, cfg.tolerance)]
-    record = {"command": command, "config": asdict(cfg), "seeds": {"train": TRAIN_SEED, "held_out": HELD_SEED,
+    record = {"command": command, "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+              "seconds": round(time.perf_counter() - start), "config": asdict(cfg), "seeds": {"train": TRAIN_SEED, "held_out": HELD_SEED,
                                                                   "select": SELECT_SEED},
               "runs": [r.record() for r in runs], "settings": [_point_record(p) for p in found],
               "ceilings": {hook: {k: round(v, 4) for k, v in s.summary.items()} for hook, s in ceilings.items()},
@@ -476,17 +530,28 @@ def run_sweep(cfg: SweepConfig, command: str = "", flux: Any = None) -> SweepRes
     json_path = out / "sweep.json"
     json_path.write_text(json.dumps(record, indent=1))
     md_path = out / "sweep.md"
-    md_path.write_text(report(found, ceilings, pairs, command), encoding="utf-8")
+    md_path.write_text(report(found, ceilings, pairs, f"{command}  # {record['date']}, {record['seconds']} s"),
+                       encoding="utf-8")
     logger.info("sweep tables in %s", md_path.resolve())
     return SweepResult(runs, found, ceilings, pairs, json_path, md_path)
 
 
 def _point_record(p: Point) -> dict[str, Any]:
     return {"setting": p.name, "family": p.family, "seeds": p.seeds, "live": p.live, "l0": p.l0, "fvu": p.fvu,
-            "dead_fraction": p.dead,
+            "dead_fraction": p.dead, "chosen_rate": p.chosen_rate, "chosen_recall": p.chosen_recall,
             "scores": {role: {k: [round(v.value, 4), round(v.low, 4), round(v.high, 4)] for k, v in keys.items()}
                        for role, keys in p.scores.items()},
-            "ap_minus_sparse_floor": _rounded(difference(p.scores["units"]["ap_best"], p.scores["sparse"]["ap_best"]))}
+            "differences": {f"{key} {label}": _rounded(diff) for key, label, diff in floor_differences(p)}}
+
+
+#: Summaries compared with the floors, each a different scorer (threshold-free, area-matched, top-quantile).
+COMPARED = (("ap_best", "AP"), ("iou_best", "IoU"), ("auroc_best", "AUROC"), ("bau_best", "Bau"))
+
+
+def floor_differences(p: Point) -> list[tuple[str, str, Pooled]]:
+    """(summary, 'minus ROLE', units minus that floor) for every compared summary and floor the point has."""
+    return [(key, f"minus {role}", difference(p.scores["units"][key], p.scores[role][key]))
+            for key, _ in COMPARED for role in ("dense", "sparse", "topk", "dense read") if role in p.scores]
 
 
 def _pair_record(p: Pair) -> dict[str, Any]:
@@ -516,9 +581,14 @@ def report(found: Sequence[Point], ceilings: dict[str, UnitScores], pairs: Seque
             "AP - sparse floor": difference(s["units"]["ap_best"], s["sparse"]["ap_best"]).text(),
             "area-matched IoU": s["units"]["iou_best"].text(), "IoU sparse floor": s["sparse"]["iou_best"].text(),
             "AUROC": s["units"]["auroc_best"].text(),
+            "dense read AP": s["dense read"]["ap_best"].text() if "dense read" in s else "-",
+            "chosen unit: firing / concept recall": f"{p.chosen_rate:.3f} / {p.chosen_recall:.2f}",
         })
     ceiling_rows = [{"hook": hook, "probe AP": ceiling.row()["ap_best"], "area-matched IoU": ceiling.row()["iou_best"],
                      "AUROC": ceiling.row()["auroc_best"]} for hook, ceiling in ceilings.items()]
+    agreement = [{"setting": p.name, **{f"{label} - {role} floor": difference(
+        p.scores["units"][key], p.scores[role][key]).text() for key, label in COMPARED for role in ("dense", "sparse")}}
+        for p in found]
     pair_rows = [{"axis": p.axis, "a": p.a.name, "b": p.b.name, "a value": _fmt(p.a.axis(p.axis), 2),
                   "b value": _fmt(p.b.axis(p.axis), 2), "AP a": p.a.scores["units"]["ap_best"].text(),
                   "AP b": p.b.scores["units"]["ap_best"].text(), "AP a - b": p.diff.text(), "verdict": p.verdict()}
@@ -529,7 +599,8 @@ def report(found: Sequence[Point], ceilings: dict[str, UnitScores], pairs: Seque
         for axis in AXES for fam in ("sae", "itda", "neurons") if any(x.family == fam for x in found)]
     parts = [f"# Sweep\n\n`{command}`\n\nAP, IoU and AUROC: mean over the factor concepts of the unit chosen per concept "
              "on the selection images, scored on held-out images; mean over seeds [2.5-97.5% two-level bootstrap over "
-             "seeds and images].\n", markdown(rows), "\n## Probe ceilings\n\n", markdown(ceiling_rows)]
+             "seeds and images].\n", markdown(rows), "\n## Probe ceilings\n\n", markdown(ceiling_rows),
+             "\n## Units minus floors under four scorers\n\n", markdown(agreement)]
     parts += ["\n## Matched comparisons\n\n", markdown(pair_rows) if pair_rows else "No matched pairs.\n"]
     parts += ["\n## Frontiers\n\n", markdown(frontier_rows) if frontier_rows else "None.\n"]
     return "".join(parts)
