@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from _sae_flux_shared.cliargs import add_dataclass_arguments, dataclass_from_args
-from sae_flux.interp.config import DissectConfig, IndexConfig, ScoreConfig, SelectConfig, SweepConfig
+from sae_flux.interp.config import (
+    DissectConfig,
+    IndexConfig,
+    ScoreConfig,
+    SelectConfig,
+    SweepConfig,
+)
 
 logger = logging.getLogger(__name__)
 

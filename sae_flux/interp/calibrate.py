@@ -48,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -482,10 +483,13 @@ class Calibration(NamedTuple):
 def calibrate(
     units: Sequence[FeatureSource], held_out: ScoringSet, select: ScoringSet, cfg: ScoreConfig | None = None,
 ) -> Calibration:
-    """Score ``units`` with their floor (random directions of each set's size and space) and ceiling (probes).
+    """Score ``units`` with their floors and ceiling (probes).
 
-    Every score is computed by :func:`score_units` on ``held_out`` with units chosen on
-    ``select`` (which also trains the probes).
+    Floors: random directions of each set's size and space, read densely (``random-N``), and for
+    every set that is not neurons the same directions cut to fire unit by unit as often as the
+    set's units fire on ``select`` (``random-rate-N (NAME)``, :func:`rate_matched_source`): a
+    random dictionary as sparse as the one scored. Every score is computed by
+    :func:`score_units` on ``held_out`` with units chosen on ``select`` (which also trains the probes).
     """
     cfg = cfg or ScoreConfig()
     scored: list[tuple[str, UnitScores]] = []
@@ -493,7 +497,9 @@ def calibrate(
         d_in = held_out.acts[hook].shape[1]
         controls = [random_source(hook, d_in, n, cfg.bootstrap_seed) for n in dict.fromkeys(u.width for u in units
                                                                                             if u.hook == hook)]
-        for source in [*controls, *(u for u in units if u.hook == hook), probe_source(select, hook)]:
+        mine = [u for u in units if u.hook == hook]
+        for source in [*controls, *(x for u in mine for x in (u, *_sparse_floor(u, select, cfg.bootstrap_seed))),
+                       probe_source(select, hook)]:
             found = score_units(source, held_out, cfg, select=select)
             logger.info("%s on %s: AP %.3f, area-matched IoU %.3f (factor concepts, chosen units)", source.name,
                         hook, found.summary["ap_best"], found.summary["iou_best"])
@@ -502,6 +508,16 @@ def calibrate(
     concepts = [{"concept": c, **{f"{hook} {s.name}": round(s.best("ap")[c][1], 3) for hook, s in scored}}
                 for c in held_out.concepts]
     return Calibration(scores, [{"hook": hook, **s.row()} for hook, s in scored], concepts)
+
+
+def _sparse_floor(source: FeatureSource, select: ScoringSet, seed: int) -> list[FeatureSource]:
+    """The rate-matched random floor of a dictionary (none for neurons: they are dense, their floor is ``random-N``)."""
+    if source.kind == "neurons":
+        return []
+    fit_ND = select.acts[source.hook]
+    rates_F = (encode(source, fit_ND) != 0).float().mean(1)
+    floor = rate_matched_source(source.hook, fit_ND, rates_F, seed)
+    return [dataclasses.replace(floor, name=f"{floor.name} ({source.name})")]
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:

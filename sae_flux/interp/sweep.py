@@ -519,7 +519,7 @@ def _sweep(cfg: SweepConfig, command: str, flux: Any, out: Path, settings: list[
                 for hook in hooks}
     found = points(runs)
     pairs = [pair for axis in AXES for pair in matched_pairs(found, axis, cfg.tolerance)]
-    record = {"command": command, "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    record = {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "seconds": round(time.perf_counter() - start), "config": asdict(cfg), "seeds": {"train": TRAIN_SEED, "held_out": HELD_SEED,
                                                                   "select": SELECT_SEED},
               "runs": [r.record() for r in runs], "settings": [_point_record(p) for p in found],

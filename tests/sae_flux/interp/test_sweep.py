@@ -15,7 +15,15 @@ import torch
 
 from sae_flux.interp.calibrate import rate_matched_source, topk_random_source
 from sae_flux.interp.config import SweepConfig
-from sae_flux.interp.sweep import Point, Pooled, frontier, matched_pairs, parse_settings, pool, run_sweep
+from sae_flux.interp.sweep import (
+    Point,
+    Pooled,
+    frontier,
+    matched_pairs,
+    parse_settings,
+    pool,
+    run_sweep,
+)
 
 HOOK = "double.1.img"
 
