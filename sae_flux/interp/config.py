@@ -122,19 +122,19 @@ class SweepConfig:
     """Images the unit of each concept is chosen on and the probes are trained on (seed 20,000)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Training seeds of every dictionary (SAE init and data order; ITDA first-batch sample and token order)."""
-    topk: list[str] = field(default_factory=lambda: ["256x8", "64x8", "64x20"])
+    topk: list[str] = field(default_factory=lambda: ["128x8", "40x8", "40x20"])
     """TopK SAEs (whitened, AuxK on) as LATENTSxK."""
-    batchtopk: list[str] = field(default_factory=lambda: ["64x8"])
+    batchtopk: list[str] = field(default_factory=lambda: ["40x8"])
     """BatchTopK SAEs (whitened, AuxK on, saved with the calibrated threshold) as LATENTSxK."""
     normalizations: list[str] = field(default_factory=lambda: ["standardize", "none"])
     """Normalisations trained besides whitening for the first --topk setting (the paper's dead-latent contrast)."""
-    itda: list[str] = field(default_factory=lambda: ["32@0.6/256", "32@0.6/64", "8@0.6/256"])
+    itda: list[str] = field(default_factory=lambda: ["32@0.6/256", "8@0.6/256", "8@0.8/256"])
     """ITDAs (non-negative gradient pursuit, the paper's recipe) as L0@THRESHOLD/BATCH_TOKENS; batch and threshold set the size."""
     all_neurons: bool = True
     """Score every MLP neuron of the block, read densely (as the paper compares them)."""
     neuron_ks: list[int] = field(default_factory=lambda: [8, 20])
     """MLP neurons read sparsely: per token the k largest neurons (L0-matched neurons)."""
-    neuron_subsets: list[int] = field(default_factory=lambda: [64, 256])
+    neuron_subsets: list[int] = field(default_factory=lambda: [40, 128])
     """Random subsets of the MLP neurons of these sizes (one per seed): size-matched neurons."""
     sae_epochs: int = 8
     """Passes of each SAE over the training tokens."""
