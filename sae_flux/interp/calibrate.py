@@ -313,7 +313,7 @@ def score_units(
     iou_BFC = _iou(weights_BI, *full.counts[2:], _areas(data))
     ap_BC, auroc_BC = _boot_ranking(full.values_FN, chosen, data, weights_BI)
     stats = _summaries(bau_BFC, iou_BFC, ap_BC, auroc_BC, chosen, factor_C, data.concepts, cfg)
-    intervals = {k: _percentiles(v[1:]) for k, v in stats.items()} if cfg.bootstrap else {}
+    intervals = {k: percentiles(v[1:]) for k, v in stats.items()} if cfg.bootstrap else {}
     values_FN = full.values_FN
     live = int((values_FN.amax(1) > values_FN.amin(1)).sum())
     return UnitScores(source.name, source.kind, data.concepts, full.bau_FC, full.iou_FC, full.auroc_FC, full.ap_FC,
@@ -461,7 +461,8 @@ def _summaries(
     return out
 
 
-def _percentiles(values_B: Tensor) -> tuple[float, float]:
+def percentiles(values_B: Tensor) -> tuple[float, float]:
+    """2.5 and 97.5 percentiles of the finite values (NaN, NaN when none is finite)."""
     finite = values_B[torch.isfinite(values_B)]
     if not len(finite):
         return math.nan, math.nan

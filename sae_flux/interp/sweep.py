@@ -48,6 +48,7 @@ from sae_flux.interp.calibrate import (
     UnitScores,
     capture_set,
     markdown,
+    percentiles,
     probe_source,
     random_source,
     rate_matched_source,
@@ -355,7 +356,7 @@ def pool(per_seed: Sequence[Tensor], seed: int = 0) -> Pooled:
         return Pooled(value, math.nan, math.nan, torch.empty(0))
     picks_BS = torch.randint(0, n_seeds, (n_rows - 1, n_seeds), generator=torch.Generator().manual_seed(seed))
     samples_B = stack_SB[picks_BS, torch.arange(1, n_rows)[:, None]].nanmean(1)
-    return Pooled(value, *_percentiles(samples_B), samples_B)
+    return Pooled(value, *percentiles(samples_B), samples_B)
 
 
 def difference(a: Pooled, b: Pooled) -> Pooled:
@@ -363,15 +364,7 @@ def difference(a: Pooled, b: Pooled) -> Pooled:
     if not len(a.samples) or len(a.samples) != len(b.samples):
         return Pooled(a.value - b.value, math.nan, math.nan, torch.empty(0))
     diff_B = a.samples - b.samples
-    return Pooled(a.value - b.value, *_percentiles(diff_B), diff_B)
-
-
-def _percentiles(values_B: Tensor) -> tuple[float, float]:
-    finite = values_B[torch.isfinite(values_B)]
-    if not len(finite):
-        return math.nan, math.nan
-    lo, hi = torch.quantile(finite, torch.tensor([0.025, 0.975], dtype=finite.dtype)).tolist()
-    return lo, hi
+    return Pooled(a.value - b.value, *percentiles(diff_B), diff_B)
 
 
 class Point(NamedTuple):
@@ -384,6 +377,8 @@ class Point(NamedTuple):
     l0: float
     fvu: float | None
     dead: float
+    train_dead: float | None
+    """Mean dead fraction the training runs measured in their own window (SAEs; None otherwise)."""
     chosen_rate: float
     chosen_recall: float
     scores: dict[str, dict[str, Pooled]]
@@ -403,7 +398,10 @@ def points(runs: Sequence[Run]) -> list[Point]:
         fvus = [r.fvu for r in group if r.fvu is not None]
         out.append(Point(group[0].setting.family, name, len(group), _mean([r.live for r in group]),
                          _mean([r.l0 for r in group]), _mean(fvus) if fvus else None,
-                         _mean([r.dead_fraction for r in group]), _mean([r.chosen_rate for r in group]),
+                         _mean([r.dead_fraction for r in group]),
+                         _mean(train_dead) if (train_dead := [r.train_dead_fraction for r in group
+                                                              if r.train_dead_fraction is not None]) else None,
+                         _mean([r.chosen_rate for r in group]),
                          _mean([r.chosen_recall for r in group]), scores))
     return out
 
@@ -538,7 +536,7 @@ def _sweep(cfg: SweepConfig, command: str, flux: Any, out: Path, settings: list[
 
 def _point_record(p: Point) -> dict[str, Any]:
     return {"setting": p.name, "family": p.family, "seeds": p.seeds, "live": p.live, "l0": p.l0, "fvu": p.fvu,
-            "dead_fraction": p.dead, "chosen_rate": p.chosen_rate, "chosen_recall": p.chosen_recall,
+            "dead_fraction": p.dead, "train_dead_fraction": p.train_dead, "chosen_rate": p.chosen_rate, "chosen_recall": p.chosen_recall,
             "scores": {role: {k: [round(v.value, 4), round(v.low, 4), round(v.high, 4)] for k, v in keys.items()}
                        for role, keys in p.scores.items()},
             "differences": {f"{key} {label}": _rounded(diff) for key, label, diff in floor_differences(p)}}
@@ -575,7 +573,7 @@ def report(found: Sequence[Point], ceilings: dict[str, UnitScores], pairs: Seque
         s = p.scores
         rows.append({
             "setting": p.name, "family": p.family, "seeds": p.seeds, "live": f"{p.live:.0f}", "L0": f"{p.l0:.1f}",
-            "held-out FVU": _fmt(p.fvu), "dead": f"{p.dead:.2f}", "AP": s["units"]["ap_best"].text(),
+            "held-out FVU": _fmt(p.fvu), "dead (held-out / training window)": f"{p.dead:.2f} / {_fmt(p.train_dead, 2)}", "AP": s["units"]["ap_best"].text(),
             "dense floor": s["dense"]["ap_best"].text(), "sparse floor": s["sparse"]["ap_best"].text(),
             "TopK floor": s["topk"]["ap_best"].text() if "topk" in s else "-",
             "AP - sparse floor": difference(s["units"]["ap_best"], s["sparse"]["ap_best"]).text(),

@@ -30,7 +30,7 @@ HOOK = "double.1.img"
 
 def _point(family: str, name: str, live: float, l0: float, fvu: float | None, ap: float) -> Point:
     pooled = Pooled(ap, ap - 0.01, ap + 0.01, torch.full((20,), ap, dtype=torch.float64))
-    return Point(family, name, 3, live, l0, fvu, 0.0, 0.01, 0.5, {"units": {"ap_best": pooled}})
+    return Point(family, name, 3, live, l0, fvu, 0.0, None, 0.01, 0.5, {"units": {"ap_best": pooled}})
 
 
 def test_pairs_are_nearest_within_tolerance_and_frontier_drops_dominated_points():
