@@ -488,7 +488,7 @@ class SweepResult(NamedTuple):
 def run_sweep(cfg: SweepConfig, command: str = "", flux: Any = None) -> SweepResult:
     """Train, measure and score every setting of ``cfg`` at every seed; write sweep.json and sweep.md."""
     from sae_flux.cache import load_flux
-    from sae_flux.demo import torch_threads
+    from sae_flux.threads import torch_threads
 
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
