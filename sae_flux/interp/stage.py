@@ -261,4 +261,5 @@ def calibrated_conclusion(scores: list[Any], names: list[str]) -> str:
             verdicts.append(f"{side} its {kind} random floor {floor.summary['ap_best']:.2f}")
         parts.append(f"{name} AP {units.summary['ap_best']:.2f} ({', '.join(verdicts)})")
     return (f"Against the organism's ground truth, {'; '.join(parts)}; a linear probe per concept reaches "
-            f"{ceiling.summary['ap_best']:.2f} (intervals that overlap mean: cannot tell).")
+            f"{ceiling.summary['ap_best']:.2f} (above / below: the 95% intervals do not overlap; level: they do, "
+            "so the data cannot tell them apart).")
