@@ -30,13 +30,10 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
 from tqdm.auto import tqdm
 
 from sae_flux import hooks
@@ -45,6 +42,7 @@ from sae_flux.demo_config import DemoConfig
 from sae_flux.interp.stage import stage_interp
 from sae_flux.report import Report
 from sae_flux.steering.stage import stage_steering
+from sae_flux.threads import torch_threads
 from sae_flux.train_config import MAX_EPOCHS
 
 logger = logging.getLogger(__name__)
@@ -237,18 +235,6 @@ STAGES = (
     ("interp", stage_interp),
     ("steering", stage_steering),
 )
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op thread count set to ``threads`` (0: left as it is), restored on exit."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_demo(cfg: DemoConfig) -> Path:

@@ -48,7 +48,7 @@ print(json.dumps({{"helps": helps, "modules": sorted(sys.modules)}}))
 
 COMMANDS = {
     "sae_flux.cli": {"", "cache", "demo", "eval", "hooks", "interp", "interp index", "interp images",
-                     "interp render", "interp explain", "interp detect", "interp ground-truth", "interp calibrate",
+                     "interp render", "interp explain", "interp detect", "interp ground-truth", "interp calibrate", "interp sweep",
                      "publish", "steer", "train", "export"},
     "itda.cli": {"", "build", "build-lm"},
     "cae.cli": {"", "train", "generate", "eval", "export"},

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from _sae_flux_shared.cliargs import add_dataclass_arguments, dataclass_from_args
-from sae_flux.interp.config import DissectConfig, IndexConfig, ScoreConfig, SelectConfig
+from sae_flux.interp.config import (
+    DissectConfig,
+    IndexConfig,
+    ScoreConfig,
+    SelectConfig,
+    SweepConfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands.choices["render"].add_argument("--per-page", type=int, default=48, help="cards per browser page")
     add_dataclass_arguments(commands.choices["ground-truth"], DissectConfig)
     _register_calibrate(commands)
+    sweep = commands.add_parser("sweep", help="train SAEs and ITDAs at several sizes, L0s and seeds and compare them "
+                                "with MLP neurons at matched live units, L0 and held-out FVU (calibrated scores, floors, ceiling)")
+    add_dataclass_arguments(sweep, SweepConfig)
+    sweep.set_defaults(func=run_sweep)
 
 
 def _register_calibrate(commands: argparse._SubParsersAction) -> None:
@@ -417,6 +427,19 @@ def run_calibrate(args: argparse.Namespace) -> int:
     (out / "calibration.json").write_text(json.dumps(record, indent=1, default=str))
     (out / "calibration.md").write_text(markdown(result.rows) + "\n" + markdown(result.concepts), encoding="utf-8")
     logger.info("tables in %s", (out / "calibration.md").resolve())
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """Run the fair-comparison sweep of ``SweepConfig`` and write sweep.json and sweep.md."""
+    import shlex
+    import sys
+
+    from sae_flux.interp.sweep import run_sweep as sweep
+
+    cfg = dataclass_from_args(SweepConfig, args)
+    result = sweep(cfg, command=shlex.join(["sae-flux", *sys.argv[1:]]))
+    logger.info("tables in %s", result.markdown_path.resolve())
     return 0
 
 

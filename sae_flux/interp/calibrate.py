@@ -48,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -136,11 +137,56 @@ def random_source(hook: str, d_in: int, count: int, seed: int = 0) -> FeatureSou
     """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
+    signed_DF = _signed_directions(d_in, count, seed)
+    return FeatureSource(f"random-{count}", hook, d_in, count, "random", encode=lambda x: x.float() @ signed_DF)
+
+
+def _signed_directions(d_in: int, count: int, seed: int) -> Float[Tensor, "D F"]:
+    """``count`` unit-norm Gaussian directions, unit ``2j + 1`` the negation of unit ``2j``."""
     gen = torch.Generator().manual_seed(seed)
     dirs_DK = torch.randn(d_in, (count + 1) // 2, generator=gen)
     dirs_DK /= dirs_DK.norm(dim=0, keepdim=True)
-    signed_DF = torch.stack([dirs_DK, -dirs_DK], dim=2).reshape(d_in, -1)[:, :count].contiguous()
-    return FeatureSource(f"random-{count}", hook, d_in, count, "random", encode=lambda x: x.float() @ signed_DF)
+    return torch.stack([dirs_DK, -dirs_DK], dim=2).reshape(d_in, -1)[:, :count].contiguous()
+
+
+def topk_random_source(hook: str, centre_D: Tensor, count: int, k: int, seed: int = 0) -> FeatureSource:
+    """A random dictionary with a TopK SAE's nonlinearity: :func:`random_source`'s directions, per token the
+    ``k`` largest projections of ``x - centre`` kept (ReLU'd), every other unit 0.
+
+    The sparse floor of a TopK dictionary of ``count`` latents: its units share the dictionary's
+    L0 and, like its latents, tie at zero on the tokens they do not fire on.
+    """
+    if not 1 <= k <= count:
+        raise ValueError(f"need 1 <= k <= count, got k={k}, count={count}")
+    signed_DF = _signed_directions(len(centre_D), count, seed)
+
+    def encode(x: Tensor) -> Tensor:
+        values_NF = (x.float() - centre_D) @ signed_DF
+        top = values_NF.topk(k, dim=1)
+        return torch.zeros_like(values_NF).scatter_(1, top.indices, top.values.relu())
+
+    return FeatureSource(f"random-top{k}-{count}", hook, len(centre_D), count, "random", encode=encode)
+
+
+def rate_matched_source(hook: str, fit_ND: Tensor, rates_F: Tensor, seed: int = 0) -> FeatureSource:
+    """A random dictionary as sparse as a given one, unit by unit: :func:`random_source`'s directions, unit
+    ``f`` on (ReLU of the projection minus a threshold) at its top ``rates_F[f]`` of the tokens ``fit_ND``.
+
+    With ``rates_F`` a dictionary's firing rates, each random unit covers the share of tokens one
+    of its units covers, so an area-capped score (AP of a unit that is 0 on most tokens) caps both
+    alike; a unit that never fires (rate 0) is 0 everywhere.
+    """
+    count = len(rates_F)
+    signed_DF = _signed_directions(fit_ND.shape[1], count, seed)
+    proj_NF = fit_ND.float() @ signed_DF
+    position_F = ((1 - rates_F.float().clamp(0, 1)) * (len(proj_NF) - 1)).round().long()
+    cut_F = proj_NF.sort(dim=0).values.gather(0, position_F[None])[0]
+    cut_F = torch.where(rates_F > 0, cut_F, torch.inf)
+
+    def encode(x: Tensor) -> Tensor:
+        return (x.float() @ signed_DF - cut_F).relu().nan_to_num(0.0)
+
+    return FeatureSource(f"random-rate-{count}", hook, fit_ND.shape[1], count, "random", encode=encode)
 
 
 def fit_probes(
@@ -200,6 +246,8 @@ class UnitScores(NamedTuple):
     """Units that are non-constant on the scoring tokens."""
     summary: dict[str, float]
     intervals: dict[str, tuple[float, float]]
+    samples: dict[str, Tensor] = {}
+    """Per summary: its value under every image weighting (row 0 the full set, then the resamples)."""
 
     def row(self, digits: int = 3) -> dict[str, Any]:
         """A table row: each summary as ``value [lo, hi]`` (counts as integers)."""
@@ -265,12 +313,12 @@ def score_units(
     iou_BFC = _iou(weights_BI, *full.counts[2:], _areas(data))
     ap_BC, auroc_BC = _boot_ranking(full.values_FN, chosen, data, weights_BI)
     stats = _summaries(bau_BFC, iou_BFC, ap_BC, auroc_BC, chosen, factor_C, data.concepts, cfg)
-    intervals = {k: _percentiles(v[1:]) for k, v in stats.items()} if cfg.bootstrap else {}
+    intervals = {k: percentiles(v[1:]) for k, v in stats.items()} if cfg.bootstrap else {}
     values_FN = full.values_FN
     live = int((values_FN.amax(1) > values_FN.amin(1)).sum())
     return UnitScores(source.name, source.kind, data.concepts, full.bau_FC, full.iou_FC, full.auroc_FC, full.ap_FC,
                       {k: v.tolist() for k, v in chosen.items()}, live, {k: float(v[0]) for k, v in stats.items()},
-                      intervals)
+                      intervals, stats)
 
 
 def _areas(data: ScoringSet) -> Tensor:
@@ -413,7 +461,8 @@ def _summaries(
     return out
 
 
-def _percentiles(values_B: Tensor) -> tuple[float, float]:
+def percentiles(values_B: Tensor) -> tuple[float, float]:
+    """2.5 and 97.5 percentiles of the finite values (NaN, NaN when none is finite)."""
     finite = values_B[torch.isfinite(values_B)]
     if not len(finite):
         return math.nan, math.nan
@@ -435,10 +484,13 @@ class Calibration(NamedTuple):
 def calibrate(
     units: Sequence[FeatureSource], held_out: ScoringSet, select: ScoringSet, cfg: ScoreConfig | None = None,
 ) -> Calibration:
-    """Score ``units`` with their floor (random directions of each set's size and space) and ceiling (probes).
+    """Score ``units`` with their floors and ceiling (probes).
 
-    Every score is computed by :func:`score_units` on ``held_out`` with units chosen on
-    ``select`` (which also trains the probes).
+    Floors: random directions of each set's size and space, read densely (``random-N``), and for
+    every set that is not neurons the same directions cut to fire unit by unit as often as the
+    set's units fire on ``select`` (``random-rate-N (NAME)``, :func:`rate_matched_source`): a
+    random dictionary as sparse as the one scored. Every score is computed by
+    :func:`score_units` on ``held_out`` with units chosen on ``select`` (which also trains the probes).
     """
     cfg = cfg or ScoreConfig()
     scored: list[tuple[str, UnitScores]] = []
@@ -446,7 +498,9 @@ def calibrate(
         d_in = held_out.acts[hook].shape[1]
         controls = [random_source(hook, d_in, n, cfg.bootstrap_seed) for n in dict.fromkeys(u.width for u in units
                                                                                             if u.hook == hook)]
-        for source in [*controls, *(u for u in units if u.hook == hook), probe_source(select, hook)]:
+        mine = [u for u in units if u.hook == hook]
+        for source in [*controls, *(x for u in mine for x in (u, *_sparse_floor(u, select, cfg.bootstrap_seed))),
+                       probe_source(select, hook)]:
             found = score_units(source, held_out, cfg, select=select)
             logger.info("%s on %s: AP %.3f, area-matched IoU %.3f (factor concepts, chosen units)", source.name,
                         hook, found.summary["ap_best"], found.summary["iou_best"])
@@ -455,6 +509,16 @@ def calibrate(
     concepts = [{"concept": c, **{f"{hook} {s.name}": round(s.best("ap")[c][1], 3) for hook, s in scored}}
                 for c in held_out.concepts]
     return Calibration(scores, [{"hook": hook, **s.row()} for hook, s in scored], concepts)
+
+
+def _sparse_floor(source: FeatureSource, select: ScoringSet, seed: int) -> list[FeatureSource]:
+    """The rate-matched random floor of a dictionary (none for neurons: they are dense, their floor is ``random-N``)."""
+    if source.kind == "neurons":
+        return []
+    fit_ND = select.acts[source.hook]
+    rates_F = (encode(source, fit_ND) != 0).float().mean(1)
+    floor = rate_matched_source(source.hook, fit_ND, rates_F, seed)
+    return [dataclasses.replace(floor, name=f"{floor.name} ({source.name})")]
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:

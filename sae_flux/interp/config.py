@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -98,3 +98,62 @@ class ScoreConfig:
                 raise ValueError(f"ScoreConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.bootstrap < 0 or self.candidates < 1:
             raise ValueError("ScoreConfig.bootstrap must be >= 0 and candidates >= 1")
+
+
+@dataclass
+class SweepConfig:
+    """The fair-comparison sweep (``sae-flux interp sweep``, :mod:`sae_flux.interp.sweep`): what is trained and how it is scored."""
+
+    out: str = "sweep"
+    """Output directory: sweep.json, sweep.md and every dictionary (dictionaries/CONFIG-sSEED, plain SAELens folders)."""
+    overwrite: bool = False
+    """Replace an existing output directory."""
+    model: str = "organism"
+    """The organism (its ground truth is what is scored)."""
+    hook: str = "double.1.img"
+    """Residual hook the dictionaries are trained on; its block's MLP neurons (double.{i}.mlp) are compared too."""
+    step: int = 0
+    """Denoising step of every activation."""
+    train_images: int = 384
+    """Training scenes: world and noise seed 0 (the training cache's scenes), 64 tokens each."""
+    images: int = 96
+    """Held-out scoring images (seed 10,000): dissection scores and held-out FVU / L0 / live units."""
+    select_images: int = 96
+    """Images the unit of each concept is chosen on and the probes are trained on (seed 20,000)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds of every dictionary (SAE init and data order; ITDA first-batch sample and token order)."""
+    topk: list[str] = field(default_factory=lambda: ["128x8", "40x8", "40x20"])
+    """TopK SAEs (whitened, AuxK on) as LATENTSxK."""
+    batchtopk: list[str] = field(default_factory=lambda: ["40x8"])
+    """BatchTopK SAEs (whitened, AuxK on, saved with the calibrated threshold) as LATENTSxK."""
+    normalizations: list[str] = field(default_factory=lambda: ["standardize", "none"])
+    """Normalisations trained besides whitening for the first --topk setting (the paper's dead-latent contrast)."""
+    itda: list[str] = field(default_factory=lambda: ["32@0.6/256", "8@0.6/256", "8@0.8/256"])
+    """ITDAs (non-negative gradient pursuit, the paper's recipe) as L0@THRESHOLD/BATCH_TOKENS; batch and threshold set the size."""
+    all_neurons: bool = True
+    """Score every MLP neuron of the block, read densely (as the paper compares them)."""
+    neuron_ks: list[int] = field(default_factory=lambda: [8, 20])
+    """MLP neurons read sparsely: per token the k largest neurons (L0-matched neurons)."""
+    neuron_subsets: list[int] = field(default_factory=lambda: [40, 128])
+    """Random subsets of the MLP neurons of these sizes (one per seed): size-matched neurons."""
+    sae_epochs: int = 8
+    """Passes of each SAE over the training tokens."""
+    sae_batch: int = 1024
+    """SAE batch size (tokens)."""
+    sae_lr: float = 1e-3
+    """SAE Adam learning rate."""
+    tolerance: float = 0.25
+    """Two settings are matched on an axis (live units, L0, held-out FVU) when their values differ by at most this fraction."""
+    bootstrap: int = 50
+    """Image resamples of every interval (each also resamples the training seeds: a two-level bootstrap)."""
+    threads: int = 1
+    """torch threads while the sweep runs (0: torch's default; as in the demo, one is faster on shared cores)."""
+
+    def __post_init__(self) -> None:
+        for name in ("train_images", "images", "select_images", "sae_epochs", "sae_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SweepConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
+            raise ValueError(f"SweepConfig.seeds must be distinct and non-empty, got {self.seeds}")
+        if self.tolerance <= 0 or self.bootstrap < 0:
+            raise ValueError("SweepConfig.tolerance must be > 0 and bootstrap >= 0")

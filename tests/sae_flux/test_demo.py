@@ -29,6 +29,11 @@ def test_demo_runs_every_stage_and_writes_a_report(tmp_path):
     for title in ("Sizes", "Activation cache", "Reconstruction", "Steering"):
         assert title in page
     assert (out / "interp" / "browser.html").is_file()
+    units = {row["units"]: row for row in numbers["interp"]}  # the calibrated table: floors and ceiling beside each set
+    assert {"sae-topk", "itda", "neurons", "probe-double.1.img", "probe-double.1.mlp", "random-512"} <= set(units)
+    assert {"random-rate-256 (sae-topk)", "random-256"} <= set(units)
+    assert all(" [" in row["AP (factor concepts)"] for row in units.values())  # every score has its interval
+    assert "random floor" in page and "a linear probe per concept reaches" in page
 
 
 def test_demo_refuses_an_existing_output_directory(tmp_path, capsys):

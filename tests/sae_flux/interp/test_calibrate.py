@@ -7,19 +7,25 @@ chosen on other images (seed 20,000, the probes' training images), by
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from sae_flux.interp.calibrate import (
     ScoreConfig,
     _tie_bounds,
+    calibrate,
     capture_set,
+    encode,
     fit_probes,
     index_source,
     probe_source,
     random_source,
     ranking,
+    rate_matched_source,
     score_units,
+    topk_random_source,
 )
 from sae_flux.interp.index import (
     FeatureSource,
@@ -156,3 +162,18 @@ def test_neuron_scores_do_not_change_with_the_index_top_k(organism, sets, tmp_pa
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b)
     assert found[0].summary == found[1].summary
+
+
+def test_calibrate_puts_a_sparse_floor_as_sparse_as_each_dictionary_beside_it(sets):
+    held, select = sets
+    sparse = dataclasses.replace(topk_random_source(HOOK, select.acts[HOOK].mean(0), 32, k=2, seed=5), name="sparse",
+                                 kind="dictionary")
+    result = calibrate([sparse, neuron_source(MLP, 512)], held, select, ScoreConfig(bootstrap=5))
+    names = [s.name for s in result.scores]
+    assert names == ["random-32", "sparse", "random-rate-32 (sparse)", "probe-double.1.img",
+                     "random-512", "neurons", "probe-double.1.mlp"]  # neurons are dense: no sparse floor
+    floor = next(s for s in result.scores if s.name.startswith("random-rate"))
+    assert floor.live <= 32
+    rates = (encode(sparse, select.acts[HOOK]) != 0).float().mean(1)
+    again = (encode(rate_matched_source(HOOK, select.acts[HOOK], rates, 0), select.acts[HOOK]) != 0).float().mean(1)
+    assert again.tolist() == pytest.approx(rates.tolist(), abs=2 / len(select.image_N))
