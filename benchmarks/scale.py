@@ -280,6 +280,7 @@ def cache_rank_child(work: Path, model: str, shard_prompts: int, batch_size: int
     """One rank of a timed cache (run by torchrun, or alone): per-rank timings to ``work/OUT-rank-R.json``."""
     import sae_flux.cache as cache
     from sae_flux import distributed
+    from sae_flux.threads import torch_threads
 
     working, written = [0.0], [0]
     write_one = cache._write_one
@@ -296,8 +297,8 @@ def cache_rank_child(work: Path, model: str, shard_prompts: int, batch_size: int
     cache._write_one = timed_write_one  # type: ignore[assignment]
     cfg = cache.CacheConfig(model=model, prompts=str(work / "prompts.txt"), hooks=["double.1.img"], out=str(work / out),
                             shard_prompts=shard_prompts, batch_size=batch_size)
-    with distributed.process_group() as ranks:
-        threads = distributed.use_rank_threads()
+    with distributed.process_group() as ranks, torch_threads(distributed.rank_threads()):
+        threads = torch.get_num_threads()
         t = time.perf_counter()
         flux = cache.load_flux(model)
         load_s = time.perf_counter() - t

@@ -59,6 +59,7 @@ from sae_flux.cache_config import DTYPE_NAMES, CacheConfig
 from sae_flux.captions import Captions
 from sae_flux.sampling import check_tokens_per_image, kept_rows
 from sae_flux.sources import batch_rows
+from sae_flux.threads import torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -272,8 +273,7 @@ def write_cache(cfg: CacheConfig, resume: bool = False, flux: Any = None) -> Man
     (:func:`_my_shards`), each rank captures and commits its own, and rank 0 commits the
     manifest after every round. The files are the same bytes whatever the number of ranks.
     """
-    with distributed.process_group() as ranks:
-        distributed.use_rank_threads()
+    with distributed.process_group() as ranks, torch_threads(distributed.rank_threads()):
         prompts, flux, manifest = distributed.on_every_rank(partial(_open, cfg, flux))
         distributed.check_same({**manifest.settings, "out": cfg.out, "resume": resume}, what="cache settings")
         out = Path(cfg.out)

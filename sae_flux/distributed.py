@@ -178,20 +178,15 @@ def all_ok(ok: bool, message: str) -> None:
         raise UserError(f"{message} (rank {', '.join(bad)})" if len(flags) > 1 else message)
 
 
-def threads_per_rank() -> int:
-    """CPU threads for one rank: the cores this process may use over the ranks on this machine
-    (``LOCAL_WORLD_SIZE``), at least one."""
+def rank_threads() -> int:
+    """torch's intra-op threads for one rank under a launcher: the cores this process may use over
+    the ranks on this machine (``LOCAL_WORLD_SIZE``), at least one; 0 (keep torch's default) for a
+    single process. For :func:`sae_flux.threads.torch_threads`; torchrun alone would leave
+    ``OMP_NUM_THREADS=1``."""
+    if not launched():
+        return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores // max(1, _env_int("LOCAL_WORLD_SIZE", 1)))
-
-
-def use_rank_threads() -> int:
-    """Under a launcher, set torch's intra-op threads to :func:`threads_per_rank` (torchrun
-    otherwise leaves ``OMP_NUM_THREADS=1``); a single process keeps torch's default. Returns the
-    thread count in use."""
-    if launched():
-        torch.set_num_threads(threads_per_rank())
-    return torch.get_num_threads()
 
 
 def shard_owner(index: int, world_size: int) -> int:

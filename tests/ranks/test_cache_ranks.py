@@ -50,7 +50,7 @@ def _scenarios(work_dir: str) -> dict[str, str]:
         write_cache(_cfg(work, "two"), flux=flux)
         write_cache(_cfg(work, "idle", shard_prompts=len(PROMPTS)), flux=flux)
         write_cache(_cfg(work, "from-one"), resume=True, flux=flux)
-        results = {"threads": str(distributed.use_rank_threads())}
+        results = {"threads": str(distributed.rank_threads())}
         try:
             write_cache(_cfg(work, "other", seed=ranks.rank), flux=flux)
         except ValueError as error:
