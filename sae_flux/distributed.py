@@ -89,9 +89,12 @@ def ranks() -> Ranks:
     return Ranks(rank, world, local)
 
 
-def default_backend() -> str:
-    """``nccl`` when CUDA is present, else ``gloo``."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
+def default_backend(device: str | None = None) -> str:
+    """The backend for tensors on ``device``: ``nccl`` for a CUDA device, else ``gloo``; without a
+    device, ``nccl`` when CUDA is present."""
+    if device is None:
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return "nccl" if device.startswith("cuda") else "gloo"
 
 
 def timeout_from_env() -> float:

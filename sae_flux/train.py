@@ -338,8 +338,7 @@ def train_sae(
     Example:
         >>> train_sae(TrainConfig(out="sae", data=DataConfig(cache="cache")))  # doctest: +SKIP
     """
-    backend = "nccl" if cfg.device.startswith("cuda") else "gloo"  # the SAE's device, not what is installed
-    with distributed.process_group(backend) as ranks:
+    with distributed.process_group(distributed.default_backend(cfg.device)) as ranks:
         return _train(cfg, resume, source, ranks)
 
 

@@ -16,6 +16,7 @@ from sae_flux.cache import CacheConfig, CacheReader, write_cache
 from sae_flux.cli import main as cli_main
 from sae_flux.metrics import evaluate
 from sae_flux.sources import FluxStream, TensorSource
+from sae_flux.threads import torch_threads
 from sae_flux.train import (
     DataConfig,
     DictionaryConfig,
@@ -35,10 +36,8 @@ PROMPTS = [f"a {c} {s} on the {p}" for c in WORDS for s in SHAPES for p in PLACE
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
     """Tiny SAEs train faster on one thread than on two contended ones; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from sae_lens import SAE
 
 from sae_flux.cli import main as cli_main
 from sae_flux.sources import TensorSource
+from sae_flux.threads import torch_threads
 from sae_flux.train import DictionaryConfig, OptimConfig, TrainConfig, checkpoints, train_sae
 
 #: Two ranks average their slices' gradients where one process takes the gradient of the whole
@@ -118,10 +119,8 @@ def _assert_same_weights(got: dict[str, Any], want: dict[str, torch.Tensor]) -> 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
     """One thread per process, as each rank runs (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
